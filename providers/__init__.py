@@ -1,0 +1,18 @@
+"""Provider registry: the URL segment and config value of each provider, to its class."""
+
+from __future__ import annotations
+
+from providers.base import Diff, Provider
+from providers.github import GitHubProvider
+
+REGISTRY: dict[str, type[Provider]] = {
+    "github": GitHubProvider,
+}
+
+
+def build_providers() -> dict[str, Provider]:
+    """One instance of every registered provider (they hold per-repository API clients)."""
+    return {name: cls() for name, cls in REGISTRY.items()}
+
+
+__all__ = ["REGISTRY", "Diff", "Provider", "build_providers"]

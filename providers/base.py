@@ -1,0 +1,275 @@
+"""The Provider protocol, the compare result, and the crypto and HTTP helpers all providers share.
+
+Providers see headers (a mapping with lower-case keys) and the raw body bytes, never a
+Flask request, and return the frozen event model. Outbound URLs are built only from the
+configured repository (``api_url`` and ``name``) and commit ids that were validated as hex,
+so nothing in a payload chooses a host, a path or a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import requests
+
+from receiver.config import RepositoryConfig
+from receiver.errors import BadRequest, ProviderError, Unauthorized
+from receiver.events import PushEvent
+from receiver.secrets import SecretRef
+
+Headers = Mapping[str, str]
+CompareStatus = Literal["ahead", "behind", "identical", "diverged"]
+_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:{}-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """What changed from ``base`` to ``head``.
+
+    ``status`` relates head to base (``behind``/``identical``: head is contained in base).
+    ``paths`` is the complete set of changed paths (renames give both old and new), or
+    None when the provider could not list all of them; ``reason`` then says why.
+    ``api_calls`` counts the HTTP requests made.
+    """
+
+    status: CompareStatus
+    paths: frozenset[str] | None
+    reason: str | None = None
+    api_calls: int = 0
+
+    @property
+    def contained(self) -> bool:
+        """Head is already part of base: nothing new to deploy."""
+        return self.status in ("behind", "identical")
+
+
+class Provider(Protocol):
+    """One Git hosting provider: verification, normalization and the compare API.
+
+    ``name`` is the registry key, module name, URL segment and config value.
+    ``content_types`` are the media types its webhooks may use (others are 415).
+    """
+
+    name: str
+    content_types: tuple[str, ...]
+
+    def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
+        """Return the secret that authenticates ``body``; raise Unauthorized if none does.
+
+        Runs before anything parses the body. Comparisons are constant-time.
+        """
+        ...
+
+    def delivery_id(self, headers: Headers) -> str:
+        """The provider's delivery id. Raises BadRequest when missing or malformed."""
+        ...
+
+    def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
+        """Normalize a verified delivery into push events (one per ref moved).
+
+        Raises Ignored for events that are not pushes (pings, other types), BadRequest for a
+        malformed body. Commit ids in the result are validated lower-case hex.
+        """
+        ...
+
+    def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
+        """The tree difference from ``base`` to ``head`` through the provider's compare API.
+
+        Missing commits or a difference too large to list give an incomplete Diff (never
+        an exception). Raises ProviderError when the API is unreachable, failing or rate
+        limited beyond the configured wait: a later retry may succeed.
+        """
+        ...
+
+
+# --- crypto ----------------------------------------------------------------------------
+
+
+def hmac_sha256(key: str | bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 of ``message`` under ``key`` (UTF-8 when a str)."""
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return hmac.new(raw, message, hashlib.sha256).digest()
+
+
+def constant_time_equal(a: bytes | str, b: bytes | str) -> bool:
+    """Compare two values without leaking where they differ."""
+    ab = a.encode("utf-8") if isinstance(a, str) else a
+    bb = b.encode("utf-8") if isinstance(b, str) else b
+    return hmac.compare_digest(ab, bb)
+
+
+def match_hex_hmac(body: bytes, signature_hex: str, secrets: Sequence[SecretRef]) -> SecretRef:
+    """The secret whose HMAC-SHA256 of ``body`` equals ``signature_hex``; Unauthorized if none.
+
+    Every candidate is computed and compared, so timing does not reveal which matched.
+    """
+    try:
+        expected = bytes.fromhex(signature_hex)
+    except ValueError:
+        raise Unauthorized("malformed signature") from None
+    found: SecretRef | None = None
+    for secret in secrets:
+        for value in secret.values():
+            if constant_time_equal(hmac_sha256(value, body), expected) and found is None:
+                found = secret
+    if found is None:
+        raise Unauthorized("signature does not match")
+    return found
+
+
+def match_token(token: str, secrets: Sequence[SecretRef]) -> SecretRef:
+    """The secret equal to ``token`` (constant-time); Unauthorized if none."""
+    found: SecretRef | None = None
+    for secret in secrets:
+        for value in secret.values():
+            if constant_time_equal(value, token) and found is None:
+                found = secret
+    if found is None:
+        raise Unauthorized("token does not match")
+    return found
+
+
+# --- payload helpers -------------------------------------------------------------------
+
+
+def require_header(headers: Headers, name: str) -> str:
+    """A header that must be present (BadRequest otherwise)."""
+    value = headers.get(name.lower())
+    if not value:
+        raise BadRequest(f"missing header {name}")
+    return value
+
+
+def checked_delivery_id(value: str | None, header: str) -> str:
+    """Validate a delivery id taken from ``header``: 1-128 of ``A-Za-z0-9._:{}-``."""
+    if not value:
+        raise BadRequest(f"missing header {header}")
+    if not _DELIVERY_ID.match(value):
+        raise BadRequest(f"malformed {header}")
+    return value
+
+
+def checked_sha(value: object, field: str) -> str | None:
+    """A commit id from a payload: None for null/all-zero, else validated lower-case hex."""
+    if value is None or (isinstance(value, str) and value.strip("0") == ""):
+        return None
+    if not isinstance(value, str) or not _SHA.match(value):
+        raise BadRequest(f"{field} is not a commit id")
+    return value
+
+
+def load_json_object(data: bytes | str) -> dict[str, Any]:
+    """Decode a JSON object body (BadRequest for invalid UTF-8, invalid JSON, or a non-object)."""
+    import json
+
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("body is not a JSON object")
+    return doc
+
+
+def printable(value: object, limit: int = 64) -> str:
+    """A short, log- and response-safe rendering of an untrusted header value."""
+    text = str(value)[:limit]
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+class ApiClient:
+    """requests wrapper for provider APIs: timeouts on every call, bounded retries.
+
+    Retries connection errors and 5xx with exponential back-off; honours ``Retry-After``
+    and ``X-RateLimit-Remaining``/``-Reset`` on 403/429 when the wait fits in the budget.
+    Translates every requests failure into ProviderError. ``calls`` counts requests sent.
+    """
+
+    def __init__(self, *, timeout: float, max_wait: float, attempts: int = 3,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time,
+                 session: requests.Session | None = None) -> None:
+        self.timeout = timeout
+        self.max_wait = max_wait
+        self.attempts = attempts
+        self.sleep = sleep
+        self.clock = clock
+        self.session = session or requests.Session()
+        self.calls = 0
+
+    def request(self, method: str, url: str, *, headers: Mapping[str, str],
+                params: Mapping[str, str | int] | None = None,
+                ok: Sequence[int] = (200,)) -> requests.Response:
+        """Send one logical request; returns the response whose status is in ``ok`` or 404.
+
+        Raises ProviderError for anything else after the retries.
+        """
+        waited = 0.0
+        last = "no attempt"
+        for attempt in range(self.attempts):
+            self.calls += 1
+            try:
+                resp = self.session.request(method, url, headers=dict(headers), params=params,
+                                            timeout=(min(3.05, self.timeout), self.timeout),
+                                            allow_redirects=False)
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}"
+                self._backoff(attempt)
+                continue
+            if resp.status_code in ok or resp.status_code == 404:
+                return resp
+            wait = self._rate_limit_wait(resp)
+            if wait is not None:
+                if waited + wait > self.max_wait:
+                    raise ProviderError(f"rate limited (HTTP {resp.status_code}); reset in "
+                                        f"{wait:.0f}s is beyond the {self.max_wait:.0f}s budget")
+                waited += wait
+                self.sleep(wait)
+                continue
+            last = f"HTTP {resp.status_code}"
+            if resp.status_code >= 500:
+                self._backoff(attempt)
+                continue
+            raise ProviderError(f"{method} {_path_only(url)} answered HTTP {resp.status_code}")
+        raise ProviderError(f"{method} {_path_only(url)} failed after {self.attempts} attempts "
+                            f"({last})")
+
+    def _backoff(self, attempt: int) -> None:
+        if attempt + 1 < self.attempts:
+            self.sleep(min(8.0, 0.5 * 2**attempt))
+
+    def _rate_limit_wait(self, resp: requests.Response) -> float | None:
+        if resp.status_code not in (403, 429):
+            return None
+        retry_after = resp.headers.get("Retry-After")
+        if retry_after is not None:
+            try:
+                return max(0.0, float(retry_after))
+            except ValueError:
+                return 60.0
+        if resp.headers.get("X-RateLimit-Remaining") == "0":
+            try:
+                reset = float(resp.headers.get("X-RateLimit-Reset", ""))
+            except ValueError:
+                return 60.0
+            return max(1.0, reset - self.clock())
+        if resp.status_code == 429:
+            return 60.0
+        return None
+
+
+def _path_only(url: str) -> str:
+    # keep hosts and query strings out of error messages and logs
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path

@@ -1,0 +1,301 @@
+"""GitHub (github.com and Enterprise Server): signatures, push events, the compare API.
+
+Signature: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``; the SHA-1
+``X-Hub-Signature`` alone is refused. Delivery id: ``X-GitHub-Delivery``. Bodies come as
+``application/json`` or ``application/x-www-form-urlencoded`` (``payload=<json>``); the
+signature covers the raw bytes either way, so it is checked before decoding.
+
+Changed files come from ``GET /repos/{owner}/{repo}/compare/{base}...{head}``. That compare
+is three-dot (from the merge base), so a diverged head (force push) needs both directions.
+Its ``files`` list stops at 300 with no truncation flag: at 300 the commits' own file lists
+are walked instead, up to ``max_compare_commits`` commits; beyond that the diff is incomplete.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import jwt
+
+from providers.base import (
+    ApiClient,
+    Diff,
+    Headers,
+    checked_delivery_id,
+    checked_sha,
+    load_json_object,
+    match_hex_hmac,
+    printable,
+    require_header,
+)
+from receiver.config import GitHubAppConfig, RepositoryConfig
+from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.events import PushEvent
+from receiver.secrets import SecretRef
+
+FILES_CAP = 300  # the compare API lists at most this many files, without saying it cut
+COMMIT_FILES_CAP = 3000  # the single-commit API lists at most this many files
+PER_PAGE = 100
+TOKEN_RENEW_MARGIN = 300.0  # renew an installation token this many seconds before expiry
+
+
+class GitHubAppAuth:
+    """Installation tokens for a GitHub App, cached and renewed before they expire."""
+
+    def __init__(self, app: GitHubAppConfig, api_url: str, client: ApiClient,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.api_url = api_url
+        self.client = client
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+
+    def app_jwt(self) -> str:
+        """An RS256 JWT for the app: issued 60 s in the past, expiring 9 minutes ahead."""
+        now = int(self.clock())
+        claims = {"iat": now - 60, "exp": now + 540, "iss": self.app.issuer}
+        return jwt.encode(claims, self.app.private_key.value(), algorithm="RS256")
+
+    def token(self) -> str:
+        """A valid installation token (minted when none is cached or it expires within 5 min)."""
+        with self._lock:
+            if self._token is None or self._expires_at - self.clock() < TOKEN_RENEW_MARGIN:
+                self._token, self._expires_at = self._mint()
+            return self._token
+
+    def _mint(self) -> tuple[str, float]:
+        url = f"{self.api_url}/app/installations/{self.app.installation_id}/access_tokens"
+        resp = self.client.request("POST", url, ok=(201,), headers={
+            "Authorization": f"Bearer {self.app_jwt()}",
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+        })
+        if resp.status_code != 201:
+            raise ProviderError(f"installation token request answered HTTP {resp.status_code}")
+        try:
+            body = resp.json()
+            token = str(body["token"])
+            expires = datetime.fromisoformat(str(body["expires_at"]).replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError):
+            raise ProviderError("installation token response is malformed") from None
+        return token, expires.timestamp()
+
+
+class GitHubProvider:
+    """The GitHub implementation of ``providers.base.Provider``."""
+
+    name = "github"
+    content_types = ("application/json", "application/x-www-form-urlencoded")
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._clients: dict[str, ApiClient] = {}
+        self._apps: dict[str, GitHubAppAuth] = {}
+        self._lock = threading.Lock()
+
+    # --- webhook side ------------------------------------------------------------------
+
+    def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
+        """Check ``X-Hub-Signature-256`` against every configured secret."""
+        signature = headers.get("x-hub-signature-256")
+        if not signature:
+            if headers.get("x-hub-signature"):
+                raise Unauthorized("X-Hub-Signature-256 is required; SHA-1 signatures are "
+                                   "not accepted")
+            raise Unauthorized("missing X-Hub-Signature-256")
+        algo, _, digest = signature.partition("=")
+        if algo != "sha256" or len(digest) != 64:
+            raise Unauthorized("malformed X-Hub-Signature-256")
+        return match_hex_hmac(body, digest, secrets)
+
+    def delivery_id(self, headers: Headers) -> str:
+        """``X-GitHub-Delivery``."""
+        return checked_delivery_id(headers.get("x-github-delivery"), "X-GitHub-Delivery")
+
+    def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
+        """Normalize a ``push``; ``ping`` and every other event type are ignored."""
+        event = require_header(headers, "X-GitHub-Event")
+        if event == "ping":
+            raise Ignored("ping event")
+        if event != "push":
+            raise Ignored(f"unsupported event type {printable(event)!r}")
+        doc = load_json_object(self._json_bytes(headers, body))
+        return (self._push(doc),)
+
+    @staticmethod
+    def _json_bytes(headers: Headers, body: bytes) -> bytes | str:
+        mime = headers.get("content-type", "").split(";")[0].strip().lower()
+        if mime != "application/x-www-form-urlencoded":
+            return body
+        try:
+            form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=16)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("form body is malformed") from None
+        payload = form.get("payload")
+        if not payload or len(payload) != 1:
+            raise BadRequest("form body needs exactly one payload field")
+        return payload[0]
+
+    @staticmethod
+    def _push(doc: dict[str, Any]) -> PushEvent:
+        ref = doc.get("ref")
+        repo = doc.get("repository")
+        full_name = repo.get("full_name") if isinstance(repo, dict) else None
+        if not isinstance(ref, str) or not isinstance(full_name, str) or "/" not in full_name:
+            raise BadRequest("push payload needs ref and repository.full_name")
+        if ref.startswith("refs/heads/"):
+            ref_type, ref_name = "branch", ref[len("refs/heads/"):]
+        elif ref.startswith("refs/tags/"):
+            ref_type, ref_name = "tag", ref[len("refs/tags/"):]
+        else:
+            raise Ignored(f"ref {printable(ref)!r} is neither a branch nor a tag")
+        if not ref_name:
+            raise BadRequest("ref has no name")
+        before = checked_sha(doc.get("before"), "before")
+        after = checked_sha(doc.get("after"), "after")
+        if before is None and after is None:
+            raise BadRequest("before and after cannot both be empty")
+        return PushEvent(provider="github", repository=full_name, ref_type=ref_type,  # type: ignore[arg-type]
+                         ref_name=ref_name, before=before, after=after,
+                         forced=bool(doc.get("forced", False)))
+
+    # --- API side ----------------------------------------------------------------------
+
+    def _client(self, repo: RepositoryConfig) -> ApiClient:
+        with self._lock:
+            client = self._clients.get(repo.key)
+            if client is None:
+                client = ApiClient(timeout=repo.request_timeout_seconds,
+                                   max_wait=repo.max_rate_limit_wait_seconds,
+                                   sleep=self._sleep, clock=self._clock)
+                self._clients[repo.key] = client
+            if repo.github_app is not None and repo.key not in self._apps:
+                self._apps[repo.key] = GitHubAppAuth(repo.github_app, repo.api_url, client,
+                                                     self._clock)
+            return client
+
+    def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+        if repo.key in self._apps:
+            headers["Authorization"] = f"Bearer {self._apps[repo.key].token()}"
+        elif repo.api_token is not None:
+            headers["Authorization"] = f"Bearer {repo.api_token.value()}"
+        return headers
+
+    def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
+        """Tree difference base→head; the union of both directions when they diverged."""
+        client = self._client(repo)
+        start = client.calls
+        forward = self._compare(repo, base, head)
+        if forward is None:
+            return Diff("diverged", None, "compare answered 404: the baseline or head commit "
+                        "is gone", client.calls - start)
+        status = str(forward.get("status"))
+        if status in ("identical", "behind"):
+            return Diff(status, frozenset(), None, client.calls - start)  # type: ignore[arg-type]
+        if status not in ("ahead", "diverged"):
+            raise ProviderError(f"compare answered unknown status {printable(status)!r}")
+        paths, reason = self._files(repo, base, head, forward)
+        if status == "diverged" and paths is not None:
+            backward = self._compare(repo, head, base)
+            if backward is None:
+                paths, reason = None, "compare answered 404 for the reverse direction"
+            else:
+                back_paths, reason = self._files(repo, head, base, backward)
+                paths = None if back_paths is None else paths | back_paths
+        return Diff(status, paths, reason, client.calls - start)  # type: ignore[arg-type]
+
+    def _url(self, repo: RepositoryConfig, tail: str) -> str:
+        owner, _, name = repo.name.partition("/")
+        return f"{repo.api_url}/repos/{quote(owner, safe='')}/{quote(name, safe='')}/{tail}"
+
+    def _get(self, repo: RepositoryConfig, url: str,
+             params: dict[str, str | int]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        resp = self._client(repo).request("GET", url, headers=self._headers(repo), params=params)
+        if resp.status_code == 404:
+            return None, {}
+        try:
+            body = resp.json()
+        except ValueError:
+            raise ProviderError(f"{url.split('?')[0].rsplit('/', 2)[-2]} answer is not JSON") \
+                from None
+        if not isinstance(body, dict):
+            raise ProviderError("compare answer is not a JSON object")
+        return body, dict(resp.links)
+
+    def _compare(self, repo: RepositoryConfig, base: str, head: str) -> dict[str, Any] | None:
+        body, _ = self._get(repo, self._url(repo, f"compare/{base}...{head}"),
+                            {"per_page": PER_PAGE, "page": 1})
+        return body
+
+    def _files(self, repo: RepositoryConfig, base: str, head: str,
+               first: dict[str, Any]) -> tuple[frozenset[str] | None, str | None]:
+        files = first.get("files") or []
+        if len(files) < FILES_CAP:
+            return _paths(files), None
+        # 300 files is GitHub's silent cap: fall back to each commit's own file list
+        total = int(first.get("total_commits") or 0)
+        if total > repo.max_compare_commits:
+            return None, (f"compare lists {FILES_CAP} files (its cap) and {total} commits, more "
+                          f"than max_compare_commits={repo.max_compare_commits}")
+        shas = self._commit_shas(repo, base, head, first, total)
+        if shas is None:
+            return None, "a compare page of commits vanished while walking them"
+        paths: set[str] = set()
+        for sha in shas:
+            commit_paths = self._commit_files(repo, sha)
+            if commit_paths is None:
+                return None, f"commit {sha[:12]} lists {COMMIT_FILES_CAP}+ files or is gone"
+            paths |= commit_paths
+        return frozenset(paths), None
+
+    def _commit_shas(self, repo: RepositoryConfig, base: str, head: str,
+                     first: dict[str, Any], total: int) -> list[str] | None:
+        shas = [str(c["sha"]) for c in first.get("commits") or []]
+        page = 1
+        while len(shas) < total:
+            page += 1
+            body, _ = self._get(repo, self._url(repo, f"compare/{base}...{head}"),
+                                {"per_page": PER_PAGE, "page": page})
+            commits = body.get("commits") if body else None
+            if not commits:
+                return None
+            shas.extend(str(c["sha"]) for c in commits)
+        return shas
+
+    def _commit_files(self, repo: RepositoryConfig, sha: str) -> frozenset[str] | None:
+        paths: set[str] = set()
+        count = 0
+        page = 1
+        while True:
+            body, links = self._get(repo, self._url(repo, f"commits/{quote(sha, safe='')}"),
+                                    {"per_page": PER_PAGE, "page": page})
+            if body is None:
+                return None
+            files = body.get("files") or []
+            count += len(files)
+            paths |= _paths(files)
+            if count >= COMMIT_FILES_CAP:
+                return None
+            if "next" not in links or not files:
+                return frozenset(paths)
+            page += 1
+
+
+def _paths(files: list[Any]) -> frozenset[str]:
+    out: set[str] = set()
+    for f in files:
+        if isinstance(f, dict):
+            for key in ("filename", "previous_filename"):
+                if isinstance(f.get(key), str):
+                    out.add(f[key])
+    return frozenset(out)

@@ -1,0 +1,155 @@
+"""The Flask app factory: health checks, the webhook route, and the one error-to-HTTP table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from providers import Provider, build_providers
+from receiver.config import Config
+from receiver.errors import (
+    Ignored,
+    NotFound,
+    RequestError,
+    ServiceUnavailable,
+    StateError,
+    UnsupportedMediaType,
+)
+from receiver.events import Delivery
+from receiver.launcher import Launcher, build_launcher
+from receiver.logging import configure, get_logger
+from receiver.processor import Processor
+from receiver.state import StateStore, open_store
+from receiver.worker import Worker
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def create_app(config: Config, *, store: StateStore | None = None,
+               launcher: Launcher | None = None,
+               providers: Mapping[str, Provider] | None = None,
+               start_worker: bool = True) -> Flask:
+    """Build the WSGI app. Starts this process's background worker unless told not to."""
+    configure()
+    log = get_logger()
+    store = store if store is not None else open_store(config.state)
+    if config.state.backend == "sqlite":
+        store.init()  # the embedded default needs no separate 'state init'
+    launcher = launcher if launcher is not None else build_launcher(config.launcher)
+    providers = providers if providers is not None else build_providers()
+    worker = Worker(Processor(config, store, launcher, providers), store, config.processing)
+    if start_worker:
+        worker.start()
+
+    app = Flask("receiver")
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    app.extensions["receiver"] = {"config": config, "store": store, "worker": worker}
+
+    def answer(http_status: int, **body: Any) -> tuple[Response, int]:
+        return jsonify(body), http_status
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return answer(200, status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        try:
+            store.ping()
+        except StateError as exc:
+            log.warning("readyz.failed", check="state", error=str(exc))
+            return answer(503, status="unavailable", checks={"config": "ok", "state": "failing"})
+        return answer(200, status="ready", checks={"config": "ok", "state": "ok"})
+
+    @app.post("/webhooks/<provider_name>")
+    def webhook(provider_name: str) -> tuple[Response, int]:
+        request.environ["receiver.provider"] = provider_name
+        provider = providers.get(provider_name)
+        repos = config.repositories_for(provider_name)
+        if provider is None or not repos:
+            raise NotFound("unknown provider path")
+        if request.mimetype not in provider.content_types:
+            raise UnsupportedMediaType(
+                f"content type must be one of {', '.join(provider.content_types)}")
+        body = request.get_data(cache=False)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        provider.verify(headers, body, [s for r in repos for s in r.webhook_secrets])
+        delivery_id = provider.delivery_id(headers)
+        request.environ["receiver.delivery_id"] = delivery_id
+        events = provider.parse(headers, body)
+        repo = config.repository(provider_name, events[0].repository)
+        request.environ["receiver.repository"] = events[0].repository
+        if repo is None:
+            raise NotFound("repository not configured")
+        verified_by = provider.verify(headers, body, repo.webhook_secrets).ref
+        relevant = tuple(e for e in events if e.after is not None and (
+            (e.ref_type == "branch" and repo.watches_branch(e.ref_name))
+            or (e.ref_type == "tag" and repo.tag_pipelines(e.ref_name))))
+        if not relevant:
+            raise Ignored(_ignored_reason(events[0].ref_type, events[0].after is None))
+        delivery = Delivery(delivery_id=delivery_id, provider=provider_name,
+                            repository=repo.name, events=relevant, verified_by=verified_by)
+        fields = _fields(delivery_id, provider_name, repo.name)
+        try:
+            recorded = store.record_delivery(delivery, time.time())
+        except StateError as exc:
+            log.error("webhook.rejected", reason="state store unavailable", error=str(exc),
+                      **fields)
+            raise ServiceUnavailable("the delivery could not be recorded; retry later") from None
+        if not recorded:
+            log.info("webhook.duplicate", **fields)
+            return answer(200, status="duplicate", delivery_id=delivery_id)
+        worker.notify()
+        log.info("webhook.accepted", verified_by=verified_by,
+                 refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
+                 head=relevant[0].after, **fields)
+        return answer(202, status="accepted", delivery_id=delivery_id)
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError) -> tuple[Response, int]:
+        log.info("webhook.rejected", reason=exc.code, detail=exc.message, status=exc.status,
+                 **_request_fields())
+        return answer(exc.status, error=exc.code, message=exc.message)
+
+    @app.errorhandler(Ignored)
+    def ignored(exc: Ignored) -> tuple[Response, int]:
+        log.info("webhook.ignored", reason=exc.reason, **_request_fields())
+        return answer(200, status="ignored", reason=exc.reason)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "error")
+        if request.path.startswith("/webhooks/"):
+            log.info("webhook.rejected", reason=code, status=status, **_request_fields())
+        return answer(status, error=code, message=exc.description or code)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("request.error", error=type(exc).__name__, **_request_fields())
+        return answer(500, error="internal", message="internal error")
+
+    return app
+
+
+def _fields(delivery_id: str | None, provider: str | None, repository: str | None) -> dict[str, Any]:
+    return {"delivery_id": delivery_id, "provider": provider, "repository": repository}
+
+
+def _request_fields() -> dict[str, Any]:
+    env = request.environ
+    return _fields(env.get("receiver.delivery_id"), env.get("receiver.provider"),
+                   env.get("receiver.repository"))
+
+
+def _ignored_reason(ref_type: str, deleted: bool) -> str:
+    if deleted:
+        return f"{ref_type} deleted: nothing to start"
+    if ref_type == "tag":
+        return "tag push and no pipeline has a matching tags rule"
+    return "branch not watched"

@@ -1,0 +1,190 @@
+"""The ``webhook-receiver`` command: serve, check-config, explain, state, state init."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from receiver import config as config_mod
+from receiver.errors import ConfigError, ProviderError, StateError
+
+
+def _load(path: str | None) -> config_mod.Config:
+    return config_mod.load(config_mod.config_path(path))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the service under gunicorn (gthread workers, each with its background worker)."""
+    from gunicorn.app.base import BaseApplication
+
+    from receiver.app import create_app
+
+    cfg = _load(args.config)
+    if cfg.state.backend == "sqlite":
+        from receiver.state import open_store
+
+        open_store(cfg.state).init()  # before forking, so workers never race on the schema
+
+    options: dict[str, Any] = {
+        "bind": args.bind,
+        "workers": args.workers,
+        "worker_class": "gthread",
+        "threads": args.threads,
+        "timeout": 30,
+        "graceful_timeout": 25,
+        "keepalive": 75,  # above the ALB's 60 s idle timeout
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+    }
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(cfg)
+
+    Server().run()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration and report."""
+    cfg = _load(args.config)
+    pipelines = sum(len(r.pipelines) for r in cfg.repositories)
+    print(f"ok: {cfg.source}: {len(cfg.repositories)} repositories, {pipelines} pipelines, "
+          f"state {cfg.state.backend}, launcher {cfg.launcher.backend}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Dry run: changed paths between two commits, matching rules, what would start."""
+    from providers import build_providers
+    from receiver.matcher import match
+
+    cfg = _load(args.config)
+    candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
+                  and (args.provider is None or r.provider == args.provider)]
+    if len(candidates) != 1:
+        what = "no" if not candidates else "more than one"
+        print(f"error: {what} configured repository named {args.repository!r}"
+              + ("; add --provider" if candidates else ""), file=sys.stderr)
+        return 2
+    repo = candidates[0]
+    provider = build_providers()[repo.provider]
+    diff = provider.changed_files(repo, args.from_sha, args.to_sha)
+    names = [p.name for p in repo.pipelines]
+    report: dict[str, Any] = {"repository": repo.name, "provider": repo.provider,
+                              "from": args.from_sha, "to": args.to_sha, "compare": diff.status,
+                              "api_calls": diff.api_calls}
+    if diff.contained:
+        report.update(complete=True, changed_paths={}, would_start=[], unchanged=names,
+                      note="the 'to' commit is already contained in 'from': nothing starts")
+    elif diff.paths is None:
+        report.update(complete=False, reason=diff.reason, changed_paths={}, would_start=names,
+                      unchanged=[], note="difference incomplete: every pipeline counts as changed")
+    else:
+        matched = match(sorted(diff.paths), {p.name: p.paths for p in repo.pipelines})
+        per_path: dict[str, list[dict[str, str]]] = {path: [] for path in sorted(diff.paths)}
+        for pipeline, hits in matched.items():
+            for hit in hits:
+                per_path[hit.path].append({"pipeline": pipeline, "rule": hit.glob})
+        report.update(complete=True, changed_paths=per_path,
+                      would_start=[n for n in names if n in matched],
+                      unchanged=[n for n in names if n not in matched])
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{repo.provider} {repo.name}: {args.from_sha} -> {args.to_sha}")
+    print(f"compare: {diff.status}, {len(report['changed_paths'])} changed paths, "
+          f"{diff.api_calls} API calls")
+    if "note" in report:
+        print(f"note: {report['note']}" + (f" ({diff.reason})" if diff.reason else ""))
+    for path, hits in report["changed_paths"].items():
+        rules = ", ".join(f"{h['pipeline']} ({h['rule']})" for h in hits) or "no pipeline"
+        print(f"  {path}  ->  {rules}")
+    print("would start: " + (", ".join(report["would_start"]) or "nothing"))
+    print("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Print one JSON line per baseline, or create the backend's tables with ``init``."""
+    from datetime import UTC, datetime
+
+    from receiver.state import open_store
+
+    cfg = _load(args.config)
+    store = open_store(cfg.state)
+    if args.action == "init":
+        store.init()
+        print(f"ok: state backend {cfg.state.backend} initialised")
+        return 0
+    for b in store.all_baselines():
+        print(json.dumps({
+            "repository": b.repository, "branch": b.branch, "pipeline": b.pipeline,
+            "baseline_commit": b.commit, "last_started_commit": b.last_started_commit,
+            "last_execution_id": b.last_execution_id,
+            "updated_at": datetime.fromtimestamp(b.updated_at, UTC).isoformat(),
+        }))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="webhook-receiver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service under gunicorn")
+    serve.add_argument("--config")
+    serve.add_argument("--bind", default="0.0.0.0:8080")
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 2)))
+    serve.add_argument("--threads", type=int, default=4)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate the configuration")
+    check.add_argument("--config")
+    check.set_defaults(func=cmd_check_config)
+
+    explain = sub.add_parser("explain", help="what would start between two commits")
+    explain.add_argument("--config")
+    explain.add_argument("--repository", required=True)
+    explain.add_argument("--provider", choices=config_mod.PROVIDERS)
+    explain.add_argument("--from", dest="from_sha", required=True)
+    explain.add_argument("--to", dest="to_sha", required=True)
+    explain.add_argument("--json", action="store_true", help="print the report as JSON")
+    explain.set_defaults(func=cmd_explain)
+
+    state = sub.add_parser("state", help="print baselines; 'state init' creates the backend")
+    state.add_argument("action", nargs="?", choices=["init"])
+    state.add_argument("--config")
+    state.set_defaults(func=cmd_state)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print("configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except (ProviderError, StateError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

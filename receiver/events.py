@@ -1,0 +1,68 @@
+"""The frozen event model. Providers produce it; nothing downstream sees a payload."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+ZERO_SHA = "0" * 40
+
+RefType = Literal["branch", "tag"]
+Change = Literal["created", "updated", "deleted"]
+
+
+def sha_or_none(value: object) -> str | None:
+    """Normalise a commit id from a payload: all-zero, empty or null means 'no commit'."""
+    if not isinstance(value, str) or not value or set(value) == {"0"}:
+        return None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PushEvent:
+    """One ref moved by one push.
+
+    ``before`` is None when the ref was created, ``after`` None when it was deleted.
+    ``repository`` is in the configured form (GitHub ``owner/repo``, GitLab
+    ``group/project``, Bitbucket ``workspace/slug`` or ``PROJECT/slug``).
+    """
+
+    provider: str
+    repository: str
+    ref_type: RefType
+    ref_name: str
+    before: str | None
+    after: str | None
+    forced: bool = False
+
+    @property
+    def change(self) -> Change:
+        """Whether the push created, updated or deleted the ref."""
+        if self.after is None:
+            return "deleted"
+        if self.before is None:
+            return "created"
+        return "updated"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A verified delivery as recorded: its id, origin and the pushes it carried."""
+
+    delivery_id: str
+    provider: str
+    repository: str
+    events: tuple[PushEvent, ...]
+    verified_by: str = ""
+    received_at: float = 0.0
+    attempts: int = 0
+
+    def events_json(self) -> str:
+        """The events as a JSON array (the stored form)."""
+        return json.dumps([asdict(e) for e in self.events], separators=(",", ":"))
+
+    @staticmethod
+    def events_from_json(text: str) -> tuple[PushEvent, ...]:
+        """Inverse of :meth:`events_json`."""
+        return tuple(PushEvent(**item) for item in json.loads(text))

@@ -1,0 +1,128 @@
+"""Launchers: how a pipeline is started. ``codepipeline`` (boto3) or ``log`` (dry run)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from receiver.config import LauncherConfig
+from receiver.errors import LaunchError
+
+_VALUE_LIMIT = 1000  # CodePipeline's cap on one variable value
+
+# Codes a later attempt can succeed on; everything else is final for this push.
+RETRYABLE = frozenset({
+    "ThrottlingException", "ConcurrentPipelineExecutionsLimitExceededException",
+    "ServiceUnavailableException", "InternalFailure", "RequestTimeout",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """Everything a launcher needs to start one pipeline at one commit."""
+
+    pipeline: str
+    commit: str
+    branch: str
+    repository: str
+    variables: tuple[tuple[str, str], ...] = ()
+    source_action: str | None = None
+
+    @property
+    def client_request_token(self) -> str:
+        """Idempotency token derived from (pipeline, commit): a retry cannot start twice."""
+        return hashlib.sha256(f"{self.pipeline}\0{self.commit}".encode()).hexdigest()
+
+
+def render_variables(templates: tuple[tuple[str, str], ...], *, commit: str, branch: str,
+                     repository: str, changed_paths: list[str]) -> tuple[tuple[str, str], ...]:
+    """Fill pipeline-variable templates; each value is cut to CodePipeline's 1000 characters."""
+    fields = {"commit": commit, "short_commit": commit[:12], "branch": branch,
+              "repository": repository, "changed_paths": ",".join(changed_paths)}
+    out = []
+    for name, template in templates:
+        value = template
+        for key, val in fields.items():
+            value = value.replace("{" + key + "}", val)
+        out.append((name, value[:_VALUE_LIMIT]))
+    return tuple(out)
+
+
+class Launcher(Protocol):
+    """Starts pipelines. ``dry_run`` is True when nothing is really started."""
+
+    dry_run: bool
+
+    def start(self, request: StartRequest) -> str:
+        """Start the pipeline; return the execution id. Raises LaunchError (``code`` = AWS code)."""
+        ...
+
+
+class LogLauncher:
+    """Dry run: starts nothing; the caller logs and records as if it had."""
+
+    dry_run = True
+
+    def start(self, request: StartRequest) -> str:
+        """A deterministic fake execution id."""
+        return f"dry-run-{request.client_request_token[:16]}"
+
+
+class CodePipelineLauncher:
+    """``StartPipelineExecution`` through boto3, one client per process, standard retries."""
+
+    dry_run = False
+
+    def __init__(self, config: LauncherConfig) -> None:
+        self.config = config
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                self._client = boto3.client(
+                    "codepipeline", region_name=self.config.region,
+                    endpoint_url=self.config.endpoint_url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 5},
+                                  connect_timeout=5, read_timeout=15),
+                )
+            return self._client
+
+    def start(self, request: StartRequest) -> str:
+        """Start one execution; botocore errors are translated into LaunchError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        params: dict[str, Any] = {
+            "name": request.pipeline,
+            "clientRequestToken": request.client_request_token,
+        }
+        if request.variables:
+            params["variables"] = [{"name": n, "value": v} for n, v in request.variables]
+        if request.source_action:
+            params["sourceRevisions"] = [{
+                "actionName": request.source_action,
+                "revisionType": "COMMIT_ID",
+                "revisionValue": request.commit,
+            }]
+        try:
+            answer = self._get_client().start_pipeline_execution(**params)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+            message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+            raise LaunchError(code, message, retryable=code in RETRYABLE) from None
+        except BotoCoreError as exc:
+            raise LaunchError(type(exc).__name__, str(exc)[:300], retryable=True) from None
+        return str(answer["pipelineExecutionId"])
+
+
+def build_launcher(config: LauncherConfig) -> Launcher:
+    """The launcher the configuration names."""
+    if config.backend == "log":
+        return LogLauncher()
+    return CodePipelineLauncher(config)

@@ -1,0 +1,59 @@
+"""Structured logs: one JSON object per line on stdout with ``ts``, ``level`` and ``event``.
+
+Every line about a delivery carries ``delivery_id``, ``provider`` and ``repository``:
+they are bound once with :func:`delivery_context` and added to each line inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure(level: str = "INFO") -> None:
+    """Set up JSON logging to stdout. Safe to call more than once."""
+    global _configured
+    if _configured:
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.format_exc_info,
+            _leading_keys,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def _leading_keys(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    # ts, level and event first, so a person reading raw lines sees them at once
+    ordered = {key: event.pop(key) for key in ("ts", "level", "event") if key in event}
+    ordered.update(event)
+    return ordered
+
+
+def get_logger() -> Any:
+    """The service's logger: ``log.info("event.name", key=value, ...)``."""
+    return structlog.get_logger()
+
+
+@contextmanager
+def delivery_context(delivery_id: str, provider: str, repository: str) -> Iterator[None]:
+    """Add the delivery fields to every log line written inside the block (this thread only)."""
+    with structlog.contextvars.bound_contextvars(
+        delivery_id=delivery_id, provider=provider, repository=repository
+    ):
+        yield

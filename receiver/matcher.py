@@ -1,0 +1,144 @@
+"""Path rules: repository-root-relative globs, compiled once, matched by a pure function.
+
+Glob syntax: ``**`` as a whole segment crosses folders (zero or more), ``*`` matches
+within one segment, ``?`` one character, ``[abc]`` / ``[!abc]`` a character class; a
+leading ``!`` makes the rule an exclude. A pipeline matches a changed path when at
+least one include matches it and no exclude does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+class GlobError(ValueError):
+    """A glob that cannot be compiled; the message says why."""
+
+
+def _segment_regex(segment: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(segment):
+        ch = segment[i]
+        if ch == "*":
+            if i + 1 < len(segment) and segment[i + 1] == "*":
+                raise GlobError("'**' must be a whole path segment (like 'a/**/b')")
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            end = segment.find("]", i + 2)
+            if end == -1:
+                raise GlobError("unclosed '[' character class")
+            body = segment[i + 1 : end]
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            body = body.replace("\\", "\\\\").replace("^", "\\^")
+            out.append(f"[{'^/' if negate else ''}{body}]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """Translate one glob (without its ``!``) into an anchored-free regex body.
+
+    Raises GlobError for an empty pattern, an absolute path, ``.``/``..`` segments or
+    a malformed segment.
+    """
+    if not pattern:
+        raise GlobError("empty pattern")
+    if pattern.startswith("/"):
+        raise GlobError("paths are repository-root-relative: drop the leading '/'")
+    segments = pattern.split("/")
+    if any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1] in (".", ".."):
+        raise GlobError("empty, '.' or '..' path segment")
+    if segments[-1] == "":
+        # 'dir/' means everything below dir, as in .gitignore
+        segments[-1] = "**"
+    parts: list[str] = []
+    last = len(segments) - 1
+    for idx, seg in enumerate(segments):
+        if seg == "**":
+            parts.append(".*" if idx == last else "(?:[^/]+/)*")
+        else:
+            parts.append(_segment_regex(seg) + ("" if idx == last else "/"))
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class PathRules:
+    """One pipeline's compiled rules. ``includes``/``excludes`` keep the source globs."""
+
+    includes: tuple[str, ...]
+    excludes: tuple[str, ...]
+    _include_re: re.Pattern[str]
+    _exclude_re: re.Pattern[str] | None
+
+    @classmethod
+    def compile(cls, patterns: Iterable[str]) -> PathRules:
+        """Compile globs (``!`` prefix = exclude). Raises GlobError naming the bad glob."""
+        includes: list[str] = []
+        excludes: list[str] = []
+        for raw in patterns:
+            negated = raw.startswith("!")
+            body = raw[1:] if negated else raw
+            try:
+                glob_to_regex(body)
+            except GlobError as exc:
+                raise GlobError(f"{raw!r}: {exc}") from None
+            (excludes if negated else includes).append(body)
+        if not includes:
+            raise GlobError("needs at least one include pattern (a glob without '!')")
+        return cls(
+            includes=tuple(includes),
+            excludes=tuple(excludes),
+            _include_re=_alternation(includes),
+            _exclude_re=_alternation(excludes) if excludes else None,
+        )
+
+    def matching_include(self, path: str) -> str | None:
+        """The first include glob that selects ``path``, or None (also when an exclude hits)."""
+        m = self._include_re.fullmatch(path)
+        if m is None or m.lastgroup is None:
+            return None
+        if self._exclude_re is not None and self._exclude_re.fullmatch(path):
+            return None
+        return self.includes[int(m.lastgroup[1:])]
+
+
+def _alternation(globs: list[str]) -> re.Pattern[str]:
+    # one named group per glob, so a single regex pass also tells which glob matched
+    return re.compile("|".join(f"(?P<g{i}>{glob_to_regex(g)})" for i, g in enumerate(globs)))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """A changed path and the include glob of a pipeline that selected it."""
+
+    path: str
+    glob: str
+
+
+def match(paths: Iterable[str], rules: Mapping[str, PathRules]) -> dict[str, tuple[RuleMatch, ...]]:
+    """Which pipelines the changed ``paths`` select.
+
+    Returns pipeline name -> the (path, include glob) pairs that selected it, only for
+    pipelines with at least one such pair, paths in input order. Pure: no I/O.
+    """
+    path_list = list(dict.fromkeys(paths))
+    result: dict[str, tuple[RuleMatch, ...]] = {}
+    for name, rule in rules.items():
+        hits = []
+        for path in path_list:
+            glob = rule.matching_include(path)
+            if glob is not None:
+                hits.append(RuleMatch(path, glob))
+        if hits:
+            result[name] = tuple(hits)
+    return result

@@ -1,0 +1,260 @@
+"""Background processing of one recorded delivery: baselines, compare, match, start, advance.
+
+State semantics (DESIGN.md): a pipeline's baseline is the last commit at which it was
+started or found unchanged. For a push with head H, pipelines are grouped by baseline and
+each distinct baseline costs one compare (usually one for the whole push). A head already
+contained in the baseline starts nothing and moves nothing; an incomplete difference treats
+every pipeline of the group as changed. Starts go through a start intent keyed by
+(pipeline, head) so that no pipeline starts twice for one commit; baselines move by
+compare-and-set, and a lost race re-evaluates against the new baseline.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from providers.base import Diff, Provider
+from receiver.config import Config, PipelineConfig, RepositoryConfig
+from receiver.errors import LaunchError, ProviderError
+from receiver.events import Delivery, PushEvent
+from receiver.launcher import Launcher, StartRequest, render_variables
+from receiver.logging import delivery_context, get_logger
+from receiver.matcher import RuleMatch, match
+from receiver.state.base import Baseline, StateStore
+
+MAX_ROUNDS = 5  # re-evaluations after lost compare-and-set races, per push
+START_PARALLELISM = 8
+
+Verdict = Literal["changed", "unchanged", "contained"]
+
+
+class RetryLater(Exception):
+    """Processing must be retried later (the delivery is released with back-off)."""
+
+
+@dataclass
+class PushSummary:
+    """What processing one push did (feeds the ``delivery.processed`` line)."""
+
+    changed_files: int = 0
+    started: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict for one pipeline and why."""
+
+    verdict: Verdict
+    matches: tuple[RuleMatch, ...] = ()
+    reason: str | None = None
+
+
+class Processor:
+    """Processes deliveries against the store, the providers and the launcher."""
+
+    def __init__(self, config: Config, store: StateStore, launcher: Launcher,
+                 providers: Mapping[str, Provider],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.launcher = launcher
+        self.providers = providers
+        self.clock = clock
+        self.log = get_logger()
+
+    def process(self, delivery: Delivery) -> None:
+        """Process every push of ``delivery``. Raises RetryLater if part must be redone later."""
+        started_at = time.monotonic()
+        final = delivery.attempts >= self.config.processing.max_attempts
+        repo = self.config.repository(delivery.provider, delivery.repository)
+        with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
+            if repo is None:
+                self.log.warning("delivery.dropped", reason="repository no longer configured")
+                return
+            summary = PushSummary()
+            for event in delivery.events:
+                if event.ref_type == "tag":
+                    self._tag(repo, event, delivery, summary, final)
+                else:
+                    self._branch(repo, event, delivery, summary, final)
+            self.log.info(
+                "delivery.processed",
+                branch=",".join(e.ref_name for e in delivery.events),
+                head=",".join(e.after or "" for e in delivery.events),
+                changed_files=summary.changed_files,
+                pipelines_started=summary.started,
+                pipelines_unchanged=summary.unchanged,
+                pipelines_failed=summary.failed,
+                attempt=delivery.attempts,
+                duration_ms=round((time.monotonic() - started_at) * 1000, 1),
+            )
+            if summary.retry:
+                raise RetryLater("a pipeline start failed with a retryable error")
+
+    # --- tags ----------------------------------------------------------------------------
+
+    def _tag(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
+             summary: PushSummary, final: bool) -> None:
+        if event.after is None:
+            return
+        for pipeline in repo.tag_pipelines(event.ref_name):
+            outcome = self._launch(repo, event, pipeline, (), delivery, final)
+            _tally(summary, pipeline.name, outcome)
+
+    # --- branches ------------------------------------------------------------------------
+
+    def _branch(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
+                summary: PushSummary, final: bool) -> None:
+        head = event.after
+        if head is None:
+            return
+        pending = {p.name: p for p in repo.pipelines}
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                return
+            baselines = self.store.baselines(repo.key, event.ref_name)
+            groups: dict[str | None, list[PipelineConfig]] = {}
+            for p in pending.values():
+                base = baselines[p.name].commit if p.name in baselines else event.before
+                groups.setdefault(base, []).append(p)
+            decisions: dict[str, Decision] = {}
+            for base, group in groups.items():
+                decisions.update(self._decide(repo, event, base, head, group, summary, final))
+            lost = self._act(repo, event, delivery, pending, baselines, decisions, summary, final)
+            pending = {name: pending[name] for name in lost}
+        if pending:
+            self.log.warning("baseline.contended", pipelines=sorted(pending),
+                             reason=f"lost {MAX_ROUNDS} compare-and-set rounds")
+            summary.retry = True
+
+    def _decide(self, repo: RepositoryConfig, event: PushEvent, base: str | None, head: str,
+                group: list[PipelineConfig], summary: PushSummary,
+                final: bool) -> dict[str, Decision]:
+        names = [p.name for p in group]
+        if base is None:
+            if repo.new_branch == "all":
+                why = "new branch with no baseline: every pipeline counts as changed"
+                self.log.info("changes.all", reason=why, pipelines=names, head=head)
+                return {n: Decision("changed", reason=why) for n in names}
+            return {n: Decision("unchanged", reason="new branch (new_branch: none)")
+                    for n in names}
+        if base == head:
+            return {n: Decision("contained") for n in names}
+        diff = self._diff(repo, base, head, final)
+        if diff.contained:
+            return {n: Decision("contained") for n in names}
+        if diff.paths is None:
+            self.log.warning("changes.incomplete", reason=diff.reason, base=base, head=head,
+                             pipelines=names)
+            return {n: Decision("changed", reason=diff.reason) for n in names}
+        summary.changed_files = max(summary.changed_files, len(diff.paths))
+        matched = match(sorted(diff.paths), {p.name: p.paths for p in group})
+        return {n: Decision("changed", matched[n]) if n in matched else Decision("unchanged")
+                for n in names}
+
+    def _diff(self, repo: RepositoryConfig, base: str, head: str, final: bool) -> Diff:
+        provider = self.providers[repo.provider]
+        try:
+            return provider.changed_files(repo, base, head)
+        except ProviderError as exc:
+            if not final:
+                raise RetryLater(str(exc)) from exc
+            # out of attempts: a missed deployment is worse than an extra one
+            return Diff("diverged", None, f"provider API failed on the last attempt: {exc}")
+
+    def _act(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
+             pending: dict[str, PipelineConfig], baselines: dict[str, Baseline],
+             decisions: dict[str, Decision], summary: PushSummary, final: bool) -> list[str]:
+        """Start what changed (in parallel), advance baselines; return pipelines that lost a race."""
+        assert event.after is not None
+        head = event.after
+        changed = [name for name, d in decisions.items() if d.verdict == "changed"]
+        outcomes: dict[str, tuple[str, str | None]] = {}
+        if changed:
+            with ThreadPoolExecutor(max_workers=min(START_PARALLELISM, len(changed))) as pool:
+                futures = {
+                    name: pool.submit(contextvars.copy_context().run, self._launch, repo, event,
+                                      pending[name], decisions[name].matches, delivery, final)
+                    for name in changed
+                }
+                outcomes = {name: fut.result() for name, fut in futures.items()}
+        lost: list[str] = []
+        now = self.clock()
+        for name, decision in decisions.items():
+            expected = baselines.get(name) or Baseline(repo.key, event.ref_name, name)
+            if decision.verdict == "contained":
+                summary.unchanged.append(name)
+                continue
+            if decision.verdict == "unchanged":
+                if self.store.advance_baseline(expected, head, now):
+                    summary.unchanged.append(name)
+                else:
+                    lost.append(name)
+                continue
+            state, execution_id = outcomes[name]
+            if state == "started":
+                if self.store.advance_baseline(expected, head, now, execution_id=execution_id):
+                    _tally(summary, name, outcomes[name])
+                else:
+                    lost.append(name)
+            else:
+                _tally(summary, name, outcomes[name])
+        return lost
+
+    def _launch(self, repo: RepositoryConfig, event: PushEvent, pipeline: PipelineConfig,
+                matches: tuple[RuleMatch, ...], delivery: Delivery,
+                final: bool) -> tuple[str, str | None]:
+        """Start ``pipeline`` at the head once. Returns (state, execution id).
+
+        state: ``started`` (now or earlier), ``in_flight`` (another delivery owns the start),
+        ``failed`` (final), ``retry`` (a retryable failure; the delivery will be redone).
+        """
+        assert event.after is not None
+        head = event.after
+        record = self.store.begin_start(pipeline.name, head, delivery.delivery_id, self.clock())
+        if record.state == "started":
+            return "started", record.execution_id
+        if record.owner != delivery.delivery_id:
+            self.log.info("pipeline.in_flight", pipeline=pipeline.name, commit=head,
+                          owner=record.owner)
+            return "in_flight", None
+        changed_paths = [m.path for m in matches]
+        request = StartRequest(
+            pipeline=pipeline.name, commit=head, branch=event.ref_name,
+            repository=repo.name, source_action=pipeline.source_action,
+            variables=render_variables(pipeline.variables, commit=head, branch=event.ref_name,
+                                       repository=repo.name, changed_paths=changed_paths),
+        )
+        try:
+            execution_id = self.launcher.start(request)
+        except LaunchError as exc:
+            self.store.finish_start(pipeline.name, head, delivery.delivery_id, self.clock(),
+                                    error=str(exc))
+            retry = exc.retryable and not final
+            self.log.error("pipeline.start_failed", pipeline=pipeline.name, commit=head,
+                           error=str(exc), will_retry=retry)
+            return ("retry" if retry else "failed"), None
+        self.store.finish_start(pipeline.name, head, delivery.delivery_id, self.clock(),
+                                execution_id=execution_id)
+        self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
+                      execution_id=execution_id, branch=event.ref_name,
+                      matched_files=len(matches), dry_run=self.launcher.dry_run,
+                      **({"matched": [m.path for m in matches[:5]]} if matches else {}))
+        return "started", execution_id
+
+
+def _tally(summary: PushSummary, name: str, outcome: tuple[str, str | None]) -> None:
+    state = outcome[0]
+    if state == "started":
+        summary.started.append(name)
+    elif state in ("failed", "retry"):
+        summary.failed.append(name)
+        summary.retry = summary.retry or state == "retry"

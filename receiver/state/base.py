@@ -1,0 +1,98 @@
+"""The state-store protocol: deliveries (with leases), baselines (with versions), starts.
+
+Every backend gives the same guarantees, so the processor can run in many processes at once:
+
+- ``record_delivery`` is an atomic insert-if-absent on the delivery id.
+- ``claim_delivery`` hands a pending delivery to one owner until its lease expires; a
+  delivery whose owner died is claimable again after that.
+- ``advance_baseline`` is a compare-and-set on the version read by ``baselines``.
+- ``begin_start`` is an atomic create-or-get of the start intent for (pipeline, commit).
+
+Times are UNIX seconds (float). Every method raises ``receiver.errors.StateError`` when the
+backend cannot answer; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from receiver.events import Delivery
+
+StartState = Literal["pending", "started", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """Where one pipeline stands on one branch. ``version`` 0 means no row yet."""
+
+    repository: str
+    branch: str
+    pipeline: str
+    commit: str | None = None
+    last_started_commit: str | None = None
+    last_execution_id: str | None = None
+    updated_at: float = 0.0
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StartRecord:
+    """The start intent of (pipeline, commit), written before the pipeline is started."""
+
+    pipeline: str
+    commit: str
+    state: StartState
+    owner: str
+    execution_id: str | None = None
+    error: str | None = None
+
+
+class StateStore(Protocol):
+    """What the service keeps. See the module docstring for the guarantees."""
+
+    def init(self) -> None:
+        """Create whatever the backend needs (tables, indexes). Idempotent."""
+
+    def ping(self) -> None:
+        """Return if the backend answers; raise StateError otherwise (readiness check)."""
+
+    def record_delivery(self, delivery: Delivery, now: float) -> bool:
+        """Record a verified delivery as pending. False if its id was already recorded."""
+
+    def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
+        """Lease the oldest pending delivery that nobody holds (or whose lease expired).
+
+        The returned delivery's ``attempts`` counts this claim. None when there is none.
+        """
+
+    def release_delivery(self, delivery_id: str, owner: str, retry_at: float) -> None:
+        """Give a claimed delivery back, claimable again from ``retry_at``."""
+
+    def finish_delivery(self, delivery_id: str, owner: str, outcome: str, now: float) -> None:
+        """Mark a claimed delivery done (``outcome`` is a short word: processed, failed)."""
+
+    def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
+        """Current baselines of one branch, by pipeline name (absent pipelines have none)."""
+
+    def advance_baseline(self, expected: Baseline, commit: str, now: float,
+                         execution_id: str | None = None) -> bool:
+        """Set the baseline to ``commit`` if its version is still ``expected.version``.
+
+        With ``execution_id`` the pipeline was started at ``commit`` (last started commit
+        and execution id are updated too). False when another writer got there first.
+        """
+
+    def all_baselines(self) -> Iterator[Baseline]:
+        """Every baseline, ordered by repository, branch, pipeline."""
+
+    def begin_start(self, pipeline: str, commit: str, owner: str, now: float) -> StartRecord:
+        """Create the start intent for (pipeline, commit) owned by ``owner``, or return it.
+
+        An existing ``failed`` intent is taken over by ``owner`` (state back to pending).
+        """
+
+    def finish_start(self, pipeline: str, commit: str, owner: str, now: float,
+                     execution_id: str | None = None, error: str | None = None) -> None:
+        """Record the outcome: ``started`` with ``execution_id``, else ``failed`` with ``error``."""

@@ -1,0 +1,226 @@
+"""SQLite state store: the embedded default. Safe across threads and gunicorn workers.
+
+Each thread has its own connection (sqlite3 connections are not shared across threads);
+WAL lets readers run beside the one writer; ``BEGIN IMMEDIATE`` makes the read-then-write
+steps (claiming a delivery, taking over a failed start) atomic across processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from receiver.errors import StateError
+from receiver.events import Delivery
+from receiver.state.base import Baseline, StartRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    events TEXT NOT NULL,
+    verified_by TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL,
+    outcome TEXT,
+    PRIMARY KEY (provider, delivery_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, lease_until, received_at);
+CREATE TABLE IF NOT EXISTS baselines (
+    repository TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    commit_sha TEXT,
+    last_started_commit TEXT,
+    last_execution_id TEXT,
+    updated_at REAL NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (repository, branch, pipeline)
+);
+CREATE TABLE IF NOT EXISTS starts (
+    pipeline TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    execution_id TEXT,
+    error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (pipeline, commit_sha)
+);
+"""
+
+
+class SQLiteStore:
+    """StateStore over one SQLite file (see ``receiver.state.base`` for the contract)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except (sqlite3.Error, OSError) as exc:
+                raise StateError(f"sqlite {self.path}: {exc}") from None
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(f"sqlite {self.path}: {exc}") from None
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"sqlite {self.path}: {exc}") from None
+
+    def init(self) -> None:
+        """Create the schema (idempotent)."""
+        try:
+            self._conn().executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateError(f"sqlite {self.path}: {exc}") from None
+
+    def ping(self) -> None:
+        """Check that the schema is there and readable."""
+        self._query("SELECT 1 FROM deliveries LIMIT 1")
+
+    def record_delivery(self, delivery: Delivery, now: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, events,"
+                " verified_by, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (delivery.delivery_id, delivery.provider, delivery.repository,
+                 delivery.events_json(), delivery.verified_by, now),
+            )
+            return cur.rowcount == 1
+
+    def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT provider, delivery_id FROM deliveries WHERE status = 'pending'"
+                " AND lease_until <= ? ORDER BY received_at LIMIT 1", (now,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
+                " WHERE provider = ? AND delivery_id = ?",
+                (owner, now + lease_seconds, row[0], row[1]),
+            )
+            full = conn.execute(
+                "SELECT delivery_id, provider, repository, events, verified_by, received_at,"
+                " attempts FROM deliveries WHERE provider = ? AND delivery_id = ?", row
+            ).fetchone()
+        return Delivery(delivery_id=full[0], provider=full[1], repository=full[2],
+                        events=Delivery.events_from_json(full[3]), verified_by=full[4],
+                        received_at=full[5], attempts=full[6])
+
+    def release_delivery(self, delivery_id: str, owner: str, retry_at: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = ?"
+                " WHERE delivery_id = ? AND lease_owner = ? AND status = 'pending'",
+                (retry_at, delivery_id, owner),
+            )
+
+    def finish_delivery(self, delivery_id: str, owner: str, outcome: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?,"
+                " lease_owner = NULL WHERE delivery_id = ? AND lease_owner = ?",
+                (outcome, now, delivery_id, owner),
+            )
+
+    def pending_count(self) -> int:
+        """How many deliveries are not finished (for tests and readiness detail)."""
+        return int(self._query("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")[0][0])
+
+    def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
+        rows = self._query(
+            "SELECT repository, branch, pipeline, commit_sha, last_started_commit,"
+            " last_execution_id, updated_at, version FROM baselines"
+            " WHERE repository = ? AND branch = ?", (repository, branch))
+        return {row[2]: Baseline(*row) for row in rows}
+
+    def advance_baseline(self, expected: Baseline, commit: str, now: float,
+                         execution_id: str | None = None) -> bool:
+        with self._tx() as conn:
+            if expected.version == 0:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO baselines (repository, branch, pipeline, commit_sha,"
+                    " last_started_commit, last_execution_id, updated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    (expected.repository, expected.branch, expected.pipeline, commit,
+                     commit if execution_id else None, execution_id, now))
+            elif execution_id is not None:
+                cur = conn.execute(
+                    "UPDATE baselines SET commit_sha = ?, last_started_commit = ?,"
+                    " last_execution_id = ?, updated_at = ?, version = version + 1"
+                    " WHERE repository = ? AND branch = ? AND pipeline = ? AND version = ?",
+                    (commit, commit, execution_id, now, expected.repository, expected.branch,
+                     expected.pipeline, expected.version))
+            else:
+                cur = conn.execute(
+                    "UPDATE baselines SET commit_sha = ?, updated_at = ?, version = version + 1"
+                    " WHERE repository = ? AND branch = ? AND pipeline = ? AND version = ?",
+                    (commit, now, expected.repository, expected.branch, expected.pipeline,
+                     expected.version))
+            return cur.rowcount == 1
+
+    def all_baselines(self) -> Iterator[Baseline]:
+        rows = self._query(
+            "SELECT repository, branch, pipeline, commit_sha, last_started_commit,"
+            " last_execution_id, updated_at, version FROM baselines"
+            " ORDER BY repository, branch, pipeline")
+        return (Baseline(*row) for row in rows)
+
+    def begin_start(self, pipeline: str, commit: str, owner: str, now: float) -> StartRecord:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO starts (pipeline, commit_sha, state, owner, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?)", (pipeline, commit, owner, now))
+            conn.execute(
+                "UPDATE starts SET state = 'pending', owner = ?, error = NULL, updated_at = ?"
+                " WHERE pipeline = ? AND commit_sha = ? AND state = 'failed'",
+                (owner, now, pipeline, commit))
+            row = conn.execute(
+                "SELECT pipeline, commit_sha, state, owner, execution_id, error FROM starts"
+                " WHERE pipeline = ? AND commit_sha = ?", (pipeline, commit)).fetchone()
+        return StartRecord(*row)
+
+    def finish_start(self, pipeline: str, commit: str, owner: str, now: float,
+                     execution_id: str | None = None, error: str | None = None) -> None:
+        state = "started" if execution_id is not None else "failed"
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE starts SET state = ?, execution_id = ?, error = ?, updated_at = ?"
+                " WHERE pipeline = ? AND commit_sha = ? AND owner = ? AND state = 'pending'",
+                (state, execution_id, error, now, pipeline, commit, owner))

@@ -1,0 +1,97 @@
+"""The background worker: one thread per process that claims and processes deliveries.
+
+A new delivery wakes it at once; a poll every ``poll_seconds`` also picks up deliveries
+whose lease expired (their owner died), so work accepted before a crash is finished by
+whichever process is alive.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from receiver.config import ProcessingConfig
+from receiver.errors import StateError
+from receiver.logging import delivery_context, get_logger
+from receiver.processor import Processor, RetryLater
+from receiver.state.base import StateStore
+
+
+class Worker:
+    """Claims pending deliveries from the store and runs them through the processor."""
+
+    def __init__(self, processor: Processor, store: StateStore, config: ProcessingConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.processor = processor
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.log = get_logger()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the background thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="receiver-worker",
+                                            daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        """A delivery was recorded: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the delivery in hand and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except StateError as exc:
+                self.log.error("worker.state_unavailable", error=str(exc))
+                busy = False
+            if not busy:
+                self._wake.wait(self.config.poll_seconds)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Claim and process one delivery. False when there was nothing to claim."""
+        delivery = self.store.claim_delivery(self.owner, self.config.lease_seconds, self.clock())
+        if delivery is None:
+            return False
+        try:
+            self.processor.process(delivery)
+        except (RetryLater, StateError) as exc:
+            self._retry_or_fail(delivery.delivery_id, delivery.provider, delivery.repository,
+                                delivery.attempts, str(exc))
+        except Exception as exc:  # a bug must not kill the worker thread or lose the delivery
+            with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
+                self.log.exception("delivery.error", error=type(exc).__name__)
+            self._retry_or_fail(delivery.delivery_id, delivery.provider, delivery.repository,
+                                delivery.attempts, type(exc).__name__)
+        else:
+            self.store.finish_delivery(delivery.delivery_id, self.owner, "processed", self.clock())
+        return True
+
+    def _retry_or_fail(self, delivery_id: str, provider: str, repository: str, attempts: int,
+                       error: str) -> None:
+        with delivery_context(delivery_id, provider, repository):
+            if attempts > self.config.max_attempts:
+                self.log.error("delivery.failed", error=error, attempts=attempts)
+                self.store.finish_delivery(delivery_id, self.owner, "failed", self.clock())
+                return
+            delay = self.config.retry_backoff_seconds * 2 ** (attempts - 1)
+            self.log.warning("delivery.retry", error=error, attempt=attempts,
+                             retry_in_s=round(delay, 1))
+            self.store.release_delivery(delivery_id, self.owner, self.clock() + delay)

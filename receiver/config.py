@@ -107,6 +107,9 @@ class RepositoryConfig:
     max_compare_commits: int = 250
     request_timeout_seconds: float = 10.0
     max_rate_limit_wait_seconds: float = 60.0
+    api_username: str | None = None
+    require_signed: bool = False
+    signature_tolerance_seconds: float = 300.0
 
     @property
     def key(self) -> str:
@@ -235,7 +238,8 @@ class _Checker:
 _TOP = ("state", "launcher", "processing", "server", "repositories")
 _REPO = ("provider", "name", "api_url", "webhook_secrets", "api_token", "github_app", "branches",
          "pipelines", "new_branch", "max_compare_commits", "request_timeout_seconds",
-         "max_rate_limit_wait_seconds")
+         "max_rate_limit_wait_seconds", "api_username", "require_signed",
+         "signature_tolerance_seconds")
 _PIPELINE = ("name", "paths", "tags", "variables", "source_action")
 
 
@@ -347,6 +351,15 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
                       "a number of seconds above 0 and at most 120")
     max_wait = c.typed(r, "max_rate_limit_wait_seconds", path, float, 60.0,
                        lambda v: 0 <= v <= 3600, "a number of seconds from 0 to 3600")
+    username = c.typed(r, "api_username", path, str, None, bool,  # type: ignore[arg-type]
+                       "the account name or e-mail for Basic auth (Atlassian API tokens)")
+    require_signed = r.get("require_signed", False)
+    if not isinstance(require_signed, bool):
+        c.error(f"{path}.require_signed", "must be true or false")
+    elif require_signed and provider != "gitlab":
+        c.error(f"{path}.require_signed", "is only for provider gitlab (signed webhooks)")
+    tolerance = c.typed(r, "signature_tolerance_seconds", path, float, 300.0,
+                        lambda v: 0 < v <= 3600, "a number of seconds above 0 and at most 3600")
     pipelines_raw = r.get("pipelines")
     pipelines: list[PipelineConfig] = []
     if not isinstance(pipelines_raw, list) or not pipelines_raw:
@@ -368,6 +381,8 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         webhook_secrets=tuple(secrets), api_token=token, github_app=app, branches=branches,
         pipelines=tuple(pipelines), new_branch=new_branch, max_compare_commits=max_commits,
         request_timeout_seconds=timeout, max_rate_limit_wait_seconds=max_wait,
+        api_username=username, require_signed=bool(require_signed),
+        signature_tolerance_seconds=tolerance,
     )
 
 

@@ -60,6 +60,14 @@ class Provider(Protocol):
     name: str
     content_types: tuple[str, ...]
 
+    def preflight(self, headers: Headers, body: bytes) -> None:
+        """Raise Ignored for a provider test request that is sent unsigned by design.
+
+        Runs before verification; it must change nothing and may only answer ``ignored``
+        (e.g. Bitbucket Data Center's ``diagnostics:ping``). Most providers do nothing.
+        """
+        ...
+
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
         """Return the secret that authenticates ``body``; raise Unauthorized if none does.
 

@@ -104,6 +104,9 @@ class GitHubProvider:
 
     # --- webhook side ------------------------------------------------------------------
 
+    def preflight(self, headers: Headers, body: bytes) -> None:
+        """GitHub signs its pings too: nothing is answered before verification."""
+
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
         """Check ``X-Hub-Signature-256`` against every configured secret."""
         signature = headers.get("x-hub-signature-256")

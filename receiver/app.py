@@ -78,6 +78,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
                 f"content type must be one of {', '.join(provider.content_types)}")
         body = request.get_data(cache=False)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        provider.preflight(headers, body)
         provider.verify(headers, body, [s for r in repos for s in r.webhook_secrets])
         delivery_id = provider.delivery_id(headers)
         request.environ["receiver.delivery_id"] = delivery_id

@@ -26,6 +26,7 @@ from receiver.secrets import SecretRef
 Headers = Mapping[str, str]
 CompareStatus = Literal["ahead", "behind", "identical", "diverged"]
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_ZERO_SHAS = ("0" * 40, "0" * 64)
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:{}-]{1,128}$")
 
 
@@ -159,16 +160,16 @@ def checked_delivery_id(value: str | None, header: str) -> str:
     """Validate a delivery id taken from ``header``: 1-128 of ``A-Za-z0-9._:{}-``."""
     if not value:
         raise BadRequest(f"missing header {header}")
-    if not _DELIVERY_ID.match(value):
+    if not _DELIVERY_ID.fullmatch(value):
         raise BadRequest(f"malformed {header}")
     return value
 
 
 def checked_sha(value: object, field: str) -> str | None:
-    """A commit id from a payload: None for null/all-zero, else validated lower-case hex."""
-    if value is None or (isinstance(value, str) and value.strip("0") == ""):
+    """A commit id from a payload: None for null or 40/64 zeros, else validated lower-case hex."""
+    if value is None or value in _ZERO_SHAS:
         return None
-    if not isinstance(value, str) or not _SHA.match(value):
+    if not isinstance(value, str) or not _SHA.fullmatch(value):
         raise BadRequest(f"{field} is not a commit id")
     return value
 
@@ -236,15 +237,17 @@ class ApiClient:
                 continue
             if resp.status_code in ok or resp.status_code == 404:
                 return resp
+            last = f"HTTP {resp.status_code}"
             wait = self._rate_limit_wait(resp)
             if wait is not None:
                 if waited + wait > self.max_wait:
                     raise ProviderError(f"rate limited (HTTP {resp.status_code}); reset in "
                                         f"{wait:.0f}s is beyond the {self.max_wait:.0f}s budget")
-                waited += wait
-                self.sleep(wait)
+                # waiting only pays off when another attempt follows it
+                if attempt + 1 < self.attempts:
+                    waited += wait
+                    self.sleep(wait)
                 continue
-            last = f"HTTP {resp.status_code}"
             if resp.status_code >= 500:
                 self._backoff(attempt)
                 continue

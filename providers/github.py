@@ -140,7 +140,8 @@ class GitHubProvider:
         if mime != "application/x-www-form-urlencoded":
             return body
         try:
-            form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=16)
+            form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=16,
+                            errors="strict")
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("form body is malformed") from None
         payload = form.get("payload")
@@ -169,7 +170,7 @@ class GitHubProvider:
             raise BadRequest("before and after cannot both be empty")
         return PushEvent(provider="github", repository=full_name, ref_type=ref_type,  # type: ignore[arg-type]
                          ref_name=ref_name, before=before, after=after,
-                         forced=bool(doc.get("forced", False)))
+                         forced=doc.get("forced") is True)
 
     # --- API side ----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -78,10 +79,12 @@ def create_app(config: Config, *, store: StateStore | None = None,
                 f"content type must be one of {', '.join(provider.content_types)}")
         body = request.get_data(cache=False)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        with contextlib.suppress(RequestError):
+            # logged (validated, unverified) so a rejected delivery can be traced too
+            request.environ["receiver.delivery_id"] = provider.delivery_id(headers)
         provider.preflight(headers, body)
         provider.verify(headers, body, [s for r in repos for s in r.webhook_secrets])
         delivery_id = provider.delivery_id(headers)
-        request.environ["receiver.delivery_id"] = delivery_id
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         request.environ["receiver.repository"] = events[0].repository

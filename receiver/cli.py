@@ -132,7 +132,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     for b in store.all_baselines():
         print(json.dumps({
             "repository": b.repository, "branch": b.branch, "pipeline": b.pipeline,
-            "baseline_commit": b.commit, "last_started_commit": b.last_started_commit,
+            "baseline_commit": b.commit or None, "last_started_commit": b.last_started_commit,
             "last_execution_id": b.last_execution_id,
             "updated_at": datetime.fromtimestamp(b.updated_at, UTC).isoformat(),
         }))

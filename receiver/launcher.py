@@ -13,9 +13,10 @@ from receiver.errors import LaunchError
 _VALUE_LIMIT = 1000  # CodePipeline's cap on one variable value
 
 # Codes a later attempt can succeed on; everything else is final for this push.
+# ConflictException is StartPipelineExecution's "pipeline is busy ... try again later".
 RETRYABLE = frozenset({
     "ThrottlingException", "ConcurrentPipelineExecutionsLimitExceededException",
-    "ServiceUnavailableException", "InternalFailure", "RequestTimeout",
+    "ConflictException", "ServiceUnavailableException", "InternalFailure", "RequestTimeout",
 })
 
 
@@ -95,15 +96,21 @@ class CodePipelineLauncher:
             return self._client
 
     def start(self, request: StartRequest) -> str:
-        """Start one execution; botocore errors are translated into LaunchError."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        """Start one execution; botocore errors are translated into LaunchError.
+
+        Variables whose rendered value is empty are left out (the pipeline's default applies).
+        """
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         params: dict[str, Any] = {
             "name": request.pipeline,
             "clientRequestToken": request.client_request_token,
         }
-        if request.variables:
-            params["variables"] = [{"name": n, "value": v} for n, v in request.variables]
+        # CodePipeline refuses an empty value (min length 1), e.g. {changed_paths} on a tag
+        # or new-branch start; failing the deployment over an empty variable is worse
+        variables = [{"name": n, "value": v} for n, v in request.variables if v]
+        if variables:
+            params["variables"] = variables
         if request.source_action:
             params["sourceRevisions"] = [{
                 "actionName": request.source_action,
@@ -116,6 +123,9 @@ class CodePipelineLauncher:
             code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
             message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
             raise LaunchError(code, message, retryable=code in RETRYABLE) from None
+        except ParamValidationError as exc:
+            # the request itself is malformed: no later attempt can succeed
+            raise LaunchError("ParamValidationError", str(exc)[:300], retryable=False) from None
         except BotoCoreError as exc:
             raise LaunchError(type(exc).__name__, str(exc)[:300], retryable=True) from None
         return str(answer["pipelineExecutionId"])

@@ -27,6 +27,9 @@ from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch, match
 from receiver.state.base import Baseline, StateStore
 
+# A baseline row whose commit is unknown: the pipeline's first start failed on a new branch,
+# so nothing is known to be deployed and everything counts as changed.
+NOTHING_DEPLOYED = ""
 MAX_ROUNDS = 5  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 8
 
@@ -53,6 +56,7 @@ class Decision:
     """The verdict for one pipeline and why."""
 
     verdict: Verdict
+    base: str | None
     matches: tuple[RuleMatch, ...] = ()
     reason: str | None = None
 
@@ -123,7 +127,10 @@ class Processor:
             baselines = self.store.baselines(repo.key, event.ref_name)
             groups: dict[str | None, list[PipelineConfig]] = {}
             for p in pending.values():
-                base = baselines[p.name].commit if p.name in baselines else event.before
+                if p.name in baselines:
+                    base = baselines[p.name].commit or NOTHING_DEPLOYED
+                else:
+                    base = event.before
                 groups.setdefault(base, []).append(p)
             decisions: dict[str, Decision] = {}
             for base, group in groups.items():
@@ -139,26 +146,27 @@ class Processor:
                 group: list[PipelineConfig], summary: PushSummary,
                 final: bool) -> dict[str, Decision]:
         names = [p.name for p in group]
+        if base == NOTHING_DEPLOYED or (base is None and repo.new_branch == "all"):
+            why = ("new branch with no baseline" if base is None else
+                   "no deployed commit is known (an earlier first start failed)")
+            self.log.info("changes.all", reason=why, pipelines=names, head=head)
+            return {n: Decision("changed", None, reason=why) for n in names}
         if base is None:
-            if repo.new_branch == "all":
-                why = "new branch with no baseline: every pipeline counts as changed"
-                self.log.info("changes.all", reason=why, pipelines=names, head=head)
-                return {n: Decision("changed", reason=why) for n in names}
-            return {n: Decision("unchanged", reason="new branch (new_branch: none)")
+            return {n: Decision("unchanged", None, reason="new branch (new_branch: none)")
                     for n in names}
         if base == head:
-            return {n: Decision("contained") for n in names}
+            return {n: Decision("contained", base) for n in names}
         diff = self._diff(repo, base, head, final)
         if diff.contained:
-            return {n: Decision("contained") for n in names}
+            return {n: Decision("contained", base) for n in names}
         if diff.paths is None:
             self.log.warning("changes.incomplete", reason=diff.reason, base=base, head=head,
                              pipelines=names)
-            return {n: Decision("changed", reason=diff.reason) for n in names}
+            return {n: Decision("changed", base, reason=diff.reason) for n in names}
         summary.changed_files = max(summary.changed_files, len(diff.paths))
         matched = match(sorted(diff.paths), {p.name: p.paths for p in group})
-        return {n: Decision("changed", matched[n]) if n in matched else Decision("unchanged")
-                for n in names}
+        return {n: Decision("changed", base, matched[n]) if n in matched
+                else Decision("unchanged", base) for n in names}
 
     def _diff(self, repo: RepositoryConfig, base: str, head: str, final: bool) -> Diff:
         provider = self.providers[repo.provider]
@@ -205,8 +213,12 @@ class Processor:
                     _tally(summary, name, outcomes[name])
                 else:
                     lost.append(name)
-            else:
-                _tally(summary, name, outcomes[name])
+                continue
+            if state in ("failed", "retry") and expected.version == 0:
+                # pin what this push was compared from, or its change would be lost: the
+                # next push would otherwise compare from its own 'before'
+                self.store.advance_baseline(expected, decision.base or NOTHING_DEPLOYED, now)
+            _tally(summary, name, outcomes[name])
         return lost
 
     def _launch(self, repo: RepositoryConfig, event: PushEvent, pipeline: PipelineConfig,

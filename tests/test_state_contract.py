@@ -1,0 +1,186 @@
+"""One contract suite for every state backend (see receiver/state/base.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from receiver.events import Delivery, PushEvent
+from receiver.state.base import Baseline, StateStore
+from receiver.state.sqlite import SQLiteStore
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    if request.param == "sqlite":
+        s: StateStore = SQLiteStore(str(tmp_path / "state.db"))
+    s.init()
+    yield s
+
+
+def delivery(delivery_id: str = "d1", head: str = B) -> Delivery:
+    event = PushEvent("github", "acme/mono", "branch", "main", A, head, False)
+    return Delivery(delivery_id, "github", "acme/mono", (event,), verified_by="env:S")
+
+
+def test_init_is_safe_to_run_again(store: StateStore) -> None:
+    store.init()
+    store.ping()
+
+
+def test_delivery_is_recorded_once(store: StateStore) -> None:
+    assert store.record_delivery(delivery(), 1.0) is True
+    assert store.record_delivery(delivery(), 2.0) is False
+
+
+def test_claimed_delivery_round_trips_its_events(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    got = store.claim_delivery("w1", 60, 10.0)
+    assert got is not None
+    assert got.events == delivery().events
+    assert (got.delivery_id, got.provider, got.repository, got.verified_by, got.attempts) == \
+        ("d1", "github", "acme/mono", "env:S", 1)
+
+
+def test_claim_takes_the_oldest_pending_first(store: StateStore) -> None:
+    store.record_delivery(delivery("late"), 5.0)
+    store.record_delivery(delivery("early"), 1.0)
+    first = store.claim_delivery("w1", 60, 10.0)
+    assert first is not None and first.delivery_id == "early"
+
+
+def test_leased_delivery_is_not_claimed_again_until_the_lease_expires(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    assert store.claim_delivery("w1", 60, 10.0) is not None
+    assert store.claim_delivery("w2", 60, 69.0) is None
+    again = store.claim_delivery("w2", 60, 71.0)
+    assert again is not None and again.attempts == 2
+
+
+def test_finished_delivery_is_never_claimed(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    store.claim_delivery("w1", 60, 10.0)
+    store.finish_delivery("d1", "w1", "processed", 11.0)
+    assert store.claim_delivery("w2", 60, 1000.0) is None
+
+
+def test_finish_by_a_former_owner_does_not_close_anothers_lease(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    store.claim_delivery("w1", 60, 10.0)
+    store.claim_delivery("w2", 60, 100.0)  # w1's lease expired, w2 took over
+    store.finish_delivery("d1", "w1", "processed", 101.0)
+    assert store.claim_delivery("w3", 60, 200.0) is not None
+
+
+def test_released_delivery_waits_until_retry_time(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    store.claim_delivery("w1", 60, 10.0)
+    store.release_delivery("d1", "w1", 30.0)
+    assert store.claim_delivery("w2", 60, 29.0) is None
+    assert store.claim_delivery("w2", 60, 31.0) is not None
+
+
+def test_concurrent_claims_hand_each_delivery_to_one_owner(store: StateStore) -> None:
+    for i in range(20):
+        store.record_delivery(delivery(f"d{i}"), float(i))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim(owner: str) -> None:
+        while (d := store.claim_delivery(owner, 600, 100.0)) is not None:
+            with lock:
+                claimed.append(d.delivery_id)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(f"d{i}" for i in range(20))
+
+
+def test_baseline_is_created_then_advanced_by_compare_and_set(store: StateStore) -> None:
+    empty = Baseline("github:acme/mono", "main", "p1")
+    assert store.baselines("github:acme/mono", "main") == {}
+    assert store.advance_baseline(empty, A, 1.0) is True
+    current = store.baselines("github:acme/mono", "main")["p1"]
+    assert (current.commit, current.last_started_commit, current.version) == (A, None, 1)
+    assert store.advance_baseline(current, B, 2.0, execution_id="exec-1") is True
+    after = store.baselines("github:acme/mono", "main")["p1"]
+    assert (after.commit, after.last_started_commit, after.last_execution_id) == (B, B, "exec-1")
+
+
+def test_stale_version_loses_the_compare_and_set(store: StateStore) -> None:
+    empty = Baseline("github:acme/mono", "main", "p1")
+    assert store.advance_baseline(empty, A, 1.0)
+    assert store.advance_baseline(empty, B, 2.0) is False  # someone created it first
+    current = store.baselines("github:acme/mono", "main")["p1"]
+    assert store.advance_baseline(current, B, 3.0)
+    assert store.advance_baseline(current, C, 4.0) is False  # read before the last write
+    assert store.baselines("github:acme/mono", "main")["p1"].commit == B
+
+
+def test_unchanged_advance_keeps_last_started_commit(store: StateStore) -> None:
+    empty = Baseline("github:acme/mono", "main", "p1")
+    store.advance_baseline(empty, A, 1.0, execution_id="exec-a")
+    current = store.baselines("github:acme/mono", "main")["p1"]
+    store.advance_baseline(current, B, 2.0)
+    after = store.baselines("github:acme/mono", "main")["p1"]
+    assert (after.commit, after.last_started_commit, after.last_execution_id) == (B, A, "exec-a")
+
+
+def test_all_baselines_are_listed_in_order(store: StateStore) -> None:
+    for pipeline in ("p2", "p1"):
+        store.advance_baseline(Baseline("github:acme/mono", "main", pipeline), A, 1.0)
+    store.advance_baseline(Baseline("github:acme/mono", "dev", "p1"), A, 1.0)
+    assert [(b.branch, b.pipeline) for b in store.all_baselines()] == \
+        [("dev", "p1"), ("main", "p1"), ("main", "p2")]
+
+
+def test_start_intent_is_created_once_and_owned_by_the_first(store: StateStore) -> None:
+    first = store.begin_start("p1", B, "d1", 1.0)
+    second = store.begin_start("p1", B, "d2", 2.0)
+    assert (first.state, first.owner) == ("pending", "d1")
+    assert (second.state, second.owner) == ("pending", "d1")
+
+
+def test_started_intent_reports_its_execution(store: StateStore) -> None:
+    store.begin_start("p1", B, "d1", 1.0)
+    store.finish_start("p1", B, "d1", 2.0, execution_id="exec-1")
+    again = store.begin_start("p1", B, "d2", 3.0)
+    assert (again.state, again.execution_id, again.owner) == ("started", "exec-1", "d1")
+
+
+def test_failed_intent_is_taken_over_by_the_next_delivery(store: StateStore) -> None:
+    store.begin_start("p1", B, "d1", 1.0)
+    store.finish_start("p1", B, "d1", 2.0, error="ThrottlingException: slow down")
+    again = store.begin_start("p1", B, "d2", 3.0)
+    assert (again.state, again.owner, again.error) == ("pending", "d2", None)
+
+
+def test_only_the_owner_can_finish_a_start(store: StateStore) -> None:
+    store.begin_start("p1", B, "d1", 1.0)
+    store.finish_start("p1", B, "d2", 2.0, execution_id="exec-x")
+    assert store.begin_start("p1", B, "d3", 3.0).state == "pending"
+
+
+def test_concurrent_begin_start_has_exactly_one_owner(store: StateStore) -> None:
+    owners: list[str] = []
+    lock = threading.Lock()
+
+    def begin(i: int) -> None:
+        record = store.begin_start("p1", C, f"d{i}", float(i))
+        with lock:
+            owners.append(record.owner)
+
+    threads = [threading.Thread(target=begin, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(owners)) == 1

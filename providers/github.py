@@ -92,7 +92,7 @@ class GitHubProvider:
     """The GitHub implementation of ``providers.base.Provider``."""
 
     name = "github"
-    content_types = ("application/json", "application/x-www-form-urlencoded")
+    content_types: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:

@@ -141,7 +141,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
     return app
 
 
-def _fields(delivery_id: str | None, provider: str | None, repository: str | None) -> dict[str, Any]:
+def _fields(delivery_id: str | None, provider: str | None,
+            repository: str | None) -> dict[str, Any]:
     return {"delivery_id": delivery_id, "provider": provider, "repository": repository}
 
 

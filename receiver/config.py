@@ -195,6 +195,15 @@ class _Checker:
             return default
         return converted
 
+    def optional_str(self, raw: Mapping[str, Any], key: str, path: str) -> str | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.error(f"{path}.{key}", "must be a non-empty string")
+            return None
+        return value
+
     def secret(self, value: Any, path: str) -> SecretRef | None:
         try:
             return resolve(value)
@@ -216,7 +225,8 @@ class _Checker:
         globs = self.str_list(value, path)
         if globs is None:
             if required:
-                self.error(path, "is required: a list of globs ('**' crosses folders, '!' excludes)")
+                self.error(path, "is required: a list of globs ('**' crosses folders, "
+                           "'!' excludes)")
             return None
         if not globs:
             self.error(path, "must not be empty: give at least one glob")
@@ -253,16 +263,16 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     s = c.mapping(top.get("state"), "state", ("backend", "path", "table", "region", "endpoint_url"))
     state = StateConfig(
         backend=c.choice(s, "backend", "state", ("sqlite", "dynamodb"), "sqlite"),
-        path=c.typed(s, "path", "state", str, StateConfig.path, bool, "a non-empty path"),
-        table=c.typed(s, "table", "state", str, StateConfig.table, bool, "a table name"),
-        region=c.typed(s, "region", "state", str, None),  # type: ignore[arg-type]
-        endpoint_url=c.typed(s, "endpoint_url", "state", str, None),  # type: ignore[arg-type]
+        path=c.typed(s, "path", "state", str, "var/receiver.db", bool, "a non-empty path"),
+        table=c.typed(s, "table", "state", str, "webhook-receiver", bool, "a table name"),
+        region=c.optional_str(s, "region", "state"),
+        endpoint_url=c.optional_str(s, "endpoint_url", "state"),
     )
     lr = c.mapping(top.get("launcher"), "launcher", ("backend", "region", "endpoint_url"))
     launcher = LauncherConfig(
         backend=c.choice(lr, "backend", "launcher", ("codepipeline", "log"), "codepipeline"),
-        region=c.typed(lr, "region", "launcher", str, None),  # type: ignore[arg-type]
-        endpoint_url=c.typed(lr, "endpoint_url", "launcher", str, None),  # type: ignore[arg-type]
+        region=c.optional_str(lr, "region", "launcher"),
+        endpoint_url=c.optional_str(lr, "endpoint_url", "launcher"),
     )
     pr = c.mapping(top.get("processing"), "processing",
                    ("lease_seconds", "poll_seconds", "max_attempts", "retry_backoff_seconds"))
@@ -351,8 +361,7 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
                       "a number of seconds above 0 and at most 120")
     max_wait = c.typed(r, "max_rate_limit_wait_seconds", path, float, 60.0,
                        lambda v: 0 <= v <= 3600, "a number of seconds from 0 to 3600")
-    username = c.typed(r, "api_username", path, str, None, bool,  # type: ignore[arg-type]
-                       "the account name or e-mail for Basic auth (Atlassian API tokens)")
+    username = c.optional_str(r, "api_username", path)
     require_signed = r.get("require_signed", False)
     if not isinstance(require_signed, bool):
         c.error(f"{path}.require_signed", "must be true or false")

@@ -18,7 +18,7 @@ class ReceiverError(Exception):
 
 
 class ConfigError(ReceiverError):
-    """The configuration is invalid; ``problems`` holds one line per error, each naming a key path."""
+    """The configuration is invalid; ``problems`` has one line per error, each naming its key."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
@@ -29,7 +29,7 @@ class ConfigError(ReceiverError):
 
 
 class RequestError(ReceiverError):
-    """A webhook request the service refuses. ``status`` is the HTTP status, ``code`` the error id."""
+    """A refused webhook request: ``status`` is the HTTP status, ``code`` the error id."""
 
     status = 400
     code = "bad_request"

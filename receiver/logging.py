@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,9 +38,10 @@ def configure(level: str = "INFO") -> None:
     _configured = True
 
 
-def _leading_keys(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _leading_keys(_logger: Any, _name: str,
+                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # ts, level and event first, so a person reading raw lines sees them at once
-    ordered = {key: event.pop(key) for key in ("ts", "level", "event") if key in event}
+    ordered: dict[str, Any] = {k: event.pop(k) for k in ("ts", "level", "event") if k in event}
     ordered.update(event)
     return ordered
 

@@ -127,6 +127,7 @@ class Processor:
             baselines = self.store.baselines(repo.key, event.ref_name)
             groups: dict[str | None, list[PipelineConfig]] = {}
             for p in pending.values():
+                base: str | None
                 if p.name in baselines:
                     base = baselines[p.name].commit or NOTHING_DEPLOYED
                 else:
@@ -181,7 +182,7 @@ class Processor:
     def _act(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
              pending: dict[str, PipelineConfig], baselines: dict[str, Baseline],
              decisions: dict[str, Decision], summary: PushSummary, final: bool) -> list[str]:
-        """Start what changed (in parallel), advance baselines; return pipelines that lost a race."""
+        """Start what changed (in parallel), advance baselines; return those that lost a race."""
         assert event.after is not None
         head = event.after
         changed = [name for name, d in decisions.items() if d.verdict == "changed"]

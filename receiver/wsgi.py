@@ -1,4 +1,4 @@
-"""WSGI entry for running under a plain ``gunicorn receiver.wsgi:app`` (config from RECEIVER_CONFIG)."""
+"""WSGI entry for a plain ``gunicorn receiver.wsgi:app``; the config comes from RECEIVER_CONFIG."""
 
 from __future__ import annotations
 

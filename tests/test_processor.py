@@ -261,7 +261,7 @@ def test_failed_start_is_logged_and_does_not_stop_the_others(
                e["repository"] == REPO for e in lines)
     started = [e["pipeline"] for e in lines if e["event"] == "pipeline.started"]
     assert started == ["utilities"]
-    summary = [e for e in lines if e["event"] == "delivery.processed"][0]
+    summary = next(e for e in lines if e["event"] == "delivery.processed")
     assert (summary["pipelines_started"], summary["pipelines_failed"], summary["changed_files"]) \
         == (["utilities"], ["collections"], 2)
 

@@ -70,6 +70,13 @@ class GitHubAppAuth:
                 self._token, self._expires_at = self._mint()
             return self._token
 
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` because the API refused it; the next :meth:`token` mints anew."""
+        with self._lock:
+            # another thread may already have replaced it with a good one
+            if self._token == token:
+                self._token, self._expires_at = None, 0.0
+
     def _mint(self) -> tuple[str, float]:
         url = f"{self.api_url}/app/installations/{self.app.installation_id}/access_tokens"
         resp = self.client.request("POST", url, ok=(201,), headers={
@@ -224,7 +231,15 @@ class GitHubProvider:
 
     def _get(self, repo: RepositoryConfig, url: str,
              params: dict[str, str | int]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        resp = self._client(repo).request("GET", url, headers=self._headers(repo), params=params)
+        client = self._client(repo)
+        app = self._apps.get(repo.key)
+        headers = self._headers(repo)
+        resp = client.request("GET", url, headers=headers, params=params,
+                              ok=(200, 401) if app is not None else (200,))
+        if resp.status_code == 401 and app is not None:
+            # a revoked installation token would otherwise stay cached until near its expiry
+            app.invalidate(headers["Authorization"].removeprefix("Bearer "))
+            resp = client.request("GET", url, headers=self._headers(repo), params=params)
         if resp.status_code == 404:
             return None, {}
         try:
@@ -237,7 +252,7 @@ class GitHubProvider:
         return body, dict(resp.links)
 
     def _compare(self, repo: RepositoryConfig, base: str, head: str) -> dict[str, Any] | None:
-        body, _ = self._get(repo, self._url(repo, f"compare/{base}...{head}"),
+        body, _ = self._get(repo, self._url(repo, _spec(base, head)),
                             {"per_page": PER_PAGE, "page": 1})
         return body
 
@@ -268,7 +283,7 @@ class GitHubProvider:
         page = 1
         while len(shas) < total:
             page += 1
-            body, _ = self._get(repo, self._url(repo, f"compare/{base}...{head}"),
+            body, _ = self._get(repo, self._url(repo, _spec(base, head)),
                                 {"per_page": PER_PAGE, "page": page})
             commits = body.get("commits") if body else None
             if not commits:
@@ -293,6 +308,11 @@ class GitHubProvider:
             if "next" not in links or not files:
                 return frozenset(paths)
             page += 1
+
+
+def _spec(base: str, head: str) -> str:
+    # quoted: explain passes operator input here, not only validated commit ids
+    return f"compare/{quote(base, safe='')}...{quote(head, safe='')}"
 
 
 def _paths(files: list[Any]) -> frozenset[str]:

@@ -328,8 +328,8 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         c.error(f"{path}.provider", f"{provider!r} is not allowed; allowed: {', '.join(PROVIDERS)}")
         provider = None
     name = r.get("name")
-    if not isinstance(name, str) or name.count("/") < 1 or name.startswith("/") or \
-            name.endswith("/"):
+    if not isinstance(name, str) or name.count("/") < 1 or \
+            any(part in ("", ".", "..") for part in name.split("/")):
         c.error(f"{path}.name", "must be the repository path, like owner/repo")
     api_url = r.get("api_url", DEFAULT_API_URLS.get(str(provider)))
     if api_url is None:

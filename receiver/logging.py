@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,25 @@ from typing import Any
 import structlog
 
 _configured = False
+_write_lock = threading.Lock()
+
+
+class _StdoutLogger:
+    """Writes each line to the *current* sys.stdout in one write call.
+
+    One write per line keeps lines from several gunicorn workers on one pipe whole, and
+    looking sys.stdout up each time follows redirections made after start-up.
+    """
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        with _write_lock:
+            sys.stdout.write(message + "\n")
+            sys.stdout.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def configure(level: str = "INFO") -> None:
@@ -32,7 +52,7 @@ def configure(level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=_StdoutLogger,
         cache_logger_on_first_use=True,
     )
     _configured = True

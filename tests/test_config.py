@@ -107,6 +107,8 @@ DELETE = object()
         ("repositories[0].webhook_secrets", [], "repositories[0].webhook_secrets: is required"),
         ("repositories[0].branches", DELETE, "repositories[0].branches: is required"),
         ("repositories[0].name", "mono", "repositories[0].name: must be the repository path"),
+        ("repositories[0].name", "acme/../../x", "repositories[0].name: must be the repository path"),
+        ("repositories[0].name", "acme//mono", "repositories[0].name: must be the repository path"),
         ("repositories[0].pipelines[1].name", "acme-collections-deploy",
          "repositories[0].pipelines[1].name: pipeline 'acme-collections-deploy' is listed twice"),
         ("repositories[0].pipelines[0].name", "bad name!", "repositories[0].pipelines[0].name: must be a "

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from receiver.config import ProcessingConfig
 from receiver.errors import StateError
+from receiver.events import Delivery
 from receiver.logging import delivery_context, get_logger
 from receiver.processor import Processor, RetryLater
 from receiver.state.base import StateStore
@@ -73,25 +74,23 @@ class Worker:
         try:
             self.processor.process(delivery)
         except (RetryLater, StateError) as exc:
-            self._retry_or_fail(delivery.delivery_id, delivery.provider, delivery.repository,
-                                delivery.attempts, str(exc))
+            self._retry_or_fail(delivery, str(exc))
         except Exception as exc:  # a bug must not kill the worker thread or lose the delivery
             with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
                 self.log.exception("delivery.error", error=type(exc).__name__)
-            self._retry_or_fail(delivery.delivery_id, delivery.provider, delivery.repository,
-                                delivery.attempts, type(exc).__name__)
+            self._retry_or_fail(delivery, type(exc).__name__)
         else:
-            self.store.finish_delivery(delivery.delivery_id, self.owner, "processed", self.clock())
+            self.store.finish_delivery(delivery, self.owner, "processed", self.clock())
         return True
 
-    def _retry_or_fail(self, delivery_id: str, provider: str, repository: str, attempts: int,
-                       error: str) -> None:
-        with delivery_context(delivery_id, provider, repository):
+    def _retry_or_fail(self, delivery: Delivery, error: str) -> None:
+        attempts = delivery.attempts
+        with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
             if attempts > self.config.max_attempts:
                 self.log.error("delivery.failed", error=error, attempts=attempts)
-                self.store.finish_delivery(delivery_id, self.owner, "failed", self.clock())
+                self.store.finish_delivery(delivery, self.owner, "failed", self.clock())
                 return
             delay = self.config.retry_backoff_seconds * 2 ** (attempts - 1)
             self.log.warning("delivery.retry", error=error, attempt=attempts,
                              retry_in_s=round(delay, 1))
-            self.store.release_delivery(delivery_id, self.owner, self.clock() + delay)
+            self.store.release_delivery(delivery, self.owner, self.clock() + delay)

@@ -274,7 +274,7 @@ class Rig:
         return claimed
 
     def finish(self, delivery: Delivery) -> None:
-        self.store.finish_delivery(delivery.delivery_id, WORKER, "processed", time.time())
+        self.store.finish_delivery(delivery, WORKER, "processed", time.time())
 
 
 def make_rig(moto: MotoServer, db: Path, paths: frozenset[str], *, seeded: bool = True) -> Rig:

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from receiver.config import StateConfig
 from receiver.events import Delivery, PushEvent
 from receiver.state.base import Baseline, StateStore
+from receiver.state.dynamodb import DynamoDBStore
 from receiver.state.sqlite import SQLiteStore
+from tests.harness import MotoServer
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "dynamodb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    s: StateStore
     if request.param == "sqlite":
-        s: StateStore = SQLiteStore(str(tmp_path / "state.db"))
+        s = SQLiteStore(str(tmp_path / "state.db"))
+    else:
+        # DynamoDB over the wire: moto's server mode on 127.0.0.1, a fresh table per test
+        moto: MotoServer = request.getfixturevalue("moto_server")
+        s = DynamoDBStore(StateConfig(backend="dynamodb", table=f"t-{uuid.uuid4().hex[:12]}",
+                                      region="us-east-1", endpoint_url=moto.url))
     s.init()
     yield s
 
@@ -65,7 +75,7 @@ def test_leased_delivery_is_not_claimed_again_until_the_lease_expires(store: Sta
 def test_finished_delivery_is_never_claimed(store: StateStore) -> None:
     store.record_delivery(delivery(), 1.0)
     store.claim_delivery("w1", 60, 10.0)
-    store.finish_delivery("d1", "w1", "processed", 11.0)
+    store.finish_delivery(delivery(), "w1", "processed", 11.0)
     assert store.claim_delivery("w2", 60, 1000.0) is None
 
 
@@ -73,14 +83,14 @@ def test_finish_by_a_former_owner_does_not_close_anothers_lease(store: StateStor
     store.record_delivery(delivery(), 1.0)
     store.claim_delivery("w1", 60, 10.0)
     store.claim_delivery("w2", 60, 100.0)  # w1's lease expired, w2 took over
-    store.finish_delivery("d1", "w1", "processed", 101.0)
+    store.finish_delivery(delivery(), "w1", "processed", 101.0)
     assert store.claim_delivery("w3", 60, 200.0) is not None
 
 
 def test_released_delivery_waits_until_retry_time(store: StateStore) -> None:
     store.record_delivery(delivery(), 1.0)
     store.claim_delivery("w1", 60, 10.0)
-    store.release_delivery("d1", "w1", 30.0)
+    store.release_delivery(delivery(), "w1", 30.0)
     assert store.claim_delivery("w2", 60, 29.0) is None
     assert store.claim_delivery("w2", 60, 31.0) is not None
 

@@ -12,7 +12,9 @@ def open_store(config: StateConfig) -> StateStore:
         from receiver.state.sqlite import SQLiteStore
 
         return SQLiteStore(config.path)
-    raise NotImplementedError(f"state backend {config.backend!r} is not available yet")
+    from receiver.state.dynamodb import DynamoDBStore
+
+    return DynamoDBStore(config)
 
 
 __all__ = ["Baseline", "StartRecord", "StateStore", "open_store"]

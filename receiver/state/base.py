@@ -67,11 +67,11 @@ class StateStore(Protocol):
         The returned delivery's ``attempts`` counts this claim. None when there is none.
         """
 
-    def release_delivery(self, delivery_id: str, owner: str, retry_at: float) -> None:
-        """Give a claimed delivery back, claimable again from ``retry_at``."""
+    def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
+        """Give a claimed delivery back, claimable again from ``retry_at`` (owner only)."""
 
-    def finish_delivery(self, delivery_id: str, owner: str, outcome: str, now: float) -> None:
-        """Mark a claimed delivery done (``outcome`` is a short word: processed, failed)."""
+    def finish_delivery(self, delivery: Delivery, owner: str, outcome: str, now: float) -> None:
+        """Mark a claimed delivery done (owner only; ``outcome``: processed or failed)."""
 
     def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
         """Current baselines of one branch, by pipeline name (absent pipelines have none)."""

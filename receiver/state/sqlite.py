@@ -143,20 +143,21 @@ class SQLiteStore:
                         events=Delivery.events_from_json(full[3]), verified_by=full[4],
                         received_at=full[5], attempts=full[6])
 
-    def release_delivery(self, delivery_id: str, owner: str, retry_at: float) -> None:
+    def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
         with self._tx() as conn:
             conn.execute(
                 "UPDATE deliveries SET lease_owner = NULL, lease_until = ?"
-                " WHERE delivery_id = ? AND lease_owner = ? AND status = 'pending'",
-                (retry_at, delivery_id, owner),
+                " WHERE provider = ? AND delivery_id = ? AND lease_owner = ?"
+                " AND status = 'pending'",
+                (retry_at, delivery.provider, delivery.delivery_id, owner),
             )
 
-    def finish_delivery(self, delivery_id: str, owner: str, outcome: str, now: float) -> None:
+    def finish_delivery(self, delivery: Delivery, owner: str, outcome: str, now: float) -> None:
         with self._tx() as conn:
             conn.execute(
                 "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?,"
-                " lease_owner = NULL WHERE delivery_id = ? AND lease_owner = ?",
-                (outcome, now, delivery_id, owner),
+                " lease_owner = NULL WHERE provider = ? AND delivery_id = ? AND lease_owner = ?",
+                (outcome, now, delivery.provider, delivery.delivery_id, owner),
             )
 
     def pending_count(self) -> int:

@@ -1,0 +1,327 @@
+"""Bitbucket Cloud: signatures, ``repo:push`` events, the diffstat and commits APIs.
+
+Signature: ``X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>`` (the SHA-256 value
+travels in the header GitHub uses for SHA-1). Delivery id: ``X-Request-UUID`` (documented
+as "the UUID of the request"; ``X-Attempt-Number`` counts Bitbucket's retries of it). Event
+type: ``X-Event-Key``; only ``repo:push`` is handled.
+
+One ``repo:push`` carries ``push.changes[]``, one entry per ref moved, each with ``old`` and
+``new`` (``null`` when the ref was created or deleted). ``truncated`` only says the entry's
+``commits`` list was cut; the commit list is never used, the API is asked instead.
+
+Changed files come from ``GET /2.0/repositories/{workspace}/{repo_slug}/diffstat/{spec}``
+with ``spec = head..base``: Bitbucket reads the first commit as the one "containing the
+changes" and the second as the state it is compared to, the opposite of ``git diff``.
+Whether head is already contained in base comes from ``GET .../commits?include=head&
+exclude=base`` (``git log head ^base``): no commits means nothing new.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from providers.base import (
+    ApiClient,
+    CompareStatus,
+    Diff,
+    Headers,
+    checked_delivery_id,
+    checked_sha,
+    load_json_object,
+    match_hex_hmac,
+    printable,
+    require_header,
+)
+from receiver.config import RepositoryConfig
+from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.events import PushEvent, RefType
+from receiver.secrets import SecretRef
+
+PUSH_EVENT = "repo:push"
+# Bitbucket names a ref's kind in old/new.type; Mercurial-era kinds ("named_branch",
+# "bookmark") are not git refs and are skipped
+REF_TYPES: dict[str, RefType] = {"branch": "branch", "tag": "tag", "annotated_tag": "tag"}
+# one page of new commits is usually the whole push, so ahead/diverged is decided from it;
+# 100 is the largest page the commits endpoint serves
+COMMITS_PAGELEN = 100
+# only hashes and parent hashes are read: a partial response keeps a 100-commit page small
+COMMITS_FIELDS = "next,values.hash,values.parents.hash"
+# diffstat pages hold 500 entries by default; past this many pages the diff is called
+# incomplete rather than walked without end
+MAX_DIFFSTAT_PAGES = 100
+
+
+class BitbucketProvider:
+    """The Bitbucket Cloud implementation of ``providers.base.Provider``."""
+
+    name = "bitbucket"
+    # annotated: the protocol's attribute is tuple[str, ...], and an inferred tuple[str]
+    # would not match it (attributes are invariant)
+    content_types: tuple[str, ...] = ("application/json",)
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._clients: dict[str, ApiClient] = {}
+        self._lock = threading.Lock()
+
+    # --- webhook side ------------------------------------------------------------------
+
+    def preflight(self, headers: Headers, body: bytes) -> None:
+        """Bitbucket Cloud has no unsigned test request: nothing is answered before verification."""
+
+    def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
+        """Check ``X-Hub-Signature: sha256=<hex>`` against every configured secret."""
+        signature = headers.get("x-hub-signature")
+        if not signature:
+            raise Unauthorized("missing X-Hub-Signature")
+        algo, _, digest = signature.partition("=")
+        if algo != "sha256" or len(digest) != 64:
+            raise Unauthorized("malformed X-Hub-Signature")
+        return match_hex_hmac(body, digest, secrets)
+
+    def delivery_id(self, headers: Headers) -> str:
+        """``X-Request-UUID``."""
+        return checked_delivery_id(headers.get("x-request-uuid"), "X-Request-UUID")
+
+    def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
+        """One PushEvent per ``push.changes[]`` entry; every other event key is ignored."""
+        event = require_header(headers, "X-Event-Key")
+        if event != PUSH_EVENT:
+            raise Ignored(f"unsupported event type {printable(event)!r}")
+        doc = load_json_object(body)
+        repo = doc.get("repository")
+        full_name = repo.get("full_name") if isinstance(repo, dict) else None
+        if not isinstance(full_name, str) or "/" not in full_name.strip("/"):
+            raise BadRequest("push payload needs repository.full_name (workspace/repo_slug)")
+        push = doc.get("push")
+        changes = push.get("changes") if isinstance(push, dict) else None
+        if not isinstance(changes, list):
+            raise BadRequest("push payload needs push.changes")
+        events: list[PushEvent] = []
+        for i, change in enumerate(changes):
+            event_or_none = _change(full_name, change, f"push.changes[{i}]")
+            if event_or_none is not None:
+                events.append(event_or_none)
+        if not events:
+            raise Ignored("push moved no branch or tag")
+        return tuple(events)
+
+    # --- API side ----------------------------------------------------------------------
+
+    def _client(self, repo: RepositoryConfig) -> ApiClient:
+        with self._lock:
+            client = self._clients.get(repo.key)
+            if client is None:
+                client = ApiClient(timeout=repo.request_timeout_seconds,
+                                   max_wait=repo.max_rate_limit_wait_seconds,
+                                   sleep=self._sleep, clock=self._clock)
+                self._clients[repo.key] = client
+            return client
+
+    @staticmethod
+    def _headers(repo: RepositoryConfig) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if repo.api_token is None:
+            return headers
+        token = repo.api_token.value()
+        if repo.api_username:
+            # Atlassian API tokens authenticate as the account: Basic email-or-name:token
+            pair = f"{repo.api_username}:{token}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        else:
+            # repository, project and workspace access tokens are bearer tokens
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
+        """Tree difference base→head: one containment call, then the diffstat pages.
+
+        The containment call is needed because a two-dot diffstat of an old head against a
+        newer baseline is not empty: it lists what the baseline added, and would start
+        pipelines for a delivery that is merely late.
+        """
+        if base == head:
+            return Diff("identical", frozenset(), None, 0)
+        client = self._client(repo)
+        start = client.calls
+        status = self._relation(repo, base, head)
+        if status is None:
+            return Diff("diverged", None, "commits answered 404: the baseline or head commit "
+                        "is gone", client.calls - start)
+        if status == "behind":
+            return Diff(status, frozenset(), None, client.calls - start)
+        paths, reason = self._diffstat(repo, base, head)
+        return Diff(status, paths, reason, client.calls - start)
+
+    def _repo_url(self, repo: RepositoryConfig, tail: str) -> str:
+        workspace, _, slug = repo.name.partition("/")
+        return (f"{repo.api_url}/2.0/repositories/{quote(workspace, safe='')}/"
+                f"{quote(slug, safe='')}/{tail}")
+
+    def _get(self, repo: RepositoryConfig, what: str, url: str,
+             params: dict[str, str | int] | None) -> dict[str, Any] | None:
+        """One JSON page with a ``values`` list; None on 404."""
+        resp = self._client(repo).request("GET", url, headers=self._headers(repo),
+                                          params=params)
+        if resp.status_code == 404:
+            return None
+        try:
+            body = resp.json()
+        except ValueError:
+            raise ProviderError(f"{what} answer is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("values"), list):
+            raise ProviderError(f"{what} answer has no values list")
+        return body
+
+    def _commits(self, repo: RepositoryConfig, include: str, exclude: str,
+                 pagelen: int) -> dict[str, Any] | None:
+        return self._get(repo, "commits", self._repo_url(repo, "commits"), {
+            "include": include, "exclude": exclude, "pagelen": pagelen,
+            "fields": COMMITS_FIELDS})
+
+    def _relation(self, repo: RepositoryConfig, base: str, head: str) -> CompareStatus | None:
+        """How head relates to base (never ``identical``: base != head); None on 404.
+
+        ``commits?include=head&exclude=base`` lists the commits head has and base lacks,
+        newest first. No commits: head is contained in base (``behind``). Otherwise base is an
+        ancestor of head exactly when one of those commits has base as a parent, so the
+        first page answers ``ahead`` for every ordinary push; without such a parent and
+        without a next page, head and base ``diverged`` (a force push). Only a push of more
+        than a page of commits whose boundary is not on the first page costs a second,
+        one-commit call in the other direction.
+        """
+        page = self._commits(repo, head, base, COMMITS_PAGELEN)
+        if page is None:
+            return None
+        values = page["values"]
+        if not values:
+            return "behind"
+        if any(base in _parent_hashes(v) for v in values):
+            return "ahead"
+        if not page.get("next"):
+            return "diverged"
+        reverse = self._commits(repo, base, head, 1)
+        if reverse is None:
+            return None
+        return "ahead" if not reverse["values"] else "diverged"
+
+    def _diffstat(self, repo: RepositoryConfig, base: str,
+                  head: str) -> tuple[frozenset[str] | None, str | None]:
+        """Every path in the two-dot diffstat head..base, following ``next`` to the end.
+
+        ``topic=false`` asks for the plain difference between the two trees. The default
+        (deprecated ``merge=true``) would merge head into base first, and ``topic=true`` diffs
+        against the merge base: both hide what a force push dropped from the baseline.
+        """
+        url = self._repo_url(repo, f"diffstat/{head}..{base}")
+        params: dict[str, str | int] | None = {"topic": "false"}
+        paths: set[str] = set()
+        entries = 0
+        seen: set[str] = set()
+        expected: object = None
+        for _ in range(MAX_DIFFSTAT_PAGES):
+            page = self._get(repo, "diffstat", url, params)
+            if page is None:
+                return None, ("diffstat answered 404: the baseline or head commit is gone"
+                              if not seen else "a diffstat page vanished while paging")
+            seen.add(url)
+            if expected is None:
+                expected = page.get("size")
+            for entry in page["values"]:
+                entries += 1
+                paths |= _entry_paths(entry)
+            nxt = page.get("next")
+            if not nxt:
+                if isinstance(expected, int) and entries < expected:
+                    return None, (f"diffstat listed {entries} of the {expected} entries it "
+                                  "announced")
+                return frozenset(paths), None
+            if not isinstance(nxt, str) or not _same_api(repo.api_url, nxt):
+                # the next link would carry the token elsewhere: the listing stays unfinished
+                return None, (f"diffstat next link points outside {_origin(repo.api_url)} "
+                              "and was not followed")
+            if nxt in seen:
+                return None, "diffstat next link repeats a page already read"
+            # next links carry every query parameter already; they are followed as given
+            url, params = nxt, None
+        return None, f"diffstat has more than {MAX_DIFFSTAT_PAGES} pages"
+
+
+# --- payload helpers -------------------------------------------------------------------
+
+
+def _change(full_name: str, change: object, field: str) -> PushEvent | None:
+    """The PushEvent of one ``push.changes[]`` entry; None for a ref that is not git's."""
+    if not isinstance(change, dict):
+        raise BadRequest(f"{field} is not an object")
+    old, new = change.get("old"), change.get("new")
+    if old is None and new is None:
+        raise BadRequest(f"{field} has neither old nor new")
+    kinds: set[str] = set()
+    names: set[str] = set()
+    hashes: dict[str, str | None] = {"old": None, "new": None}
+    for side, ref in (("old", old), ("new", new)):
+        if ref is None:
+            continue
+        if not isinstance(ref, dict):
+            raise BadRequest(f"{field}.{side} is not an object")
+        kind, name, target = ref.get("type"), ref.get("name"), ref.get("target")
+        if not isinstance(kind, str) or not isinstance(name, str) or not name:
+            raise BadRequest(f"{field}.{side} needs type and name")
+        if not isinstance(target, dict):
+            raise BadRequest(f"{field}.{side}.target is missing")
+        kinds.add(kind)
+        names.add(name)
+        hashes[side] = checked_sha(target.get("hash"), f"{field}.{side}.target.hash")
+        if hashes[side] is None:
+            raise BadRequest(f"{field}.{side}.target.hash is not a commit id")
+    if len(names) != 1:
+        raise BadRequest(f"{field} old and new have different names")
+    ref_types = {REF_TYPES.get(k) for k in kinds}
+    if len(ref_types) != 1:
+        raise BadRequest(f"{field} old and new are different kinds of ref")
+    ref_type = ref_types.pop()
+    if ref_type is None:
+        return None
+    forced = change.get("forced", False)
+    return PushEvent(provider="bitbucket", repository=full_name, ref_type=ref_type,
+                     ref_name=names.pop(), before=hashes["old"], after=hashes["new"],
+                     forced=forced is True)
+
+
+def _parent_hashes(commit: object) -> set[str]:
+    parents = commit.get("parents") if isinstance(commit, dict) else None
+    if not isinstance(parents, list):
+        return set()
+    return {p["hash"] for p in parents if isinstance(p, dict) and isinstance(p.get("hash"), str)}
+
+
+def _entry_paths(entry: object) -> set[str]:
+    """old.path and new.path of one diffstat entry (a rename gives both)."""
+    out: set[str] = set()
+    if isinstance(entry, dict):
+        for side in ("old", "new"):
+            f = entry.get(side)
+            if isinstance(f, dict) and isinstance(f.get("path"), str) and f["path"]:
+                out.add(f["path"])
+    return out
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _same_api(api_url: str, link: str) -> bool:
+    """Whether ``link`` stays on the configured API: same scheme, host and port, same root."""
+    api, target = urlsplit(api_url), urlsplit(link)
+    root = api.path.rstrip("/") + "/2.0/"
+    return (target.scheme == api.scheme and target.netloc.lower() == api.netloc.lower()
+            and target.path.startswith(root))

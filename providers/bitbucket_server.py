@@ -1,0 +1,320 @@
+"""Bitbucket Data Center / Server: signatures, ``repo:refs_changed`` events, the REST API.
+
+Webhook headers (Atlassian, "Event payload"): ``X-Request-Id`` (a UUID per request, the
+delivery id), ``X-Event-Key`` (``repo:refs_changed`` for a push) and, when the webhook has a
+secret, ``X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>``. The "Test connection"
+button sends ``X-Event-Key: diagnostics:ping`` with the body ``{"test": true}`` and no
+signature, so it is answered ``ignored`` before verification (see :meth:`preflight`).
+
+One push can move several refs: ``changes[]`` holds one entry per ref, each with ``type``
+ADD/UPDATE/DELETE (``RefChangeType`` has exactly these three: nothing says a push was
+forced, so ``forced`` is always False; the tree difference covers force pushes anyway),
+``fromHash``/``toHash`` (40 zeros on ADD/DELETE) and ``ref`` (``type`` BRANCH or TAG,
+``displayId`` the short name). The repository is ``project.key/slug``; personal
+projects have keys like ``~gopher``.
+
+Changed files come from ``GET /rest/api/1.0/projects/{key}/repos/{slug}/changes?since=B&until=H``,
+which compares the two trees directly (``git diff B H``). ``compare/changes?from=H&to=B`` is
+not used: it lists the changes "available in the from commit but not in the to commit",
+i.e. from the merge base, so a force push that dropped commits would lose their files.
+The changes resource pages with ``start``/``limit`` (``isLastPage``, ``nextPageStart``) but
+applies a hard cap, ``page.max.changes`` (1000 by default), beyond which no further page
+can be requested; client authors report (cosmin/stashy#131, #151) that a capped list says
+``isLastPage: false`` with no usable ``nextPageStart``. Either sign, or a list that
+reaches the cap, makes the Diff incomplete.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from providers.base import (
+    ApiClient,
+    CompareStatus,
+    Diff,
+    Headers,
+    checked_delivery_id,
+    checked_sha,
+    load_json_object,
+    match_hex_hmac,
+    printable,
+    require_header,
+)
+from receiver.config import RepositoryConfig
+from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.events import PushEvent, RefType
+from receiver.secrets import SecretRef
+
+PING_EVENT = "diagnostics:ping"
+PUSH_EVENT = "repo:refs_changed"
+MIRROR_EVENT = "mirror:repo_synchronized"
+REF_TYPES: dict[str, RefType] = {"BRANCH": "branch", "TAG": "tag"}
+CHANGE_TYPES = frozenset({"ADD", "UPDATE", "DELETE"})
+
+CHANGES_CAP = 1000  # page.max.changes default: the server lists no change past this many
+CHANGES_PAGE_LIMIT = 1000  # ask for the whole cap at once; the server clamps to its maximum
+MAX_CHANGE_PAGES = 100  # a server answering tiny pages cannot keep us paging forever
+COMMITS_PROBE_LIMIT = 100  # page.max.commits default: the most one commits page returns
+
+
+class BitbucketServerProvider:
+    """The Bitbucket Data Center implementation of ``providers.base.Provider``."""
+
+    name = "bitbucket-server"
+    content_types: tuple[str, ...] = ("application/json",)
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._clients: dict[str, ApiClient] = {}
+        self._lock = threading.Lock()
+
+    # --- webhook side ------------------------------------------------------------------
+
+    def preflight(self, headers: Headers, body: bytes) -> None:
+        """Answer "Test connection" (``diagnostics:ping``, sent unsigned) as ``ignored``.
+
+        Nothing is read, recorded or called: the answer is the same whoever sends it.
+        """
+        if headers.get("x-event-key") == PING_EVENT:
+            raise Ignored("ping event")
+
+    def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
+        """Check ``X-Hub-Signature: sha256=<hex>`` against every configured secret."""
+        signature = headers.get("x-hub-signature")
+        if not signature:
+            raise Unauthorized("missing X-Hub-Signature")
+        algo, _, digest = signature.partition("=")
+        if algo != "sha256" or len(digest) != 64:
+            raise Unauthorized("malformed X-Hub-Signature")
+        return match_hex_hmac(body, digest, secrets)
+
+    def delivery_id(self, headers: Headers) -> str:
+        """``X-Request-Id``."""
+        return checked_delivery_id(headers.get("x-request-id"), "X-Request-Id")
+
+    def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
+        """Normalize ``repo:refs_changed`` into one event per branch or tag it moved."""
+        event = require_header(headers, "X-Event-Key")
+        if event == PING_EVENT:
+            raise Ignored("ping event")
+        if event == MIRROR_EVENT:
+            # A mirror reporting that it caught up with its upstream: the same ref changes
+            # already arrived from the upstream as repo:refs_changed (under another request
+            # id), and with refLimitExceeded the list may be partial. Nothing new to do.
+            raise Ignored("mirror:repo_synchronized repeats pushes already sent as "
+                          "repo:refs_changed")
+        if event != PUSH_EVENT:
+            raise Ignored(f"unsupported event type {printable(event)!r}")
+        doc = load_json_object(body)
+        # X-Event-Key is not covered by the signature; the body's eventKey is
+        body_key = doc.get("eventKey", PUSH_EVENT)
+        if body_key != PUSH_EVENT:
+            raise BadRequest("eventKey in the body does not match X-Event-Key")
+        repository = _repository_name(doc.get("repository"))
+        changes = doc.get("changes")
+        if not isinstance(changes, list) or not changes:
+            raise BadRequest("repo:refs_changed needs a non-empty changes list")
+        events = [e for i, c in enumerate(changes) if (e := _push(repository, c, i)) is not None]
+        if not events:
+            raise Ignored("no change moved a branch or a tag")
+        return tuple(events)
+
+    # --- API side ----------------------------------------------------------------------
+
+    def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
+        """Tree difference base→head, after a containment check.
+
+        Calls, fewest first: none when base equals head. One ``commits?since=base&until=head``
+        page: empty means head is contained (``behind``); otherwise base being a parent of a
+        listed commit proves ``ahead``, and a complete list without that proves
+        ``diverged``. Only a range longer than one page needs the reverse query to tell
+        the two apart. Then the ``changes`` pages (one for up to 1000 paths).
+        """
+        client = self._client(repo)
+        start = client.calls
+        if base == head:
+            return Diff("identical", frozenset(), None, 0)
+        probe = self._commits(repo, since=base, until=head, limit=COMMITS_PROBE_LIMIT)
+        if probe is None:
+            return Diff("diverged", None, "commits answered 404 (no such commit): the "
+                        "baseline or head commit is gone", client.calls - start)
+        values, last_page = probe
+        if not values:
+            return Diff("behind", frozenset(), None, client.calls - start)
+        status: CompareStatus
+        # if base is an ancestor of head, the commit right after base on any path down from
+        # head is listed and has base as a parent; a complete list without one rules it out
+        if any(base in _parent_ids(c) for c in values):
+            status = "ahead"
+        elif last_page:
+            status = "diverged"
+        else:
+            reverse = self._commits(repo, since=head, until=base, limit=1)
+            if reverse is None:
+                return Diff("diverged", None, "commits answered 404 for the reverse "
+                            "direction: the baseline commit is gone", client.calls - start)
+            status = "diverged" if reverse[0] else "ahead"
+        paths, reason = self._changes(repo, base, head)
+        return Diff(status, paths, reason, client.calls - start)
+
+    def _client(self, repo: RepositoryConfig) -> ApiClient:
+        with self._lock:
+            client = self._clients.get(repo.key)
+            if client is None:
+                client = ApiClient(timeout=repo.request_timeout_seconds,
+                                   max_wait=repo.max_rate_limit_wait_seconds,
+                                   sleep=self._sleep, clock=self._clock)
+                self._clients[repo.key] = client
+            return client
+
+    @staticmethod
+    def _headers(repo: RepositoryConfig) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if repo.api_token is not None:
+            # HTTP access tokens (personal, project or repository) are sent as Bearer tokens
+            headers["Authorization"] = f"Bearer {repo.api_token.value()}"
+        return headers
+
+    @staticmethod
+    def _url(repo: RepositoryConfig, tail: str) -> str:
+        key, _, slug = repo.name.partition("/")
+        return (f"{repo.api_url}/rest/api/1.0/projects/{quote(key, safe='')}"
+                f"/repos/{quote(slug, safe='')}/{tail}")
+
+    def _get(self, repo: RepositoryConfig, tail: str,
+             params: dict[str, str | int]) -> dict[str, Any] | None:
+        """One GET; None when the server says a commit (or the repository) does not exist."""
+        # 400 is "one of the supplied commit IDs or refs was invalid": ids here are
+        # validated full hex, so it means the commit is unknown, like 404
+        resp = self._client(repo).request("GET", self._url(repo, tail),
+                                          headers=self._headers(repo), params=params,
+                                          ok=(200, 400))
+        if resp.status_code in (400, 404):
+            return None
+        try:
+            body = resp.json()
+        except ValueError:
+            raise ProviderError(f"{tail} answer is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("values"), list):
+            raise ProviderError(f"{tail} answer is not a page of values")
+        return body
+
+    def _commits(self, repo: RepositoryConfig, *, since: str, until: str,
+                 limit: int) -> tuple[list[Any], bool] | None:
+        """The first page of commits reachable from ``until`` but not from ``since``.
+
+        Returns (values, is last page), or None when a commit is unknown. Note BSERV-4621:
+        some versions list every commit of ``until`` for an unknown ``since``; the changes
+        call that follows then answers 404, so the result is still an incomplete Diff.
+        """
+        page = self._get(repo, "commits", {"since": since, "until": until, "limit": limit,
+                                           "merges": "include"})
+        if page is None:
+            return None
+        return list(page["values"]), page.get("isLastPage") is True
+
+    def _changes(self, repo: RepositoryConfig, base: str,
+                 head: str) -> tuple[frozenset[str] | None, str | None]:
+        paths: set[str] = set()
+        count = 0
+        start = 0
+        for _ in range(MAX_CHANGE_PAGES):
+            page = self._get(repo, "changes", {"since": base, "until": head, "start": start,
+                                               "limit": CHANGES_PAGE_LIMIT})
+            if page is None:
+                return None, "changes answered 404: the baseline or head commit is gone"
+            values: list[Any] = page["values"]
+            for change in values:
+                change_paths = _change_paths(change)
+                if change_paths is None:
+                    return None, "changes listed an entry without a path"
+                paths |= change_paths
+            count += len(values)
+            if count >= CHANGES_CAP:
+                return None, (f"changes listed {count} entries, the server's page.max.changes "
+                              f"cap ({CHANGES_CAP} by default): the list may be cut")
+            if page.get("isLastPage") is True:
+                return frozenset(paths), None
+            next_start = page.get("nextPageStart")
+            if not values or not isinstance(next_start, int) or isinstance(next_start, bool) \
+                    or next_start <= start:
+                return None, ("changes stopped before its last page (isLastPage false without "
+                              "a next page): the server cut the list")
+            start = next_start
+        return None, f"changes needed more than {MAX_CHANGE_PAGES} pages"
+
+
+def _repository_name(repo: object) -> str:
+    """``PROJECT/slug`` (``~user/slug`` for a personal repository)."""
+    project = repo.get("project") if isinstance(repo, dict) else None
+    key = project.get("key") if isinstance(project, dict) else None
+    slug = repo.get("slug") if isinstance(repo, dict) else None
+    if not isinstance(key, str) or not key or not isinstance(slug, str) or not slug \
+            or "/" in key or "/" in slug:
+        raise BadRequest("repo:refs_changed needs repository.project.key and repository.slug")
+    return f"{key}/{slug}"
+
+
+def _push(repository: str, change: object, index: int) -> PushEvent | None:
+    """The event for ``changes[index]``; None for a ref that is neither branch nor tag."""
+    where = f"changes[{index}]"
+    if not isinstance(change, dict):
+        raise BadRequest(f"{where} is not an object")
+    ref = change.get("ref")
+    if not isinstance(ref, dict):
+        raise BadRequest(f"{where}.ref is missing")
+    ref_type = REF_TYPES.get(str(ref.get("type")))
+    if ref_type is None:
+        return None
+    name = ref.get("displayId")
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"{where}.ref.displayId is missing")
+    if change.get("type") not in CHANGE_TYPES:
+        raise BadRequest(f"{where}.type must be ADD, UPDATE or DELETE")
+    before = checked_sha(change.get("fromHash"), f"{where}.fromHash")
+    after = checked_sha(change.get("toHash"), f"{where}.toHash")
+    if before is None and after is None:
+        raise BadRequest(f"{where}: fromHash and toHash cannot both be empty")
+    return PushEvent(provider="bitbucket-server", repository=repository, ref_type=ref_type,
+                     ref_name=name, before=before, after=after, forced=False)
+
+
+def _parent_ids(commit: object) -> set[str]:
+    parents = commit.get("parents") if isinstance(commit, dict) else None
+    if not isinstance(parents, list):
+        return set()
+    return {p["id"] for p in parents if isinstance(p, dict) and isinstance(p.get("id"), str)}
+
+
+def _change_paths(change: object) -> set[str] | None:
+    """``path`` and, for a move, ``srcPath`` (a copy leaves its source unchanged)."""
+    if not isinstance(change, dict):
+        return None
+    path = _path_string(change.get("path"))
+    if path is None:
+        return None
+    out = {path}
+    if change.get("type") != "COPY":
+        src = _path_string(change.get("srcPath"))
+        if src is not None:
+            out.add(src)
+    return out
+
+
+def _path_string(path: object) -> str | None:
+    if not isinstance(path, dict):
+        return None
+    text = path.get("toString")
+    if isinstance(text, str) and text:
+        return text
+    components = path.get("components")
+    if isinstance(components, list) and components and all(
+            isinstance(c, str) and c for c in components):
+        return "/".join(components)
+    return None

@@ -1,0 +1,345 @@
+"""DynamoDB state store: the production backend, shared by every replica and worker.
+
+Single-table design (table name from ``state.table``; keys are strings):
+
+- delivery: pk ``DELIVERY#{provider}#{delivery_id}``, sk ``DELIVERY``; inserted with
+  ``attribute_not_exists(pk)``; TTL. While pending it also carries ``gsi1pk = PENDING`` and
+  ``gsi1sk = received_at``: the sparse GSI ``gsi1`` lists exactly the unfinished deliveries.
+- baseline: pk ``BASELINE#{repository}#{branch}``, sk ``PIPELINE#{pipeline}``; ``version``
+  for compare-and-set (one Query reads a whole branch).
+- start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
+  only by its owner; TTL.
+
+``expires_at`` (epoch seconds) is the table's TTL attribute. A delivery is claimed by a
+conditional update (pending and lease expired), so exactly one owner holds it at a time;
+baselines move only if ``version`` is still the one read; a start intent is created once.
+Every botocore failure is translated into StateError here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from receiver.config import StateConfig
+from receiver.errors import StateError
+from receiver.events import Delivery
+from receiver.state.base import Baseline, StartRecord
+
+DELIVERY_TTL_SECONDS = 30 * 86400  # dedup window for redeliveries
+START_TTL_SECONDS = 180 * 86400
+GSI = "gsi1"
+PENDING = "PENDING"
+CLAIM_CANDIDATES = 25
+
+
+def table_definition(name: str) -> dict[str, Any]:
+    """The CreateTable request (also rendered in config/dynamodb-table.yaml)."""
+    return {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": "gsi1pk", "AttributeType": "S"},
+            {"AttributeName": "gsi1sk", "AttributeType": "S"},
+        ],
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
+                      {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "GlobalSecondaryIndexes": [{
+            "IndexName": GSI,
+            "KeySchema": [{"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                          {"AttributeName": "gsi1sk", "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }],
+    }
+
+
+def _n(value: float) -> dict[str, str]:
+    return {"N": repr(float(value)) if not float(value).is_integer() else str(int(value))}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _get_s(item: dict[str, Any], key: str) -> str | None:
+    cell = item.get(key)
+    return None if cell is None or "NULL" in cell else str(cell["S"])
+
+
+def _get_n(item: dict[str, Any], key: str, default: float = 0.0) -> float:
+    cell = item.get(key)
+    return default if cell is None else float(cell["N"])
+
+
+def _sortable(ts: float) -> str:
+    # zero-padded so the GSI's string sort key orders by time
+    return f"{ts:020.6f}"
+
+
+class DynamoDBStore:
+    """StateStore over one DynamoDB table (see the module docstring for the key design)."""
+
+    def __init__(self, config: StateConfig) -> None:
+        self.config = config
+        self.table = config.table
+        self._client: Any = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _db(self) -> Any:
+        # one client per process: a client created before gunicorn forks is not reused after
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                import boto3
+                from botocore.config import Config
+
+                self._client = boto3.client(
+                    "dynamodb", region_name=self.config.region,
+                    endpoint_url=self.config.endpoint_url,
+                    # bounded: a webhook answer must not wait long on a failing table
+                    config=Config(retries={"mode": "standard", "max_attempts": 3},
+                                  connect_timeout=2, read_timeout=5),
+                )
+                self._pid = os.getpid()
+            return self._client
+
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        """Call ``op``; ConditionalCheckFailed returns None, every other failure is StateError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._db(), op)(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+                return None
+            raise StateError(f"dynamodb {op}: {code}") from None
+        except BotoCoreError as exc:
+            raise StateError(f"dynamodb {op}: {type(exc).__name__}") from None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Create the table with its GSI and TTL setting, if missing. Idempotent."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        db = self._db()
+        try:
+            db.create_table(**table_definition(self.table))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                raise StateError(f"dynamodb create_table: {exc}") from None
+        except BotoCoreError as exc:
+            raise StateError(f"dynamodb create_table: {type(exc).__name__}") from None
+        try:
+            db.get_waiter("table_exists").wait(TableName=self.table,
+                                               WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+            ttl = db.describe_time_to_live(TableName=self.table)["TimeToLiveDescription"]
+            if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+                db.update_time_to_live(TableName=self.table, TimeToLiveSpecification={
+                    "Enabled": True, "AttributeName": "expires_at"})
+        except (ClientError, BotoCoreError) as exc:
+            raise StateError(f"dynamodb init: {exc}") from None
+
+    def ping(self) -> None:
+        """A consistent read of a key that never exists: proves reachability and permissions."""
+        self._call("get_item", TableName=self.table, Key={"pk": _s("PING"), "sk": _s("PING")},
+                   ConsistentRead=True)
+
+    # --- deliveries ----------------------------------------------------------------------
+
+    @staticmethod
+    def _delivery_key(provider: str, delivery_id: str) -> dict[str, Any]:
+        return {"pk": _s(f"DELIVERY#{provider}#{delivery_id}"), "sk": _s("DELIVERY")}
+
+    def record_delivery(self, delivery: Delivery, now: float) -> bool:
+        item = {
+            **self._delivery_key(delivery.provider, delivery.delivery_id),
+            "provider": _s(delivery.provider), "delivery_id": _s(delivery.delivery_id),
+            "repository": _s(delivery.repository), "events": _s(delivery.events_json()),
+            "verified_by": _s(delivery.verified_by or "-"), "received_at": _n(now),
+            "status": _s("pending"), "lease_until": _n(0), "attempts": _n(0),
+            "gsi1pk": _s(PENDING), "gsi1sk": _s(_sortable(now)),
+            "expires_at": _n(int(now + DELIVERY_TTL_SECONDS)),
+        }
+        answer = self._call("put_item", TableName=self.table, Item=item,
+                            ConditionExpression="attribute_not_exists(pk)")
+        return answer is not None
+
+    def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
+        page = self._call(
+            "query", TableName=self.table, IndexName=GSI,
+            KeyConditionExpression="gsi1pk = :p", ExpressionAttributeValues={":p": _s(PENDING)},
+            Limit=CLAIM_CANDIDATES,
+        )
+        for candidate in (page or {}).get("Items", []):
+            answer = self._call(
+                "update_item", TableName=self.table,
+                Key={"pk": candidate["pk"], "sk": candidate["sk"]},
+                UpdateExpression="SET lease_owner = :o, lease_until = :u ADD attempts :one",
+                ConditionExpression="#st = :pending AND lease_until <= :now",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues={":o": _s(owner), ":u": _n(now + lease_seconds),
+                                           ":one": _n(1), ":pending": _s("pending"),
+                                           ":now": _n(now)},
+                ReturnValues="ALL_NEW",
+            )
+            if answer is None:
+                continue  # someone else holds it, or it is waiting for its retry time
+            item = answer["Attributes"]
+            verified_by = _get_s(item, "verified_by") or ""
+            return Delivery(
+                delivery_id=str(_get_s(item, "delivery_id")),
+                provider=str(_get_s(item, "provider")),
+                repository=str(_get_s(item, "repository")),
+                events=Delivery.events_from_json(str(_get_s(item, "events"))),
+                verified_by="" if verified_by == "-" else verified_by,
+                received_at=_get_n(item, "received_at"), attempts=int(_get_n(item, "attempts")),
+            )
+        return None
+
+    def _owned_update(self, delivery: Delivery, owner: str, update: str,
+                      values: dict[str, Any]) -> None:
+        # only the lease holder may release or finish: a former owner whose lease expired
+        # and was taken over must not close the new owner's work
+        self._call("update_item", TableName=self.table,
+                   Key=self._delivery_key(delivery.provider, delivery.delivery_id),
+                   UpdateExpression=update,
+                   ConditionExpression="lease_owner = :o AND #st = :pending",
+                   ExpressionAttributeNames={"#st": "status"},
+                   ExpressionAttributeValues={":o": _s(owner), ":pending": _s("pending"),
+                                              **values})
+
+    def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
+        self._owned_update(delivery, owner, "SET lease_until = :r REMOVE lease_owner",
+                           {":r": _n(retry_at)})
+
+    def finish_delivery(self, delivery: Delivery, owner: str, outcome: str, now: float) -> None:
+        # leaving the sparse index: finished deliveries are never candidates again
+        self._owned_update(delivery, owner,
+                           "SET #st = :done, outcome = :out, finished_at = :now "
+                           "REMOVE lease_owner, gsi1pk, gsi1sk",
+                           {":done": _s("done"), ":out": _s(outcome), ":now": _n(now)})
+
+    # --- baselines -----------------------------------------------------------------------
+
+    @staticmethod
+    def _baseline(item: dict[str, Any]) -> Baseline:
+        return Baseline(
+            repository=str(_get_s(item, "repository")), branch=str(_get_s(item, "branch")),
+            pipeline=str(_get_s(item, "pipeline")), commit=_get_s(item, "commit"),
+            last_started_commit=_get_s(item, "last_started_commit"),
+            last_execution_id=_get_s(item, "last_execution_id"),
+            updated_at=_get_n(item, "updated_at"), version=int(_get_n(item, "version")),
+        )
+
+    def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
+        out: dict[str, Baseline] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _s(f"BASELINE#{repository}#{branch}")},
+        }
+        while True:
+            page = self._call("query", **kwargs)
+            for item in page.get("Items", []):
+                b = self._baseline(item)
+                out[b.pipeline] = b
+            if "LastEvaluatedKey" not in page:
+                return out
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def advance_baseline(self, expected: Baseline, commit: str, now: float,
+                         execution_id: str | None = None) -> bool:
+        key = {"pk": _s(f"BASELINE#{expected.repository}#{expected.branch}"),
+               "sk": _s(f"PIPELINE#{expected.pipeline}")}
+        sets = ["#c = :c", "updated_at = :now", "version = :next",
+                "repository = :r", "branch = :b", "pipeline = :p"]
+        values: dict[str, Any] = {":c": _s(commit), ":now": _n(now),
+                                  ":next": _n(expected.version + 1),
+                                  ":r": _s(expected.repository), ":b": _s(expected.branch),
+                                  ":p": _s(expected.pipeline)}
+        if execution_id is not None:
+            sets += ["last_started_commit = :c", "last_execution_id = :x"]
+            values[":x"] = _s(execution_id)
+        if expected.version == 0:
+            condition = "attribute_not_exists(pk)"
+        else:
+            condition = "version = :v"
+            values[":v"] = _n(expected.version)
+        answer = self._call("update_item", TableName=self.table, Key=key,
+                            UpdateExpression="SET " + ", ".join(sets),
+                            ConditionExpression=condition,
+                            ExpressionAttributeNames={"#c": "commit"},
+                            ExpressionAttributeValues=values)
+        return answer is not None
+
+    def all_baselines(self) -> Iterator[Baseline]:
+        found: list[Baseline] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "FilterExpression": "begins_with(pk, :b)",
+            "ExpressionAttributeValues": {":b": _s("BASELINE#")},
+        }
+        while True:
+            page = self._call("scan", **kwargs)
+            found.extend(self._baseline(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return iter(sorted(found, key=lambda b: (b.repository, b.branch, b.pipeline)))
+
+    # --- start intents -------------------------------------------------------------------
+
+    @staticmethod
+    def _start_key(pipeline: str, commit: str) -> dict[str, Any]:
+        return {"pk": _s(f"START#{pipeline}#{commit}"), "sk": _s("START")}
+
+    def _get_start(self, pipeline: str, commit: str) -> StartRecord:
+        item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                          Key=self._start_key(pipeline, commit)).get("Item")
+        if item is None:
+            raise StateError("dynamodb: start intent vanished (TTL?)")
+        return StartRecord(pipeline=pipeline, commit=commit,
+                           state=str(_get_s(item, "state")),  # type: ignore[arg-type]
+                           owner=str(_get_s(item, "owner")),
+                           execution_id=_get_s(item, "execution_id"), error=_get_s(item, "error"))
+
+    def begin_start(self, pipeline: str, commit: str, owner: str, now: float) -> StartRecord:
+        key = self._start_key(pipeline, commit)
+        created = self._call(
+            "put_item", TableName=self.table, ConditionExpression="attribute_not_exists(pk)",
+            Item={**key, "state": _s("pending"), "owner": _s(owner), "updated_at": _n(now),
+                  "expires_at": _n(int(now + START_TTL_SECONDS))})
+        if created is not None:
+            return StartRecord(pipeline, commit, "pending", owner)
+        self._call("update_item", TableName=self.table, Key=key,
+                   UpdateExpression="SET #st = :pending, #ow = :o, updated_at = :now "
+                                    "REMOVE #err",
+                   ConditionExpression="#st = :failed",
+                   ExpressionAttributeNames={"#st": "state", "#ow": "owner", "#err": "error"},
+                   ExpressionAttributeValues={":pending": _s("pending"), ":o": _s(owner),
+                                              ":now": _n(now), ":failed": _s("failed")})
+        return self._get_start(pipeline, commit)
+
+    def finish_start(self, pipeline: str, commit: str, owner: str, now: float,
+                     execution_id: str | None = None, error: str | None = None) -> None:
+        if execution_id is not None:
+            update, values = "SET #st = :s, execution_id = :x, updated_at = :now", {
+                ":s": _s("started"), ":x": _s(execution_id)}
+        else:
+            update, values = "SET #st = :s, #err = :e, updated_at = :now", {
+                ":s": _s("failed"), ":e": _s(error or "unknown")}
+        names = {"#st": "state", "#ow": "owner"}
+        if execution_id is None:
+            names["#err"] = "error"
+        self._call("update_item", TableName=self.table, Key=self._start_key(pipeline, commit),
+                   UpdateExpression=update,
+                   ConditionExpression="#ow = :o AND #st = :pending",
+                   ExpressionAttributeNames=names,
+                   ExpressionAttributeValues={**values, ":o": _s(owner), ":now": _n(now),
+                                              ":pending": _s("pending")})

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from providers.base import Diff, Provider
+from providers.bitbucket import BitbucketProvider
+from providers.bitbucket_server import BitbucketServerProvider
 from providers.github import GitHubProvider
+from providers.gitlab import GitLabProvider
 
 REGISTRY: dict[str, type[Provider]] = {
+    "bitbucket": BitbucketProvider,
     "github": GitHubProvider,
+    "gitlab": GitLabProvider,
+    "bitbucket-server": BitbucketServerProvider,
 }
 
 

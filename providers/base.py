@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import requests
 
@@ -27,7 +27,7 @@ Headers = Mapping[str, str]
 CompareStatus = Literal["ahead", "behind", "identical", "diverged"]
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _ZERO_SHAS = ("0" * 40, "0" * 64)
-_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:{}-]{1,128}$")
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:{}_-]{1,128}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,20 @@ class Provider(Protocol):
         ...
 
 
+def verify_for(provider: Provider, headers: Headers, body: bytes,
+               repos: Sequence[RepositoryConfig]) -> SecretRef:
+    """Verify a delivery against ``repos``: the secret that authenticates it, or Unauthorized.
+
+    A provider with per-repository verification rules (GitLab: ``require_signed`` and
+    ``signature_tolerance_seconds``) offers ``verify_repositories(headers, body, repos)``;
+    every other provider is checked against the union of the repositories' secrets.
+    """
+    per_repository = getattr(provider, "verify_repositories", None)
+    if per_repository is not None:
+        return cast(SecretRef, per_repository(headers, body, repos))
+    return provider.verify(headers, body, [s for r in repos for s in r.webhook_secrets])
+
+
 # --- crypto ----------------------------------------------------------------------------
 
 
@@ -157,7 +171,7 @@ def require_header(headers: Headers, name: str) -> str:
 
 
 def checked_delivery_id(value: str | None, header: str) -> str:
-    """Validate a delivery id taken from ``header``: 1-128 of ``A-Za-z0-9._:{}-``."""
+    """Validate a delivery id taken from ``header``: 1-128 of ``A-Za-z0-9._:{}_-``."""
     if not value:
         raise BadRequest(f"missing header {header}")
     if not _DELIVERY_ID.fullmatch(value):
@@ -268,12 +282,14 @@ class ApiClient:
                 return max(0.0, float(retry_after))
             except ValueError:
                 return 60.0
-        if resp.headers.get("X-RateLimit-Remaining") == "0":
-            try:
-                reset = float(resp.headers.get("X-RateLimit-Reset", ""))
-            except ValueError:
-                return 60.0
-            return max(1.0, reset - self.clock())
+        # GitHub: X-RateLimit-*; GitLab: RateLimit-* (both give the reset as epoch seconds)
+        for prefix in ("X-RateLimit-", "RateLimit-"):
+            if resp.headers.get(prefix + "Remaining") == "0":
+                try:
+                    reset = float(resp.headers.get(prefix + "Reset", ""))
+                except ValueError:
+                    return 60.0
+                return max(1.0, reset - self.clock())
         if resp.status_code == 429:
             return 60.0
         return None

@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from providers import Provider, build_providers
+from providers.base import verify_for
 from receiver.config import Config
 from receiver.errors import (
     Ignored,
@@ -83,14 +84,14 @@ def create_app(config: Config, *, store: StateStore | None = None,
             # logged (validated, unverified) so a rejected delivery can be traced too
             request.environ["receiver.delivery_id"] = provider.delivery_id(headers)
         provider.preflight(headers, body)
-        provider.verify(headers, body, [s for r in repos for s in r.webhook_secrets])
+        verify_for(provider, headers, body, repos)
         delivery_id = provider.delivery_id(headers)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         request.environ["receiver.repository"] = events[0].repository
         if repo is None:
             raise NotFound("repository not configured")
-        verified_by = provider.verify(headers, body, repo.webhook_secrets).ref
+        verified_by = verify_for(provider, headers, body, (repo,)).ref
         relevant = tuple(e for e in events if e.after is not None and (
             (e.ref_type == "branch" and repo.watches_branch(e.ref_name))
             or (e.ref_type == "tag" and repo.tag_pipelines(e.ref_name))))

@@ -347,6 +347,10 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         for j, ref in enumerate(secrets_raw):
             sec = c.secret(ref, f"{path}.webhook_secrets[{j}]")
             if sec is not None:
+                if provider == "gitlab" and sec.value().startswith("whsec_") and \
+                        not _is_signing_token(sec.value()):
+                    c.error(f"{path}.webhook_secrets[{j}]", f"{sec.ref}: a whsec_ signing token "
+                            "must be whsec_ followed by base64")
                 secrets.append(sec)
     token = c.secret(r["api_token"], f"{path}.api_token") if r.get("api_token") is not None \
         else None
@@ -393,6 +397,16 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         api_username=username, require_signed=bool(require_signed),
         signature_tolerance_seconds=tolerance,
     )
+
+
+def _is_signing_token(value: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return bool(base64.b64decode(value[len("whsec_"):], validate=True))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _github_app(c: _Checker, raw: Any, path: str, provider: Any) -> GitHubAppConfig | None:

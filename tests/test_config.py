@@ -141,6 +141,19 @@ def test_bitbucket_server_requires_api_url() -> None:
         parse(raw)
 
 
+def test_gitlab_signing_token_must_be_base64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CFG_TEST_SECRET", "whsec_not base64!")
+    raw = mutate("repositories[0].provider", "gitlab")
+    with pytest.raises(ConfigError, match=r"repositories\[0\]\.webhook_secrets\[0\]: env:CFG_TEST_SECRET: "
+                       "a whsec_ signing token must be whsec_ followed by base64"):
+        parse(raw)
+
+
+def test_require_signed_is_only_for_gitlab() -> None:
+    with pytest.raises(ConfigError, match=r"repositories\[0\]\.require_signed: is only for provider gitlab"):
+        parse(mutate("repositories[0].require_signed", True))
+
+
 def test_same_repository_twice_is_refused() -> None:
     raw = valid()
     raw["repositories"].append(copy.deepcopy(raw["repositories"][0]))

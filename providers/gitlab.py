@@ -1,0 +1,353 @@
+"""GitLab (gitlab.com and self-managed): tokens and signed webhooks, push events, compare.
+
+Verification. A configured secret whose value starts with ``whsec_`` is a *signing token*
+(GitLab's signed webhooks follow the Standard Webhooks scheme): ``webhook-signature`` holds
+space-separated ``v1,<base64 HMAC-SHA256>`` entries over ``"{webhook-id}.{webhook-timestamp}.
+{body}"``, keyed with the base64-decoded part after ``whsec_``; any entry may match, and the
+timestamp must lie within the tolerance of now (default 300 s) so a captured delivery cannot
+be replayed later. Any other secret value is compared, in constant time, with the plain
+``X-Gitlab-Token`` header. A ``whsec_`` value is never accepted as a plain token.
+
+``verify`` sees only secrets, so it applies the default tolerance and cannot know a
+repository's ``require_signed``; ``verify_repositories`` applies each repository's own
+``signature_tolerance_seconds`` and ``require_signed`` (the app calls it when present).
+
+Delivery id: ``Idempotency-Key`` (GitLab 17.4+, stable across retries), else
+``X-Gitlab-Event-UUID``, else ``webhook-id`` (equal to Idempotency-Key when signing is on).
+
+Events: ``Push Hook``, ``Tag Push Hook``, and ``System Hook`` whose body is a push or tag
+push. GitLab sends no created/deleted/forced flags: zero SHAs mark creation and deletion,
+and ``forced`` is unknown (False). For a tag, ``after`` may be the annotated tag object;
+``checkout_sha`` is the commit it points at, so that is the head used.
+
+Changed files come from ``GET /api/v4/projects/:id/repository/compare?from=&to=&straight=true``
+— ``straight`` diffs the two trees directly (``from..to``), which is exactly the tree
+difference DESIGN.md asks for, in both directions at once. ``commits`` is still
+``git log from..to`` whatever ``straight`` says, so an empty list means head is contained
+in base. ``compare_timeout`` is GitLab's "the diff collection overflowed its limits" flag
+(max files, lines or bytes): the diff list was cut, so the difference is incomplete.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from providers.base import (
+    ApiClient,
+    CompareStatus,
+    Diff,
+    Headers,
+    checked_delivery_id,
+    checked_sha,
+    constant_time_equal,
+    hmac_sha256,
+    load_json_object,
+    match_token,
+    printable,
+    require_header,
+)
+from receiver.config import RepositoryConfig
+from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.events import PushEvent, RefType
+from receiver.secrets import SecretRef
+
+SIGNING_PREFIX = "whsec_"
+DEFAULT_TOLERANCE_SECONDS = 300.0  # GitLab's and the Standard Webhooks libraries' default
+DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-Gitlab-Event-UUID", "webhook-id")
+PUSH_HOOKS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
+class GitLabProvider:
+    """The GitLab implementation of ``providers.base.Provider``."""
+
+    name = "gitlab"
+    content_types: tuple[str, ...] = ("application/json",)
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time,
+                 tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._tolerance = tolerance
+        self._clients: dict[str, ApiClient] = {}
+        self._lock = threading.Lock()
+
+    # --- webhook side ------------------------------------------------------------------
+
+    def preflight(self, headers: Headers, body: bytes) -> None:
+        """GitLab sends its test deliveries with the same token or signature: nothing to do."""
+
+    def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
+        """The secret whose signature (``whsec_`` values) or plain token authenticates ``body``.
+
+        Uses the default timestamp tolerance and accepts plain tokens; per-repository rules
+        are applied by :meth:`verify_repositories`.
+        """
+        return self._authenticate(headers, body, secrets, self._tolerance, require_signed=False)
+
+    def verify_repositories(self, headers: Headers, body: bytes,
+                            repos: Sequence[RepositoryConfig]) -> SecretRef:
+        """Like :meth:`verify`, under each repository's own tolerance and ``require_signed``.
+
+        The delivery is authentic when at least one of ``repos`` accepts it; the secret
+        returned is that repository's. Every repository is evaluated, so timing does not
+        reveal which one matched.
+        """
+        found: SecretRef | None = None
+        refusal: Unauthorized | None = None
+        for repo in repos:
+            try:
+                secret = self._authenticate(headers, body, repo.webhook_secrets,
+                                            repo.signature_tolerance_seconds,
+                                            require_signed=repo.require_signed)
+            except Unauthorized as exc:
+                refusal = refusal or exc
+                continue
+            found = found or secret
+        if found is None:
+            raise refusal or Unauthorized("no repository is configured for this provider")
+        return found
+
+    def _authenticate(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef],
+                      tolerance: float, *, require_signed: bool) -> SecretRef:
+        signing = _signing_keys(secrets)
+        signature = headers.get("webhook-signature")
+        refusal: Unauthorized | None = None
+        if signature:
+            if signing:
+                try:
+                    return self._match_signature(headers, body, signature, signing, tolerance)
+                except Unauthorized as exc:
+                    refusal = exc
+            else:
+                refusal = Unauthorized("webhook-signature sent, but no signing token (whsec_...) "
+                                       "is configured")
+        if require_signed:
+            raise refusal or Unauthorized("this repository requires signed webhooks "
+                                          "(webhook-signature); X-Gitlab-Token is refused")
+        # a plain token on its own is what this repository accepts, so a failed signature
+        # next to a valid token (a hook that also carries a signing token we were not
+        # given) does not refuse the delivery; require_signed is the switch for that
+        token = headers.get("x-gitlab-token")
+        if not token:
+            raise refusal or Unauthorized("missing X-Gitlab-Token or webhook-signature")
+        plain = [SecretRef(s.ref, tuple(v for v in s.values()
+                                        if not v.startswith(SIGNING_PREFIX)))
+                 for s in secrets]
+        try:
+            found = match_token(token, plain)
+        except Unauthorized as exc:
+            raise refusal or exc from None
+        return secrets[plain.index(found)]
+
+    def _match_signature(self, headers: Headers, body: bytes, signature: str,
+                         signing: list[tuple[SecretRef, bytes]], tolerance: float) -> SecretRef:
+        msg_id = headers.get("webhook-id")
+        stamp = headers.get("webhook-timestamp")
+        if not msg_id or not stamp:
+            raise Unauthorized("a signed webhook needs webhook-id and webhook-timestamp")
+        if not msg_id.isascii():
+            raise Unauthorized("malformed webhook-id")
+        if not _TIMESTAMP.fullmatch(stamp):
+            raise Unauthorized("malformed webhook-timestamp")
+        if abs(self._clock() - int(stamp)) > tolerance:
+            raise Unauthorized(f"webhook-timestamp is more than {tolerance:.0f}s from now "
+                               "(a replay, or clock skew)")
+        candidates = _v1_signatures(signature)
+        if not candidates:
+            raise Unauthorized("webhook-signature has no v1 signature")
+        signed = f"{msg_id}.{stamp}.".encode("ascii") + body
+        found: SecretRef | None = None
+        for secret, key in signing:
+            digest = hmac_sha256(key, signed)
+            for candidate in candidates:
+                if constant_time_equal(digest, candidate) and found is None:
+                    found = secret
+        if found is None:
+            raise Unauthorized("webhook-signature does not match")
+        return found
+
+    def delivery_id(self, headers: Headers) -> str:
+        """``Idempotency-Key``, else ``X-Gitlab-Event-UUID``, else ``webhook-id``."""
+        for header in DELIVERY_ID_HEADERS:
+            value = headers.get(header.lower())
+            if value:
+                return checked_delivery_id(value, header)
+        raise BadRequest("missing header Idempotency-Key (or X-Gitlab-Event-UUID, webhook-id)")
+
+    def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
+        """Normalize a push or tag push (project or system hook); other events are ignored."""
+        event = require_header(headers, "X-Gitlab-Event")
+        if event in PUSH_HOOKS:
+            doc = load_json_object(body)
+            kind = doc.get("object_kind")
+            if kind is not None and kind != PUSH_HOOKS[event]:
+                raise BadRequest(f"X-Gitlab-Event {event!r} does not match object_kind "
+                                 f"{printable(kind)!r}")
+        elif event == "System Hook":
+            doc = load_json_object(body)
+            # system hook pushes carry event_name; newer payloads also carry object_kind
+            kind = doc.get("object_kind", doc.get("event_name"))
+            if kind not in ("push", "tag_push"):
+                raise Ignored(f"system hook event {printable(kind)!r} is not a push")
+        else:
+            raise Ignored(f"unsupported event type {printable(event)!r}")
+        return (_push(doc),)
+
+    # --- API side ----------------------------------------------------------------------
+
+    def _client(self, repo: RepositoryConfig) -> ApiClient:
+        with self._lock:
+            client = self._clients.get(repo.key)
+            if client is None:
+                client = ApiClient(timeout=repo.request_timeout_seconds,
+                                   max_wait=repo.max_rate_limit_wait_seconds,
+                                   sleep=self._sleep, clock=self._clock)
+                self._clients[repo.key] = client
+            return client
+
+    @staticmethod
+    def _headers(repo: RepositoryConfig) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if repo.api_token is not None:
+            # Bearer is accepted for personal, project and group access tokens as well as
+            # OAuth tokens; PRIVATE-TOKEN would refuse OAuth tokens
+            headers["Authorization"] = f"Bearer {repo.api_token.value()}"
+        return headers
+
+    def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
+        """Tree difference base→head from one straight compare (two calls in one rare case)."""
+        client = self._client(repo)
+        start = client.calls
+        doc = self._get(repo, _project_url(repo, "repository/compare"),
+                        {"from": base, "to": head, "straight": "true"})
+        if doc is None:
+            return Diff("diverged", None, "compare answered 404: the commits or the project "
+                        "are not found, or the token cannot read them", client.calls - start)
+        commits = doc.get("commits")
+        diffs = doc.get("diffs")
+        if not isinstance(commits, list) or not isinstance(diffs, list):
+            raise ProviderError("compare answer lacks the commits or diffs list")
+        cut = doc.get("compare_timeout") is True
+        if not commits:
+            if doc.get("compare_same_ref") is True:
+                return Diff("identical", frozenset(), None, client.calls - start)
+            if diffs or cut:
+                # a diff was computed, so base exists: head is an ancestor of it
+                return Diff("behind", frozenset(), None, client.calls - start)
+            # no commits and no diff: head is an ancestor of base with the same tree, or
+            # base is gone (GitLab versions that answer 200 with empty lists for an unknown
+            # `from`). The compare alone cannot tell these apart; the commit lookup can.
+            if self._commit_exists(repo, base):
+                return Diff("behind", frozenset(), None, client.calls - start)
+            return Diff("diverged", None, f"baseline commit {base[:12]} is gone",
+                        client.calls - start)
+        # base..head reaches base's child exactly when base is an ancestor of head
+        ahead = any(isinstance(c, dict) and base in (c.get("parent_ids") or ())
+                    for c in commits)
+        status: CompareStatus = "ahead" if ahead else "diverged"
+        if cut:
+            return Diff(status, None, "compare_timeout: GitLab cut the diff list at its diff "
+                        "limits (files, lines or bytes)", client.calls - start)
+        return Diff(status, _paths(diffs), None, client.calls - start)
+
+    def _get(self, repo: RepositoryConfig, url: str,
+             params: dict[str, str | int] | None = None) -> dict[str, Any] | None:
+        resp = self._client(repo).request("GET", url, headers=self._headers(repo), params=params)
+        if resp.status_code == 404:
+            return None
+        try:
+            body = resp.json()
+        except ValueError:
+            raise ProviderError("GitLab API answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise ProviderError("GitLab API answer is not a JSON object")
+        return body
+
+    def _commit_exists(self, repo: RepositoryConfig, sha: str) -> bool:
+        url = _project_url(repo, f"repository/commits/{quote(sha, safe='')}")
+        return self._get(repo, url) is not None
+
+
+def _push(doc: dict[str, Any]) -> PushEvent:
+    ref = doc.get("ref")
+    project = doc.get("project")
+    path = project.get("path_with_namespace") if isinstance(project, dict) else None
+    if not isinstance(ref, str) or not isinstance(path, str) or "/" not in path:
+        raise BadRequest("push payload needs ref and project.path_with_namespace")
+    ref_type: RefType
+    if ref.startswith("refs/heads/"):
+        ref_type, ref_name = "branch", ref[len("refs/heads/"):]
+    elif ref.startswith("refs/tags/"):
+        ref_type, ref_name = "tag", ref[len("refs/tags/"):]
+    else:
+        raise Ignored(f"ref {printable(ref)!r} is neither a branch nor a tag")
+    if not ref_name:
+        raise BadRequest("ref has no name")
+    before = checked_sha(doc.get("before"), "before")
+    after = checked_sha(doc.get("after"), "after")
+    if after is not None:
+        # a deletion has after = zeros and checkout_sha null; otherwise checkout_sha is the
+        # commit (for an annotated tag, after is the tag object)
+        after = checked_sha(doc.get("checkout_sha"), "checkout_sha") or after
+    if before is None and after is None:
+        raise BadRequest("before and after cannot both be empty")
+    return PushEvent(provider="gitlab", repository=path, ref_type=ref_type, ref_name=ref_name,
+                     before=before, after=after, forced=False)
+
+
+def _signing_keys(secrets: Sequence[SecretRef]) -> list[tuple[SecretRef, bytes]]:
+    # a whsec_ value that does not decode cannot sign anything: it is left out
+    keys: list[tuple[SecretRef, bytes]] = []
+    for secret in secrets:
+        for value in secret.values():
+            if not value.startswith(SIGNING_PREFIX):
+                continue
+            try:
+                key = base64.b64decode(value[len(SIGNING_PREFIX):], validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            if key:
+                keys.append((secret, key))
+    return keys
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    out: list[bytes] = []
+    for entry in header.split():
+        version, sep, value = entry.partition(",")
+        if version != "v1" or not sep:
+            continue  # other schemes (e.g. v1a, asymmetric) are not ours to check
+        try:
+            out.append(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return out
+
+
+def _api_root(api_url: str) -> str:
+    # accept both https://gitlab.example.com and https://gitlab.example.com/api/v4
+    root = api_url.rstrip("/")
+    return root if root.endswith("/api/v4") else f"{root}/api/v4"
+
+
+def _project_url(repo: RepositoryConfig, tail: str) -> str:
+    return f"{_api_root(repo.api_url)}/projects/{quote(repo.name, safe='')}/{tail}"
+
+
+def _paths(diffs: list[Any]) -> frozenset[str]:
+    out: set[str] = set()
+    for d in diffs:
+        if isinstance(d, dict):
+            for key in ("old_path", "new_path"):
+                if isinstance(d.get(key), str) and d[key]:
+                    out.add(d[key])
+    return frozenset(out)

@@ -232,10 +232,11 @@ class Processor:
         """
         assert event.after is not None
         head = event.after
-        record = self.store.begin_start(pipeline.name, head, delivery.delivery_id, self.clock())
+        owner, attempt = delivery.delivery_id, delivery.attempts
+        record = self.store.begin_start(pipeline.name, head, owner, attempt, self.clock())
         if record.state == "started":
             return "started", record.execution_id
-        if record.owner != delivery.delivery_id:
+        if (record.owner, record.attempt) != (owner, attempt):
             self.log.info("pipeline.in_flight", pipeline=pipeline.name, commit=head,
                           owner=record.owner)
             return "in_flight", None
@@ -249,13 +250,13 @@ class Processor:
         try:
             execution_id = self.launcher.start(request)
         except LaunchError as exc:
-            self.store.finish_start(pipeline.name, head, delivery.delivery_id, self.clock(),
+            self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                     error=str(exc))
             retry = exc.retryable and not final
             self.log.error("pipeline.start_failed", pipeline=pipeline.name, commit=head,
                            error=str(exc), will_retry=retry)
             return ("retry" if retry else "failed"), None
-        self.store.finish_start(pipeline.name, head, delivery.delivery_id, self.clock(),
+        self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                 execution_id=execution_id)
         self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
                       execution_id=execution_id, branch=event.ref_name,

@@ -153,30 +153,53 @@ def test_all_baselines_are_listed_in_order(store: StateStore) -> None:
 
 
 def test_start_intent_is_created_once_and_owned_by_the_first(store: StateStore) -> None:
-    first = store.begin_start("p1", B, "d1", 1.0)
-    second = store.begin_start("p1", B, "d2", 2.0)
+    first = store.begin_start("p1", B, "d1", 1, 1.0)
+    second = store.begin_start("p1", B, "d2", 1, 2.0)
     assert (first.state, first.owner) == ("pending", "d1")
     assert (second.state, second.owner) == ("pending", "d1")
 
 
 def test_started_intent_reports_its_execution(store: StateStore) -> None:
-    store.begin_start("p1", B, "d1", 1.0)
-    store.finish_start("p1", B, "d1", 2.0, execution_id="exec-1")
-    again = store.begin_start("p1", B, "d2", 3.0)
+    store.begin_start("p1", B, "d1", 1, 1.0)
+    store.finish_start("p1", B, "d1", 1, 2.0, execution_id="exec-1")
+    again = store.begin_start("p1", B, "d2", 1, 3.0)
     assert (again.state, again.execution_id, again.owner) == ("started", "exec-1", "d1")
 
 
 def test_failed_intent_is_taken_over_by_the_next_delivery(store: StateStore) -> None:
-    store.begin_start("p1", B, "d1", 1.0)
-    store.finish_start("p1", B, "d1", 2.0, error="ThrottlingException: slow down")
-    again = store.begin_start("p1", B, "d2", 3.0)
+    store.begin_start("p1", B, "d1", 1, 1.0)
+    store.finish_start("p1", B, "d1", 1, 2.0, error="ThrottlingException: slow down")
+    again = store.begin_start("p1", B, "d2", 1, 3.0)
     assert (again.state, again.owner, again.error) == ("pending", "d2", None)
 
 
 def test_only_the_owner_can_finish_a_start(store: StateStore) -> None:
-    store.begin_start("p1", B, "d1", 1.0)
-    store.finish_start("p1", B, "d2", 2.0, execution_id="exec-x")
-    assert store.begin_start("p1", B, "d3", 3.0).state == "pending"
+    store.begin_start("p1", B, "d1", 1, 1.0)
+    store.finish_start("p1", B, "d2", 1, 2.0, execution_id="exec-x")
+    assert store.begin_start("p1", B, "d3", 1, 3.0).state == "pending"
+
+
+def test_a_later_attempt_of_the_same_delivery_takes_over_its_pending_intent(
+        store: StateStore) -> None:
+    store.begin_start("p1", B, "d1", 1, 1.0)  # attempt 1 died before finishing
+    again = store.begin_start("p1", B, "d1", 2, 2.0)
+    assert (again.state, again.owner, again.attempt) == ("pending", "d1", 2)
+    store.finish_start("p1", B, "d1", 1, 3.0, execution_id="late")  # the dead attempt: refused
+    store.finish_start("p1", B, "d1", 2, 4.0, execution_id="exec-2")
+    final = store.begin_start("p1", B, "d9", 1, 5.0)
+    assert (final.state, final.execution_id) == ("started", "exec-2")
+
+
+def test_an_earlier_attempt_cannot_take_back_a_pending_intent(store: StateStore) -> None:
+    store.begin_start("p1", B, "d1", 3, 1.0)
+    again = store.begin_start("p1", B, "d1", 2, 2.0)
+    assert again.attempt == 3
+
+
+def test_another_delivery_does_not_take_over_a_pending_intent(store: StateStore) -> None:
+    store.begin_start("p1", B, "d1", 1, 1.0)
+    other = store.begin_start("p1", B, "d2", 5, 2.0)
+    assert (other.owner, other.attempt) == ("d1", 1)
 
 
 def test_concurrent_begin_start_has_exactly_one_owner(store: StateStore) -> None:
@@ -184,7 +207,7 @@ def test_concurrent_begin_start_has_exactly_one_owner(store: StateStore) -> None
     lock = threading.Lock()
 
     def begin(i: int) -> None:
-        record = store.begin_start("p1", C, f"d{i}", float(i))
+        record = store.begin_start("p1", C, f"d{i}", 1, float(i))
         with lock:
             owners.append(record.owner)
 

@@ -45,6 +45,7 @@ class StartRecord:
     commit: str
     state: StartState
     owner: str
+    attempt: int = 1
     execution_id: str | None = None
     error: str | None = None
 
@@ -87,12 +88,18 @@ class StateStore(Protocol):
     def all_baselines(self) -> Iterator[Baseline]:
         """Every baseline, ordered by repository, branch, pipeline."""
 
-    def begin_start(self, pipeline: str, commit: str, owner: str, now: float) -> StartRecord:
+    def begin_start(self, pipeline: str, commit: str, owner: str, attempt: int,
+                    now: float) -> StartRecord:
         """Create the start intent for (pipeline, commit) owned by ``owner``, or return it.
 
-        An existing ``failed`` intent is taken over by ``owner`` (state back to pending).
+        ``owner`` is a delivery id and ``attempt`` its claim count. The intent is taken
+        over (state pending, this owner and attempt) when it ``failed``, or when it is still
+        pending from an earlier attempt of the same delivery, whose lease has expired since.
         """
 
-    def finish_start(self, pipeline: str, commit: str, owner: str, now: float,
+    def finish_start(self, pipeline: str, commit: str, owner: str, attempt: int, now: float,
                      execution_id: str | None = None, error: str | None = None) -> None:
-        """Record the outcome: ``started`` with ``execution_id``, else ``failed`` with ``error``."""
+        """Record the outcome: ``started`` with ``execution_id``, else ``failed`` with ``error``.
+
+        Only the holder (same owner and attempt, still pending) can finish an intent.
+        """

@@ -307,26 +307,30 @@ class DynamoDBStore:
         return StartRecord(pipeline=pipeline, commit=commit,
                            state=str(_get_s(item, "state")),  # type: ignore[arg-type]
                            owner=str(_get_s(item, "owner")),
+                           attempt=int(_get_n(item, "attempt", 1)),
                            execution_id=_get_s(item, "execution_id"), error=_get_s(item, "error"))
 
-    def begin_start(self, pipeline: str, commit: str, owner: str, now: float) -> StartRecord:
+    def begin_start(self, pipeline: str, commit: str, owner: str, attempt: int,
+                    now: float) -> StartRecord:
         key = self._start_key(pipeline, commit)
         created = self._call(
             "put_item", TableName=self.table, ConditionExpression="attribute_not_exists(pk)",
-            Item={**key, "state": _s("pending"), "owner": _s(owner), "updated_at": _n(now),
-                  "expires_at": _n(int(now + START_TTL_SECONDS))})
+            Item={**key, "state": _s("pending"), "owner": _s(owner), "attempt": _n(attempt),
+                  "updated_at": _n(now), "expires_at": _n(int(now + START_TTL_SECONDS))})
         if created is not None:
-            return StartRecord(pipeline, commit, "pending", owner)
+            return StartRecord(pipeline, commit, "pending", owner, attempt)
         self._call("update_item", TableName=self.table, Key=key,
-                   UpdateExpression="SET #st = :pending, #ow = :o, updated_at = :now "
-                                    "REMOVE #err",
-                   ConditionExpression="#st = :failed",
+                   UpdateExpression="SET #st = :pending, #ow = :o, attempt = :a, "
+                                    "updated_at = :now REMOVE #err",
+                   ConditionExpression="#st = :failed OR "
+                                       "(#st = :pending AND #ow = :o AND attempt < :a)",
                    ExpressionAttributeNames={"#st": "state", "#ow": "owner", "#err": "error"},
                    ExpressionAttributeValues={":pending": _s("pending"), ":o": _s(owner),
-                                              ":now": _n(now), ":failed": _s("failed")})
+                                              ":a": _n(attempt), ":now": _n(now),
+                                              ":failed": _s("failed")})
         return self._get_start(pipeline, commit)
 
-    def finish_start(self, pipeline: str, commit: str, owner: str, now: float,
+    def finish_start(self, pipeline: str, commit: str, owner: str, attempt: int, now: float,
                      execution_id: str | None = None, error: str | None = None) -> None:
         if execution_id is not None:
             update, values = "SET #st = :s, execution_id = :x, updated_at = :now", {
@@ -339,7 +343,7 @@ class DynamoDBStore:
             names["#err"] = "error"
         self._call("update_item", TableName=self.table, Key=self._start_key(pipeline, commit),
                    UpdateExpression=update,
-                   ConditionExpression="#ow = :o AND #st = :pending",
+                   ConditionExpression="#ow = :o AND attempt = :a AND #st = :pending",
                    ExpressionAttributeNames=names,
-                   ExpressionAttributeValues={**values, ":o": _s(owner), ":now": _n(now),
-                                              ":pending": _s("pending")})
+                   ExpressionAttributeValues={**values, ":o": _s(owner), ":a": _n(attempt),
+                                              ":now": _n(now), ":pending": _s("pending")})

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS starts (
     commit_sha TEXT NOT NULL,
     state TEXT NOT NULL,
     owner TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
     execution_id TEXT,
     error TEXT,
     updated_at REAL NOT NULL,
@@ -203,25 +204,30 @@ class SQLiteStore:
             " ORDER BY repository, branch, pipeline")
         return (Baseline(*row) for row in rows)
 
-    def begin_start(self, pipeline: str, commit: str, owner: str, now: float) -> StartRecord:
+    def begin_start(self, pipeline: str, commit: str, owner: str, attempt: int,
+                    now: float) -> StartRecord:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO starts (pipeline, commit_sha, state, owner, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?)", (pipeline, commit, owner, now))
+                "INSERT OR IGNORE INTO starts (pipeline, commit_sha, state, owner, attempt,"
+                " updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                (pipeline, commit, owner, attempt, now))
             conn.execute(
-                "UPDATE starts SET state = 'pending', owner = ?, error = NULL, updated_at = ?"
-                " WHERE pipeline = ? AND commit_sha = ? AND state = 'failed'",
-                (owner, now, pipeline, commit))
+                "UPDATE starts SET state = 'pending', owner = ?, attempt = ?, error = NULL,"
+                " updated_at = ? WHERE pipeline = ? AND commit_sha = ? AND (state = 'failed'"
+                " OR (state = 'pending' AND owner = ? AND attempt < ?))",
+                (owner, attempt, now, pipeline, commit, owner, attempt))
             row = conn.execute(
-                "SELECT pipeline, commit_sha, state, owner, execution_id, error FROM starts"
-                " WHERE pipeline = ? AND commit_sha = ?", (pipeline, commit)).fetchone()
+                "SELECT pipeline, commit_sha, state, owner, attempt, execution_id, error"
+                " FROM starts WHERE pipeline = ? AND commit_sha = ?",
+                (pipeline, commit)).fetchone()
         return StartRecord(*row)
 
-    def finish_start(self, pipeline: str, commit: str, owner: str, now: float,
+    def finish_start(self, pipeline: str, commit: str, owner: str, attempt: int, now: float,
                      execution_id: str | None = None, error: str | None = None) -> None:
         state = "started" if execution_id is not None else "failed"
         with self._tx() as conn:
             conn.execute(
                 "UPDATE starts SET state = ?, execution_id = ?, error = ?, updated_at = ?"
-                " WHERE pipeline = ? AND commit_sha = ? AND owner = ? AND state = 'pending'",
-                (state, execution_id, error, now, pipeline, commit, owner))
+                " WHERE pipeline = ? AND commit_sha = ? AND owner = ? AND attempt = ?"
+                " AND state = 'pending'",
+                (state, execution_id, error, now, pipeline, commit, owner, attempt))

@@ -7,6 +7,7 @@ they are bound once with :func:`delivery_context` and added to each line inside 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
@@ -37,11 +38,12 @@ class _StdoutLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
-def configure(level: str = "INFO") -> None:
-    """Set up JSON logging to stdout. Safe to call more than once."""
+def configure(level: str | None = None) -> None:
+    """JSON logging to stdout at ``level``, else RECEIVER_LOG_LEVEL, else INFO. Idempotent."""
     global _configured
     if _configured:
         return
+    level = (level or os.environ.get("RECEIVER_LOG_LEVEL") or "INFO").upper()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -203,14 +203,14 @@ class Processor:
                 summary.unchanged.append(name)
                 continue
             if decision.verdict == "unchanged":
-                if self.store.advance_baseline(expected, head, now):
+                if self._advance(expected, head, now, None):
                     summary.unchanged.append(name)
                 else:
                     lost.append(name)
                 continue
             state, execution_id = outcomes[name]
             if state == "started":
-                if self.store.advance_baseline(expected, head, now, execution_id=execution_id):
+                if self._advance(expected, head, now, execution_id):
                     _tally(summary, name, outcomes[name])
                 else:
                     lost.append(name)
@@ -221,6 +221,15 @@ class Processor:
                 self.store.advance_baseline(expected, decision.base or NOTHING_DEPLOYED, now)
             _tally(summary, name, outcomes[name])
         return lost
+
+    def _advance(self, expected: Baseline, head: str, now: float,
+                 execution_id: str | None) -> bool:
+        moved = self.store.advance_baseline(expected, head, now, execution_id=execution_id)
+        if moved:
+            self.log.debug("baseline.advanced", pipeline=expected.pipeline, branch=expected.branch,
+                           previous=expected.commit, commit=head, version=expected.version + 1,
+                           started=execution_id is not None)
+        return moved
 
     def _launch(self, repo: RepositoryConfig, event: PushEvent, pipeline: PipelineConfig,
                 matches: tuple[RuleMatch, ...], delivery: Delivery,

@@ -90,7 +90,7 @@ class CodePipelineLauncher:
                 self._client = boto3.client(
                     "codepipeline", region_name=self.config.region,
                     endpoint_url=self.config.endpoint_url,
-                    config=Config(retries={"mode": "standard", "max_attempts": 5},
+                    config=Config(retries={"mode": "standard", "total_max_attempts": 3},
                                   connect_timeout=5, read_timeout=15),
                 )
             return self._client

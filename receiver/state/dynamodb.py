@@ -101,7 +101,7 @@ class DynamoDBStore:
                     "dynamodb", region_name=self.config.region,
                     endpoint_url=self.config.endpoint_url,
                     # bounded: a webhook answer must not wait long on a failing table
-                    config=Config(retries={"mode": "standard", "max_attempts": 3},
+                    config=Config(retries={"mode": "standard", "total_max_attempts": 3},
                                   connect_timeout=2, read_timeout=5),
                 )
                 self._pid = os.getpid()

@@ -29,26 +29,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         open_store(cfg.state).init()  # before forking, so workers never race on the schema
 
-    options: dict[str, Any] = {
-        "bind": args.bind,
-        "workers": args.workers,
-        "worker_class": "gthread",
-        "threads": args.threads,
-        "timeout": 30,
-        "graceful_timeout": 25,
-        "keepalive": 75,  # above the ALB's 60 s idle timeout
-        "limit_request_line": 8190,
-        "limit_request_fields": 100,
-        "limit_request_field_size": 8190,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": "warning",
-    }
+    from receiver import gunicorn_conf
+
+    options: dict[str, Any] = {**vars(gunicorn_conf), "bind": args.bind,
+                               "workers": args.workers, "threads": args.threads}
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
+            # the module's names that are gunicorn settings, as gunicorn's own -c would read
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings and value is not None:
+                    self.cfg.set(key, value)
 
         def load(self) -> Any:
             return create_app(cfg)
@@ -146,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the service under gunicorn")
     serve.add_argument("--config")
-    serve.add_argument("--bind", default="0.0.0.0:8080")
+    serve.add_argument("--bind", default=os.environ.get("RECEIVER_BIND", "0.0.0.0:8080"))
     serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 2)))
-    serve.add_argument("--threads", type=int, default=4)
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("RECEIVER_THREADS", 4)))
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate the configuration")

@@ -130,6 +130,55 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """Why did (or didn't) a pipeline run: decision records by pipeline, commit or delivery."""
+    from receiver.state import open_store
+
+    cfg = _load(args.config)
+    records = open_store(cfg.state).history(delivery_id=args.delivery, commit=args.commit,
+                                            pipeline=args.pipeline, limit=args.limit)
+    for record in records:
+        if args.pipeline:
+            record["pipelines"] = [p for p in record["pipelines"]
+                                   if p["pipeline"] == args.pipeline]
+        if args.json:
+            print(json.dumps(record, separators=(",", ":")))
+        else:
+            print(_describe(record))
+    if not records:
+        print("no decision recorded for that", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(record: dict[str, Any]) -> str:
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(record["recorded_at"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = [f"{when} delivery {record['delivery_id']} ({record['provider']} "
+             f"{record['repository']}, attempt {record['attempt']}): {record['ref_type']} "
+             f"{record['ref']} {_short(record['before'])} -> {_short(record['head'])}"]
+    for p in record["pipelines"]:
+        why = [f"baseline {_short(p['baseline'])}", f"diff {p['diff']}"
+               + ("" if p["complete"] else " (incomplete)")]
+        if p["reason"]:
+            why.append(p["reason"])
+        if p["matched"]:
+            shown = ", ".join(f"{path} ({glob})" for path, glob in p["matched"][:3])
+            more = p["matched_count"] - min(3, len(p["matched"]))
+            why.append(f"matched {shown}" + (f" +{more} more" if more > 0 else ""))
+        if p["execution_id"]:
+            why.append(f"execution {p['execution_id']}")
+        if p["error"]:
+            why.append(f"error {p['error']}")
+        lines.append(f"  {p['pipeline']}: {p['verdict']}; " + "; ".join(why))
+    return "\n".join(lines)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "(none)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="webhook-receiver", description=__doc__)
@@ -154,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--to", dest="to_sha", required=True)
     explain.add_argument("--json", action="store_true", help="print the report as JSON")
     explain.set_defaults(func=cmd_explain)
+
+    history = sub.add_parser("history", help="why a pipeline did or did not start")
+    history.add_argument("--config")
+    which = history.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pipeline")
+    which.add_argument("--commit")
+    which.add_argument("--delivery")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true", help="one JSON record per line")
+    history.set_defaults(func=cmd_history)
 
     state = sub.add_parser("state", help="print baselines; 'state init' creates the backend")
     state.add_argument("action", nargs="?", choices=["init"])

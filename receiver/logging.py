@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from receiver.metrics import emf
+
 _configured = False
 _write_lock = threading.Lock()
 
@@ -51,6 +53,7 @@ def configure(level: str | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
             _leading_keys,
+            emf,
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
@@ -40,15 +40,30 @@ class RetryLater(Exception):
     """Processing must be retried later (the delivery is released with back-off)."""
 
 
+MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
+
+
 @dataclass
 class PushSummary:
-    """What processing one push did (feeds the ``delivery.processed`` line)."""
+    """What processing a delivery did (feeds ``delivery.processed`` and the decision records)."""
 
     changed_files: int = 0
+    api_calls: int = 0
     started: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     retry: bool = False
+    trace: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a start attempt ended: ``started`` (now or earlier), ``in_flight`` (another
+    delivery owns the start), ``failed`` (final) or ``retry`` (the delivery will be redone)."""
+
+    state: str
+    execution_id: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,8 @@ class Decision:
     base: str | None
     matches: tuple[RuleMatch, ...] = ()
     reason: str | None = None
+    source: str = "compare"  # where the verdict came from (the "why" record says it)
+    complete: bool = True
 
 
 class Processor:
@@ -85,10 +102,12 @@ class Processor:
                 return
             summary = PushSummary()
             for event in delivery.events:
+                summary.trace = {}
                 if event.ref_type == "tag":
                     self._tag(repo, event, delivery, summary, final)
                 else:
                     self._branch(repo, event, delivery, summary, final)
+                self.store.record_decision(self._decision_record(delivery, event, summary))
             self.log.info(
                 "delivery.processed",
                 branch=",".join(e.ref_name for e in delivery.events),
@@ -97,11 +116,34 @@ class Processor:
                 pipelines_started=summary.started,
                 pipelines_unchanged=summary.unchanged,
                 pipelines_failed=summary.failed,
+                compare_api_calls=summary.api_calls,
                 attempt=delivery.attempts,
                 duration_ms=round((time.monotonic() - started_at) * 1000, 1),
             )
             if summary.retry:
                 raise RetryLater("a pipeline start failed with a retryable error")
+
+    def _decision_record(self, delivery: Delivery, event: PushEvent,
+                         summary: PushSummary) -> dict[str, Any]:
+        """The "why" record of one push: what each pipeline was compared from and what happened."""
+        return {
+            "delivery_id": delivery.delivery_id, "provider": delivery.provider,
+            "repository": delivery.repository, "ref_type": event.ref_type,
+            "ref": event.ref_name, "before": event.before, "head": event.after,
+            "recorded_at": self.clock(), "attempt": delivery.attempts,
+            "pipelines": [summary.trace[name] for name in sorted(summary.trace)],
+        }
+
+    def _trace(self, summary: PushSummary, name: str, verdict: str, decision: Decision,
+               outcome: Outcome | None = None) -> None:
+        summary.trace[name] = {
+            "pipeline": name, "verdict": verdict, "baseline": decision.base,
+            "diff": decision.source, "complete": decision.complete, "reason": decision.reason,
+            "matched": [[m.path, m.glob] for m in decision.matches[:MATCHES_KEPT]],
+            "matched_count": len(decision.matches),
+            "execution_id": outcome.execution_id if outcome else None,
+            "error": outcome.error if outcome else None,
+        }
 
     # --- tags ----------------------------------------------------------------------------
 
@@ -109,9 +151,11 @@ class Processor:
              summary: PushSummary, final: bool) -> None:
         if event.after is None:
             return
+        decision = Decision("changed", None, reason="tag rule matched", source="tag")
         for pipeline in repo.tag_pipelines(event.ref_name):
             outcome = self._launch(repo, event, pipeline, (), delivery, final)
             _tally(summary, pipeline.name, outcome)
+            self._trace(summary, pipeline.name, outcome.state, decision, outcome)
 
     # --- branches ------------------------------------------------------------------------
 
@@ -151,19 +195,25 @@ class Processor:
             why = ("new branch with no baseline" if base is None else
                    "no deployed commit is known (an earlier first start failed)")
             self.log.info("changes.all", reason=why, pipelines=names, head=head)
-            return {n: Decision("changed", None, reason=why) for n in names}
-        if base is None:
-            return {n: Decision("unchanged", None, reason="new branch (new_branch: none)")
+            source = "new-branch" if base is None else "nothing-deployed"
+            return {n: Decision("changed", None, reason=why, source=source, complete=False)
                     for n in names}
+        if base is None:
+            return {n: Decision("unchanged", None, reason="new branch (new_branch: none)",
+                                source="new-branch", complete=False) for n in names}
         if base == head:
-            return {n: Decision("contained", base) for n in names}
+            return {n: Decision("contained", base, reason="head is the baseline",
+                                source="identical") for n in names}
         diff = self._diff(repo, base, head, final)
+        summary.api_calls += diff.api_calls
         if diff.contained:
-            return {n: Decision("contained", base) for n in names}
+            return {n: Decision("contained", base, reason=f"head is {diff.status} the baseline")
+                    for n in names}
         if diff.paths is None:
             self.log.warning("changes.incomplete", reason=diff.reason, base=base, head=head,
                              pipelines=names)
-            return {n: Decision("changed", base, reason=diff.reason) for n in names}
+            return {n: Decision("changed", base, reason=diff.reason, complete=False)
+                    for n in names}
         summary.changed_files = max(summary.changed_files, len(diff.paths))
         matched = match(sorted(diff.paths), {p.name: p.paths for p in group})
         return {n: Decision("changed", base, matched[n]) if n in matched
@@ -186,7 +236,7 @@ class Processor:
         assert event.after is not None
         head = event.after
         changed = [name for name, d in decisions.items() if d.verdict == "changed"]
-        outcomes: dict[str, tuple[str, str | None]] = {}
+        outcomes: dict[str, Outcome] = {}
         if changed:
             with ThreadPoolExecutor(max_workers=min(START_PARALLELISM, len(changed))) as pool:
                 futures = {
@@ -201,25 +251,29 @@ class Processor:
             expected = baselines.get(name) or Baseline(repo.key, event.ref_name, name)
             if decision.verdict == "contained":
                 summary.unchanged.append(name)
+                self._trace(summary, name, "contained", decision)
                 continue
             if decision.verdict == "unchanged":
                 if self._advance(expected, head, now, None):
                     summary.unchanged.append(name)
+                    self._trace(summary, name, "unchanged", decision)
                 else:
                     lost.append(name)
                 continue
-            state, execution_id = outcomes[name]
-            if state == "started":
-                if self._advance(expected, head, now, execution_id):
-                    _tally(summary, name, outcomes[name])
+            outcome = outcomes[name]
+            if outcome.state == "started":
+                if self._advance(expected, head, now, outcome.execution_id):
+                    _tally(summary, name, outcome)
+                    self._trace(summary, name, "started", decision, outcome)
                 else:
                     lost.append(name)
                 continue
-            if state in ("failed", "retry") and expected.version == 0:
+            if outcome.state in ("failed", "retry") and expected.version == 0:
                 # pin what this push was compared from, or its change would be lost: the
                 # next push would otherwise compare from its own 'before'
                 self.store.advance_baseline(expected, decision.base or NOTHING_DEPLOYED, now)
-            _tally(summary, name, outcomes[name])
+            _tally(summary, name, outcome)
+            self._trace(summary, name, outcome.state, decision, outcome)
         return lost
 
     def _advance(self, expected: Baseline, head: str, now: float,
@@ -233,22 +287,18 @@ class Processor:
 
     def _launch(self, repo: RepositoryConfig, event: PushEvent, pipeline: PipelineConfig,
                 matches: tuple[RuleMatch, ...], delivery: Delivery,
-                final: bool) -> tuple[str, str | None]:
-        """Start ``pipeline`` at the head once. Returns (state, execution id).
-
-        state: ``started`` (now or earlier), ``in_flight`` (another delivery owns the start),
-        ``failed`` (final), ``retry`` (a retryable failure; the delivery will be redone).
-        """
+                final: bool) -> Outcome:
+        """Start ``pipeline`` at the head, at most once per (pipeline, head)."""
         assert event.after is not None
         head = event.after
         owner, attempt = delivery.delivery_id, delivery.attempts
         record = self.store.begin_start(pipeline.name, head, owner, attempt, self.clock())
         if record.state == "started":
-            return "started", record.execution_id
+            return Outcome("started", record.execution_id)
         if (record.owner, record.attempt) != (owner, attempt):
             self.log.info("pipeline.in_flight", pipeline=pipeline.name, commit=head,
                           owner=record.owner)
-            return "in_flight", None
+            return Outcome("in_flight")
         changed_paths = [m.path for m in matches]
         request = StartRequest(
             pipeline=pipeline.name, commit=head, branch=event.ref_name,
@@ -264,18 +314,18 @@ class Processor:
             retry = exc.retryable and not final
             self.log.error("pipeline.start_failed", pipeline=pipeline.name, commit=head,
                            error=str(exc), will_retry=retry)
-            return ("retry" if retry else "failed"), None
+            return Outcome("retry" if retry else "failed", error=str(exc))
         self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                 execution_id=execution_id)
         self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
                       execution_id=execution_id, branch=event.ref_name,
                       matched_files=len(matches), dry_run=self.launcher.dry_run,
                       **({"matched": [m.path for m in matches[:5]]} if matches else {}))
-        return "started", execution_id
+        return Outcome("started", execution_id)
 
 
-def _tally(summary: PushSummary, name: str, outcome: tuple[str, str | None]) -> None:
-    state = outcome[0]
+def _tally(summary: PushSummary, name: str, outcome: Outcome) -> None:
+    state = outcome.state
     if state == "started":
         summary.started.append(name)
     elif state in ("failed", "retry"):

@@ -252,3 +252,45 @@ def test_logs_carry_the_delivery_fields_and_no_secret(
     assert {"branch", "head", "changed_files", "pipelines_started", "pipelines_unchanged",
             "duration_ms"} <= set(summary)
     assert (summary["branch"], summary["head"], summary["changed_files"]) == ("master", c1, 1)
+
+
+def test_history_answers_by_pipeline_commit_and_delivery(
+        service: Service, world: GitHubWorld) -> None:
+    c1 = world.git.commit(world.root, {"svc/collections/a.py": "2"})
+    deliver(service, push_body(world.root, c1), "why-1")
+    processed(service, 1)
+    c2 = world.git.commit(c1, {"svc/utilities/u.py": "2", "web/README.md": "docs"})
+    deliver(service, push_body(c1, c2), "why-2")
+    processed(service, 2)
+    ids = {e["pipeline"]: e["execution_id"] for e in service.events("pipeline.started")}
+
+    # "when did collections-deploy run, and why?"
+    by_pipeline = service.cli("history", "--pipeline", "collections-deploy", "--json")
+    assert by_pipeline.returncode == 0, by_pipeline.stderr
+    (record,) = [json.loads(line) for line in by_pipeline.stdout.splitlines()]
+    (entry,) = record["pipelines"]
+    assert (record["delivery_id"], record["head"], entry["verdict"], entry["baseline"],
+            entry["execution_id"], entry["matched"]) == \
+        ("why-1", c1, "started", world.root, ids["collections-deploy"],
+         [["svc/collections/a.py", "svc/collections/**"]])
+
+    # "why didn't web-deploy run for commit c2?" (only a Markdown file changed there)
+    by_commit = service.cli("history", "--commit", c2, "--json")
+    (record,) = [json.loads(line) for line in by_commit.stdout.splitlines()]
+    verdicts = {p["pipeline"]: (p["verdict"], p["baseline"], p["diff"], p["complete"])
+                for p in record["pipelines"]}
+    assert verdicts == {
+        "collections-deploy": ("unchanged", c1, "compare", True),
+        "utilities-deploy": ("started", c1, "compare", True),
+        "web-deploy": ("unchanged", c1, "compare", True),
+    }
+
+    # "what did delivery why-1 do?" in the human form
+    text = service.cli("history", "--delivery", "why-1")
+    assert text.returncode == 0
+    assert f"delivery why-1 (github {REPO}, attempt 1): branch master" in text.stdout
+    assert (f"  collections-deploy: started; baseline {world.root[:12]}; diff compare; "
+            f"matched svc/collections/a.py (svc/collections/**); "
+            f"execution {ids['collections-deploy']}") in text.stdout
+    missing = service.cli("history", "--delivery", "never-seen")
+    assert (missing.returncode, missing.stderr) == (1, "no decision recorded for that\n")

@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,3 +218,52 @@ def test_concurrent_begin_start_has_exactly_one_owner(store: StateStore) -> None
     for t in threads:
         t.join()
     assert len(set(owners)) == 1
+
+
+def decision(delivery_id: str, head: str, at: float, verdicts: dict[str, str],
+             ref: str = "main", attempt: int = 1) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id, "provider": "github", "repository": "acme/mono",
+        "ref_type": "branch", "ref": ref, "before": A, "head": head, "recorded_at": at,
+        "attempt": attempt,
+        "pipelines": [{"pipeline": name, "verdict": verdict, "baseline": A, "diff": "compare",
+                       "complete": True, "reason": None, "matched": [["svc/x.py", "svc/**"]],
+                       "matched_count": 1, "execution_id": "e" if verdict == "started" else None,
+                       "error": None} for name, verdict in sorted(verdicts.items())],
+    }
+
+
+def test_decision_records_answer_by_delivery_commit_and_pipeline(store: StateStore) -> None:
+    first = decision("d1", B, 10.0, {"p1": "started", "p2": "unchanged"})
+    second = decision("d2", C, 20.0, {"p1": "unchanged", "p2": "failed"})
+    store.record_decision(first)
+    store.record_decision(second)
+    assert store.history(delivery_id="d1") == [first]
+    assert store.history(commit=C) == [second]
+    assert [r["delivery_id"] for r in store.history(pipeline="p1")] == ["d1"]
+    assert [r["delivery_id"] for r in store.history(pipeline="p2")] == ["d2"]
+    assert store.history(delivery_id="nope") == []
+
+
+def test_history_is_newest_first_and_limited(store: StateStore) -> None:
+    for i in range(5):
+        store.record_decision(decision(f"d{i}", B, float(i), {"p1": "started"}))
+    assert [r["delivery_id"] for r in store.history(commit=B, limit=3)] == ["d4", "d3", "d2"]
+    assert [r["delivery_id"] for r in store.history(pipeline="p1", limit=2)] == ["d4", "d3"]
+
+
+def test_a_retried_delivery_replaces_its_decision_record(store: StateStore) -> None:
+    store.record_decision(decision("d1", B, 10.0, {"p1": "retry"}))
+    retried = decision("d1", B, 30.0, {"p1": "started"}, attempt=2)
+    store.record_decision(retried)
+    assert store.history(delivery_id="d1") == [retried]
+    assert store.history(commit=B) == [retried]
+    assert store.history(pipeline="p1") == [retried]
+
+
+def test_each_ref_of_a_multi_ref_delivery_has_its_record(store: StateStore) -> None:
+    main = decision("d1", B, 10.0, {"p1": "started"})
+    dev = decision("d1", C, 10.0, {"p1": "started"}, ref="dev")
+    store.record_decision(main)
+    store.record_decision(dev)
+    assert sorted(r["ref"] for r in store.history(delivery_id="d1")) == ["dev", "main"]

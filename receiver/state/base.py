@@ -8,19 +8,22 @@ Every backend gives the same guarantees, so the processor can run in many proces
 - ``advance_baseline`` is a compare-and-set on the version read by ``baselines``.
 - ``begin_start`` is an atomic create-or-get of the start intent for (pipeline, commit).
 
+``ACTIVE_VERDICTS`` are the pipeline verdicts a by-pipeline history lists.
+
 Times are UNIX seconds (float). Every method raises ``receiver.errors.StateError`` when the
 backend cannot answer; nothing else escapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from receiver.events import Delivery
 
 StartState = Literal["pending", "started", "failed"]
+ACTIVE_VERDICTS = frozenset({"started", "failed", "retry", "in_flight"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,20 @@ class StateStore(Protocol):
         ``owner`` is a delivery id and ``attempt`` its claim count. The intent is taken
         over (state pending, this owner and attempt) when it ``failed``, or when it is still
         pending from an earlier attempt of the same delivery, whose lease has expired since.
+        """
+
+    def record_decision(self, record: Mapping[str, Any]) -> None:
+        """Keep the "why" record of one push (see Processor._decision_record for its shape).
+
+        Keyed by (delivery_id, ref_type, ref): a retried delivery replaces its record.
+        """
+
+    def history(self, *, delivery_id: str | None = None, commit: str | None = None,
+                pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Decision records, newest first, selected by exactly one of the three keys.
+
+        By ``pipeline``: the records in which that pipeline was started, failed, retried or
+        in flight (an unchanged pipeline is found through its commit instead).
         """
 
     def finish_start(self, pipeline: str, commit: str, owner: str, attempt: int, now: float,

@@ -9,6 +9,10 @@ Single-table design (table name from ``state.table``; keys are strings):
   for compare-and-set (one Query reads a whole branch).
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
   only by its owner; TTL.
+- decision ("why") record, zlib-compressed JSON, written under three keys so each question
+  is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and ``HISTORY#COMMIT#{head}`` (the
+  whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that pipeline's entry, only when it
+  was started, failed or in flight); sk ``{recorded_at}#{delivery_id}#{ref}``; TTL.
 
 ``expires_at`` (epoch seconds) is the table's TTL attribute. A delivery is claimed by a
 conditional update (pending and lease expired), so exactly one owner holds it at a time;
@@ -18,18 +22,21 @@ Every botocore failure is translated into StateError here.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from receiver.config import StateConfig
 from receiver.errors import StateError
 from receiver.events import Delivery
-from receiver.state.base import Baseline, StartRecord
+from receiver.state.base import ACTIVE_VERDICTS, Baseline, StartRecord
 
 DELIVERY_TTL_SECONDS = 30 * 86400  # dedup window for redeliveries
 START_TTL_SECONDS = 180 * 86400
+HISTORY_TTL_SECONDS = 90 * 86400
 GSI = "gsi1"
 PENDING = "PENDING"
 CLAIM_CANDIDATES = 25
@@ -73,6 +80,16 @@ def _get_s(item: dict[str, Any], key: str) -> str | None:
 def _get_n(item: dict[str, Any], key: str, default: float = 0.0) -> float:
     cell = item.get(key)
     return default if cell is None else float(cell["N"])
+
+
+def _pack(record: Mapping[str, Any]) -> dict[str, bytes]:
+    # compressed: a monorepo with thousands of pipelines must fit DynamoDB's 400 KB items
+    return {"B": zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 6)}
+
+
+def _unpack(cell: Mapping[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(zlib.decompress(cell["B"]))
+    return data
 
 
 def _sortable(ts: float) -> str:
@@ -292,6 +309,65 @@ class DynamoDBStore:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return iter(sorted(found, key=lambda b: (b.repository, b.branch, b.pipeline)))
+
+    # --- decision records ----------------------------------------------------------------
+
+    def record_decision(self, record: Mapping[str, Any]) -> None:
+        ref_key = f"{record['ref_type']}:{record['ref']}"
+        sk = _s(f"{_sortable(record['recorded_at'])}#{record['delivery_id']}#{ref_key}")
+        expires = _n(int(record["recorded_at"] + HISTORY_TTL_SECONDS))
+        # a retried delivery replaces its records: drop what an earlier attempt wrote
+        for old in self.history(delivery_id=str(record["delivery_id"]), limit=100):
+            if f"{old['ref_type']}:{old['ref']}" == ref_key:
+                self._delete_history(old)
+        items = [{"pk": _s(f"HISTORY#DELIVERY#{record['delivery_id']}"), "sk": sk,
+                  "body": _pack(record), "expires_at": expires}]
+        if record.get("head"):
+            items.append({"pk": _s(f"HISTORY#COMMIT#{record['head']}"), "sk": sk,
+                          "body": _pack(record), "expires_at": expires})
+        for entry in record["pipelines"]:
+            if entry["verdict"] in ACTIVE_VERDICTS:
+                slim = {**record, "pipelines": [entry]}
+                items.append({"pk": _s(f"HISTORY#PIPELINE#{entry['pipeline']}"), "sk": sk,
+                              "body": _pack(slim), "expires_at": expires})
+        for start in range(0, len(items), 25):  # BatchWriteItem's limit
+            batch = [{"PutRequest": {"Item": item}} for item in items[start:start + 25]]
+            answer = self._call("batch_write_item", RequestItems={self.table: batch})
+            unprocessed = (answer or {}).get("UnprocessedItems", {})
+            for _ in range(5):
+                if not unprocessed:
+                    break
+                answer = self._call("batch_write_item", RequestItems=unprocessed)
+                unprocessed = (answer or {}).get("UnprocessedItems", {})
+            if unprocessed:
+                raise StateError("dynamodb batch_write_item: items left unprocessed")
+
+    def _delete_history(self, record: Mapping[str, Any]) -> None:
+        ref_key = f"{record['ref_type']}:{record['ref']}"
+        sk = _s(f"{_sortable(record['recorded_at'])}#{record['delivery_id']}#{ref_key}")
+        pks = [f"HISTORY#DELIVERY#{record['delivery_id']}"]
+        if record.get("head"):
+            pks.append(f"HISTORY#COMMIT#{record['head']}")
+        pks += [f"HISTORY#PIPELINE#{e['pipeline']}" for e in record["pipelines"]
+                if e["verdict"] in ACTIVE_VERDICTS]
+        for pk in pks:
+            self._call("delete_item", TableName=self.table, Key={"pk": _s(pk), "sk": sk})
+
+    def history(self, *, delivery_id: str | None = None, commit: str | None = None,
+                pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        if delivery_id is not None:
+            pk = f"HISTORY#DELIVERY#{delivery_id}"
+        elif commit is not None:
+            pk = f"HISTORY#COMMIT#{commit}"
+        elif pipeline is not None:
+            pk = f"HISTORY#PIPELINE#{pipeline}"
+        else:
+            raise ValueError("give delivery_id, commit or pipeline")
+        page = self._call("query", TableName=self.table, ConsistentRead=True,
+                          KeyConditionExpression="pk = :pk",
+                          ExpressionAttributeValues={":pk": _s(pk)},
+                          ScanIndexForward=False, Limit=limit)
+        return [_unpack(item["body"]) for item in page.get("Items", [])]
 
     # --- start intents -------------------------------------------------------------------
 

@@ -7,16 +7,17 @@ steps (claiming a delivery, taking over a failed start) atomic across processes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from receiver.errors import StateError
 from receiver.events import Delivery
-from receiver.state.base import Baseline, StartRecord
+from receiver.state.base import ACTIVE_VERDICTS, Baseline, StartRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -45,6 +46,22 @@ CREATE TABLE IF NOT EXISTS baselines (
     updated_at REAL NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (repository, branch, pipeline)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    delivery_id TEXT NOT NULL,
+    ref_key TEXT NOT NULL,
+    head TEXT,
+    recorded_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, ref_key)
+);
+CREATE INDEX IF NOT EXISTS decisions_head ON decisions (head, recorded_at);
+CREATE TABLE IF NOT EXISTS decision_pipelines (
+    pipeline TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    ref_key TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (pipeline, delivery_id, ref_key)
 );
 CREATE TABLE IF NOT EXISTS starts (
     pipeline TEXT NOT NULL,
@@ -203,6 +220,39 @@ class SQLiteStore:
             " last_execution_id, updated_at, version FROM baselines"
             " ORDER BY repository, branch, pipeline")
         return (Baseline(*row) for row in rows)
+
+    def record_decision(self, record: Mapping[str, Any]) -> None:
+        ref_key = f"{record['ref_type']}:{record['ref']}"
+        active = [p["pipeline"] for p in record["pipelines"] if p["verdict"] in ACTIVE_VERDICTS]
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO decisions (delivery_id, ref_key, head, recorded_at, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record["delivery_id"], ref_key, record["head"], record["recorded_at"],
+                 json.dumps(record, separators=(",", ":"))))
+            conn.execute("DELETE FROM decision_pipelines WHERE delivery_id = ? AND ref_key = ?",
+                         (record["delivery_id"], ref_key))
+            conn.executemany(
+                "INSERT INTO decision_pipelines (pipeline, delivery_id, ref_key, recorded_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(name, record["delivery_id"], ref_key, record["recorded_at"]) for name in active])
+
+    def history(self, *, delivery_id: str | None = None, commit: str | None = None,
+                pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        if delivery_id is not None:
+            rows = self._query("SELECT body FROM decisions WHERE delivery_id = ?"
+                               " ORDER BY recorded_at DESC LIMIT ?", (delivery_id, limit))
+        elif commit is not None:
+            rows = self._query("SELECT body FROM decisions WHERE head = ?"
+                               " ORDER BY recorded_at DESC LIMIT ?", (commit, limit))
+        elif pipeline is not None:
+            rows = self._query(
+                "SELECT d.body FROM decision_pipelines p JOIN decisions d"
+                " ON d.delivery_id = p.delivery_id AND d.ref_key = p.ref_key"
+                " WHERE p.pipeline = ? ORDER BY p.recorded_at DESC LIMIT ?", (pipeline, limit))
+        else:
+            raise ValueError("give delivery_id, commit or pipeline")
+        return [json.loads(row[0]) for row in rows]
 
     def begin_start(self, pipeline: str, commit: str, owner: str, attempt: int,
                     now: float) -> StartRecord:

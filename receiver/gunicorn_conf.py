@@ -16,15 +16,33 @@ worker_class = "gthread"
 threads = int(os.environ.get("RECEIVER_THREADS", "4"))
 # the heartbeat file lives in memory: the root filesystem may be read-only
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn >= 25.1 otherwise creates a gunicornc control socket under $HOME/.gunicorn: on a
+# read-only root filesystem that fails with an ERROR line at every start, and nothing here
+# uses it (ECS stops the service with SIGTERM); older gunicorn ignores the unknown name
+control_socket_disable = True
 timeout = 30
 # above the ALB's 60 s idle timeout, so the ALB never reuses a connection gunicorn closed
 keepalive = 75
 # below ECS's stopTimeout (see ecs-task.json): workers finish in-flight requests first
 graceful_timeout = 25
-# deliberate limits on what a client may send before the app sees it
+# deliberate limits on what a client may send before the app sees it: a longer request
+# line is answered 414, more or longer header fields 431 (tests/test_hostile_input.py)
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+# no client-supplied SCRIPT_NAME/PATH_INFO headers, even from an address gunicorn trusts as
+# a proxy (127.0.0.1 by default): a SCRIPT_NAME not prefixing the path is answered 500
+forwarder_headers = ""
 accesslog = None  # the app logs every webhook answer as JSON; no second, differently shaped log
 errorlog = "-"
 loglevel = "warning"
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """A worker is leaving (SIGTERM, restart): let its background processor finish the
+    delivery in hand, within what is left of graceful_timeout; an unfinished one keeps its
+    lease and is claimed again once the lease expires, by this task's successor or a peer."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
+    receiver = extensions.get("receiver")
+    if receiver is not None:
+        receiver["worker"].stop(timeout=max(1.0, graceful_timeout - 5))

@@ -49,11 +49,12 @@ class Worker:
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the delivery in hand and stop."""
+        """Claim nothing more; wait up to ``timeout`` seconds for the delivery in hand."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            self.log.info("worker.stopped", finished=not self._thread.is_alive())
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -252,6 +252,11 @@ def test_logs_carry_the_delivery_fields_and_no_secret(
     assert {"branch", "head", "changed_files", "pipelines_started", "pipelines_unchanged",
             "duration_ms"} <= set(summary)
     assert (summary["branch"], summary["head"], summary["changed_files"]) == ("master", c1, 1)
+    # CloudWatch metrics ride on the same lines (Embedded Metric Format)
+    accepted = next(e for e in lines if e["event"] == "webhook.accepted")
+    assert (accepted["Deliveries"], accepted["outcome"]) == (1, "accepted")
+    assert accepted["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["provider", "outcome"]]
+    assert (summary["CompareApiCalls"], summary["compare_api_calls"]) == (1, 1)
 
 
 def test_history_answers_by_pipeline_commit_and_delivery(

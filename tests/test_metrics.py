@@ -1,0 +1,57 @@
+"""CloudWatch Embedded Metric Format on the log lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from receiver.metrics import emf
+
+
+def directives(line: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    return [(m["Name"], m["Unit"], d["Dimensions"][0])
+            for d in line["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]]
+
+
+@pytest.mark.parametrize(("event", "outcome"), [
+    ("webhook.accepted", "accepted"), ("webhook.duplicate", "duplicate"),
+    ("webhook.ignored", "ignored"), ("webhook.rejected", "rejected"),
+])
+def test_every_delivery_outcome_counts_by_provider_and_outcome(event: str, outcome: str) -> None:
+    line = emf(None, "info", {"event": event, "provider": "gitlab", "delivery_id": "d"})
+    assert directives(line) == [("Deliveries", "Count", ["provider", "outcome"])]
+    assert (line["Deliveries"], line["provider"], line["outcome"]) == (1, "gitlab", outcome)
+    assert line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "WebhookReceiver"
+    assert isinstance(line["_aws"]["Timestamp"], int)
+
+
+def test_processing_line_carries_time_and_compare_calls() -> None:
+    line = emf(None, "info", {"event": "delivery.processed", "provider": "github",
+                              "duration_ms": 12.5, "compare_api_calls": 2})
+    assert directives(line) == [("ProcessingTime", "Milliseconds", ["provider"]),
+                                ("CompareApiCalls", "Count", ["provider"])]
+    assert (line["ProcessingTime"], line["CompareApiCalls"]) == (12.5, 2)
+
+
+def test_pipeline_starts_and_failures_are_counted() -> None:
+    assert directives(emf(None, "info", {"event": "pipeline.started", "provider": "github"})) \
+        == [("PipelinesStarted", "Count", ["provider"])]
+    assert directives(emf(None, "info", {"event": "pipeline.start_failed",
+                                         "provider": "github"})) \
+        == [("PipelineStartFailures", "Count", ["provider"])]
+
+
+def test_unknown_provider_path_cannot_mint_a_dimension_value() -> None:
+    line = emf(None, "info", {"event": "webhook.rejected", "provider": "x" * 40})
+    assert line["provider"] == "unknown"
+
+
+def test_other_events_carry_no_metric() -> None:
+    line = {"event": "baseline.advanced", "provider": "github"}
+    assert "_aws" not in emf(None, "debug", dict(line))
+
+
+def test_metrics_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_METRICS", "off")
+    assert "_aws" not in emf(None, "info", {"event": "webhook.accepted", "provider": "github"})

@@ -28,6 +28,8 @@ CompareStatus = Literal["ahead", "behind", "identical", "diverged"]
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _ZERO_SHAS = ("0" * 40, "0" * 64)
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:{}_-]{1,128}$")
+# real push payloads nest about 6 levels; the cap keeps hostile bodies from costing more
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,16 +191,38 @@ def checked_sha(value: object, field: str) -> str | None:
 
 
 def load_json_object(data: bytes | str) -> dict[str, Any]:
-    """Decode a JSON object body (BadRequest for invalid UTF-8, invalid JSON, or a non-object)."""
+    """Decode a JSON object body.
+
+    BadRequest for invalid UTF-8, invalid JSON, a non-object, or nesting deeper than
+    ``MAX_JSON_DEPTH``.
+    """
     import json
 
     try:
+        # the C decoder stops at the interpreter's recursion limit with RecursionError, so
+        # even a body of nothing but '[' costs one bounded pass before the depth check
         doc = json.loads(data)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise BadRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise BadRequest("body is not a JSON object")
+    if _nesting_exceeds(doc, MAX_JSON_DEPTH):
+        raise BadRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     return doc
+
+
+def _nesting_exceeds(doc: dict[str, Any], limit: int) -> bool:
+    """Whether ``doc`` nests objects and arrays more than ``limit`` deep (``doc`` is 1)."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(doc, 1)]
+    while stack:  # a loop, not recursion: the check itself must not hit the recursion limit
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def printable(value: object, limit: int = 64) -> str:

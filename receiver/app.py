@@ -14,8 +14,10 @@ from providers import Provider, build_providers
 from providers.base import verify_for
 from receiver.config import Config
 from receiver.errors import (
+    BadRequest,
     Ignored,
     NotFound,
+    PayloadTooLarge,
     RequestError,
     ServiceUnavailable,
     StateError,
@@ -70,15 +72,16 @@ def create_app(config: Config, *, store: StateStore | None = None,
 
     @app.post("/webhooks/<provider_name>")
     def webhook(provider_name: str) -> tuple[Response, int]:
-        request.environ["receiver.provider"] = provider_name
         provider = providers.get(provider_name)
+        # an unknown path is logged as 'unknown': a URL must not mint log or metric values
+        request.environ["receiver.provider"] = provider_name if provider else "unknown"
         repos = config.repositories_for(provider_name)
         if provider is None or not repos:
             raise NotFound("unknown provider path")
         if request.mimetype not in provider.content_types:
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
-        body = request.get_data(cache=False)
+        body = _read_body(config.server.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
         with contextlib.suppress(RequestError):
             # logged (validated, unverified) so a rejected delivery can be traced too
@@ -140,6 +143,37 @@ def create_app(config: Config, *, store: StateStore | None = None,
         return answer(500, error="internal", message="internal error")
 
     return app
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: PayloadTooLarge beyond, BadRequest if unreadable.
+
+    Flask's MAX_CONTENT_LENGTH refuses a Content-Length over the limit, but it silently cuts
+    a chunked body (no Content-Length) at the limit, so such a body is read here, from the
+    server's own terminated stream, up to one byte past the limit.
+    """
+    try:
+        if request.content_length is not None or \
+                not request.environ.get("wsgi.input_terminated"):
+            return request.get_data(cache=False)
+        stream = request.environ["wsgi.input"]
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = stream.read(min(64 * 1024, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except HTTPException:
+        raise  # 413 for a Content-Length over the limit, 400 for a client that went away
+    except Exception:
+        # the server's chunked-framing errors (bad chunk size, missing terminator) surface
+        # here as its own exception types: they are the client's malformed request
+        raise BadRequest("the request body could not be read (malformed framing)") from None
+    if size > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 def _fields(delivery_id: str | None, provider: str | None,

@@ -18,7 +18,7 @@ import yaml
 
 from receiver.errors import ConfigError
 from receiver.matcher import GlobError, PathRules
-from receiver.secrets import SecretError, SecretRef, resolve
+from receiver.secrets import ALLOWED_FORMS, SecretError, SecretRef, resolve
 
 PROVIDERS = ("github", "gitlab", "bitbucket", "bitbucket-server")
 DEFAULT_API_URLS = {
@@ -342,7 +342,7 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
     secrets: list[SecretRef] = []
     if not isinstance(secrets_raw, list) or not secrets_raw:
         c.error(f"{path}.webhook_secrets", "is required: one or more secret references "
-                "(env:NAME or file:PATH); any match verifies")
+                f"({ALLOWED_FORMS}); any match verifies")
     else:
         for j, ref in enumerate(secrets_raw):
             sec = c.secret(ref, f"{path}.webhook_secrets[{j}]")

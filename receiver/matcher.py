@@ -4,6 +4,11 @@ Glob syntax: ``**`` as a whole segment crosses folders (zero or more), ``*`` mat
 within one segment, ``?`` one character, ``[abc]`` / ``[!abc]`` a character class; a
 leading ``!`` makes the rule an exclude. A pipeline matches a changed path when at
 least one include matches it and no exclude does.
+
+``match`` indexes pipelines by the literal leading directories of their include globs
+(``services/svc-12/`` for ``services/svc-12/**``), so each changed path is tested only
+against the pipelines that could select it: thousands of pipelines against tens of
+thousands of paths cost about one dictionary lookup per directory level of each path.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class PathRules:
     excludes: tuple[str, ...]
     _include_re: re.Pattern[str]
     _exclude_re: re.Pattern[str] | None
+    # per include: the part every path it selects must start with (see _index_key)
+    _index_keys: tuple[str, ...]
 
     @classmethod
     def compile(cls, patterns: Iterable[str]) -> PathRules:
@@ -100,6 +107,7 @@ class PathRules:
             excludes=tuple(excludes),
             _include_re=_alternation(includes),
             _exclude_re=_alternation(excludes) if excludes else None,
+            _index_keys=tuple(_index_key(g) for g in includes),
         )
 
     def matching_include(self, path: str) -> str | None:
@@ -117,6 +125,41 @@ def _alternation(globs: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?P<g{i}>{glob_to_regex(g)})" for i, g in enumerate(globs)))
 
 
+_WILDCARDS = frozenset("*?[")
+
+
+def _index_key(glob: str) -> str:
+    """What every path ``glob`` selects starts with, as a key of the match index.
+
+    A glob without wildcards selects exactly itself, so the key is the whole path.
+    Otherwise the key is its leading whole segments that hold no wildcard, each with
+    its '/' (``libs/common-12/`` for ``libs/common-12/**/*.py``; '' for ``**/*.py``):
+    such a segment matches only itself, and a ``**`` may match zero segments, so
+    nothing after the first wildcard segment is known.
+    """
+    segments = glob.split("/")
+    if not _WILDCARDS.intersection(glob) and segments[-1]:
+        return glob
+    literal: list[str] = []
+    for seg in segments[:-1]:
+        if _WILDCARDS.intersection(seg):
+            break
+        literal.append(seg + "/")
+    return "".join(literal)
+
+
+def _path_keys(path: str) -> list[str]:
+    # every key under which a pipeline that can select ``path`` is indexed: '', each
+    # leading directory with its '/', and the path itself
+    keys = [""]
+    slash = path.find("/")
+    while slash != -1:
+        keys.append(path[: slash + 1])
+        slash = path.find("/", slash + 1)
+    keys.append(path)
+    return keys
+
+
 @dataclass(frozen=True, slots=True)
 class RuleMatch:
     """A changed path and the include glob of a pipeline that selected it."""
@@ -130,15 +173,41 @@ def match(paths: Iterable[str], rules: Mapping[str, PathRules]) -> dict[str, tup
 
     Returns pipeline name -> the (path, include glob) pairs that selected it, only for
     pipelines with at least one such pair, paths in input order. Pure: no I/O.
+
+    The result is exactly that of testing every pipeline against every path; an index
+    of include keys (see ``_index_key``) only skips the pipelines that cannot match.
     """
-    path_list = list(dict.fromkeys(paths))
-    result: dict[str, tuple[RuleMatch, ...]] = {}
-    for name, rule in rules.items():
-        hits = []
-        for path in path_list:
-            glob = rule.matching_include(path)
+    names = list(rules)
+    compiled = [rules[name] for name in names]
+    index: dict[str, list[int]] = {}
+    for pos, rule in enumerate(compiled):
+        for key in dict.fromkeys(rule._index_keys):
+            index.setdefault(key, []).append(pos)
+    hits: dict[int, list[RuleMatch]] = {}
+    # paths of one directory share their candidates, except those indexed by the full path
+    by_dir: dict[str, list[int]] = {}
+    for path in dict.fromkeys(paths):
+        keys = _path_keys(path)
+        directory = keys[-2]
+        candidates = by_dir.get(directory)
+        if candidates is None:
+            candidates = _candidates(index, keys[:-1])
+            by_dir[directory] = candidates
+        exact = index.get(path)
+        if exact is not None and directory != path:
+            candidates = sorted(set(candidates).union(exact))
+        for pos in candidates:
+            glob = compiled[pos].matching_include(path)
             if glob is not None:
-                hits.append(RuleMatch(path, glob))
-        if hits:
-            result[name] = tuple(hits)
-    return result
+                hits.setdefault(pos, []).append(RuleMatch(path, glob))
+    return {names[pos]: tuple(hits[pos]) for pos in range(len(names)) if pos in hits}
+
+
+def _candidates(index: Mapping[str, list[int]], keys: list[str]) -> list[int]:
+    found = [bucket for key in keys if (bucket := index.get(key)) is not None]
+    if not found:
+        return []
+    if len(found) == 1:
+        return found[0]
+    # a pipeline indexed under two of these keys must be tested once
+    return sorted(set[int]().union(*found))

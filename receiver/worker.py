@@ -7,12 +7,13 @@ whichever process is alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from receiver.config import ProcessingConfig
 from receiver.errors import StateError
@@ -72,6 +73,39 @@ class Worker:
         delivery = self.store.claim_delivery(self.owner, self.config.lease_seconds, self.clock())
         if delivery is None:
             return False
+        with self._heartbeat(delivery):
+            self._process(delivery)
+        return True
+
+    @contextlib.contextmanager
+    def _heartbeat(self, delivery: Delivery) -> Iterator[None]:
+        """Extend the lease every third of its length while the delivery is processed, so a
+        slow provider cannot make the lease lapse and hand the work to a second owner."""
+        done = threading.Event()
+        period = self.config.lease_seconds / 3
+
+        def beat() -> None:
+            while not done.wait(period):
+                try:
+                    held = self.store.extend_lease(delivery, self.owner,
+                                                   self.clock() + self.config.lease_seconds)
+                except StateError:
+                    continue  # the store is down: the next beat tries again
+                if not held:
+                    with delivery_context(delivery.delivery_id, delivery.provider,
+                                          delivery.repository):
+                        self.log.warning("delivery.lease_lost")
+                    return
+
+        thread = threading.Thread(target=beat, name="receiver-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _process(self, delivery: Delivery) -> None:
         try:
             self.processor.process(delivery)
         except (RetryLater, StateError) as exc:
@@ -82,7 +116,6 @@ class Worker:
             self._retry_or_fail(delivery, type(exc).__name__)
         else:
             self.store.finish_delivery(delivery, self.owner, "processed", self.clock())
-        return True
 
     def _retry_or_fail(self, delivery: Delivery, error: str) -> None:
         attempts = delivery.attempts

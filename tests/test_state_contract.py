@@ -267,3 +267,20 @@ def test_each_ref_of_a_multi_ref_delivery_has_its_record(store: StateStore) -> N
     store.record_decision(main)
     store.record_decision(dev)
     assert sorted(r["ref"] for r in store.history(delivery_id="d1")) == ["dev", "main"]
+
+
+def test_extending_a_lease_keeps_others_out_until_the_new_expiry(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    claimed = store.claim_delivery("w1", 60, 10.0)
+    assert claimed is not None
+    assert store.extend_lease(claimed, "w1", 200.0) is True
+    assert store.claim_delivery("w2", 60, 150.0) is None
+    assert store.claim_delivery("w2", 60, 201.0) is not None
+
+
+def test_a_lost_lease_cannot_be_extended(store: StateStore) -> None:
+    store.record_delivery(delivery(), 1.0)
+    claimed = store.claim_delivery("w1", 60, 10.0)
+    assert claimed is not None
+    assert store.claim_delivery("w2", 60, 100.0) is not None  # w1's lease lapsed
+    assert store.extend_lease(claimed, "w1", 500.0) is False

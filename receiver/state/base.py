@@ -71,6 +71,9 @@ class StateStore(Protocol):
         The returned delivery's ``attempts`` counts this claim. None when there is none.
         """
 
+    def extend_lease(self, delivery: Delivery, owner: str, until: float) -> bool:
+        """Push the owner's lease to ``until`` (a heartbeat). False if ``owner`` lost it."""
+
     def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
         """Give a claimed delivery back, claimable again from ``retry_at`` (owner only)."""
 

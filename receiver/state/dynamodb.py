@@ -219,17 +219,21 @@ class DynamoDBStore:
             )
         return None
 
+    def extend_lease(self, delivery: Delivery, owner: str, until: float) -> bool:
+        return self._owned_update(delivery, owner, "SET lease_until = :u", {":u": _n(until)})
+
     def _owned_update(self, delivery: Delivery, owner: str, update: str,
-                      values: dict[str, Any]) -> None:
+                      values: dict[str, Any]) -> bool:
         # only the lease holder may release or finish: a former owner whose lease expired
         # and was taken over must not close the new owner's work
-        self._call("update_item", TableName=self.table,
-                   Key=self._delivery_key(delivery.provider, delivery.delivery_id),
-                   UpdateExpression=update,
-                   ConditionExpression="lease_owner = :o AND #st = :pending",
-                   ExpressionAttributeNames={"#st": "status"},
-                   ExpressionAttributeValues={":o": _s(owner), ":pending": _s("pending"),
-                                              **values})
+        answer = self._call(
+            "update_item", TableName=self.table,
+            Key=self._delivery_key(delivery.provider, delivery.delivery_id),
+            UpdateExpression=update,
+            ConditionExpression="lease_owner = :o AND #st = :pending",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues={":o": _s(owner), ":pending": _s("pending"), **values})
+        return answer is not None
 
     def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
         self._owned_update(delivery, owner, "SET lease_until = :r REMOVE lease_owner",

@@ -161,6 +161,14 @@ class SQLiteStore:
                         events=Delivery.events_from_json(full[3]), verified_by=full[4],
                         received_at=full[5], attempts=full[6])
 
+    def extend_lease(self, delivery: Delivery, owner: str, until: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE provider = ? AND delivery_id = ?"
+                " AND lease_owner = ? AND status = 'pending'",
+                (until, delivery.provider, delivery.delivery_id, owner))
+            return cur.rowcount == 1
+
     def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
         with self._tx() as conn:
             conn.execute(

@@ -275,7 +275,9 @@ def _push(repository: str, change: object, index: int) -> PushEvent | None:
     name = ref.get("displayId")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"{where}.ref.displayId is missing")
-    if change.get("type") not in CHANGE_TYPES:
+    change_type = change.get("type")
+    # a JSON array or object here is unhashable: set membership would raise TypeError
+    if not isinstance(change_type, str) or change_type not in CHANGE_TYPES:
         raise BadRequest(f"{where}.type must be ADD, UPDATE or DELETE")
     before = checked_sha(change.get("fromHash"), f"{where}.fromHash")
     after = checked_sha(change.get("toHash"), f"{where}.toHash")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,19 @@ def match_hex_hmac(body: bytes, signature_hex: str, secrets: Sequence[SecretRef]
     if found is None:
         raise Unauthorized("signature does not match")
     return found
+
+
+def verify_sha256_header(headers: Headers, header: str, body: bytes,
+                         secrets: Sequence[SecretRef]) -> SecretRef:
+    """Check a ``sha256=<hex HMAC-SHA256 of the body>`` signature header (GitHub's
+    ``X-Hub-Signature-256``, Bitbucket's ``X-Hub-Signature``). Unauthorized if it fails."""
+    signature = headers.get(header.lower())
+    if not signature:
+        raise Unauthorized(f"missing {header}")
+    algo, _, digest = signature.partition("=")
+    if algo != "sha256" or len(digest) != 64:
+        raise Unauthorized(f"malformed {header}")
+    return match_hex_hmac(body, digest, secrets)
 
 
 def match_token(token: str, secrets: Sequence[SecretRef]) -> SecretRef:
@@ -317,6 +331,31 @@ class ApiClient:
         if resp.status_code == 429:
             return 60.0
         return None
+
+
+class ApiClients:
+    """One ApiClient per configured repository, with that repository's time-out and wait budget."""
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.sleep = sleep
+        self.clock = clock
+        self._clients: dict[str, ApiClient] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def get(self, repo: RepositoryConfig) -> ApiClient:
+        """The client for ``repo`` (created on first use; safe across threads)."""
+        with self._lock:
+            client = self._clients.get(repo.key)
+            if client is None:
+                client = ApiClient(timeout=repo.request_timeout_seconds,
+                                   max_wait=repo.max_rate_limit_wait_seconds,
+                                   sleep=self.sleep, clock=self.clock)
+                self._clients[repo.key] = client
+            return client
 
 
 def _path_only(url: str) -> str:

@@ -19,7 +19,6 @@ exclude=base`` (``git log head ^base``): no commits means nothing new.
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,18 +26,19 @@ from urllib.parse import quote, urlsplit
 
 from providers.base import (
     ApiClient,
+    ApiClients,
     CompareStatus,
     Diff,
     Headers,
     checked_delivery_id,
     checked_sha,
     load_json_object,
-    match_hex_hmac,
     printable,
     require_header,
+    verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
-from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.errors import BadRequest, Ignored, ProviderError
 from receiver.events import PushEvent, RefType
 from receiver.secrets import SecretRef
 
@@ -68,8 +68,7 @@ class BitbucketProvider:
                  clock: Callable[[], float] = time.time) -> None:
         self._sleep = sleep
         self._clock = clock
-        self._clients: dict[str, ApiClient] = {}
-        self._lock = threading.Lock()
+        self._clients = ApiClients(sleep=sleep, clock=clock)
 
     # --- webhook side ------------------------------------------------------------------
 
@@ -78,13 +77,7 @@ class BitbucketProvider:
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
         """Check ``X-Hub-Signature: sha256=<hex>`` against every configured secret."""
-        signature = headers.get("x-hub-signature")
-        if not signature:
-            raise Unauthorized("missing X-Hub-Signature")
-        algo, _, digest = signature.partition("=")
-        if algo != "sha256" or len(digest) != 64:
-            raise Unauthorized("malformed X-Hub-Signature")
-        return match_hex_hmac(body, digest, secrets)
+        return verify_sha256_header(headers, "X-Hub-Signature", body, secrets)
 
     def delivery_id(self, headers: Headers) -> str:
         """``X-Request-UUID``."""
@@ -116,14 +109,7 @@ class BitbucketProvider:
     # --- API side ----------------------------------------------------------------------
 
     def _client(self, repo: RepositoryConfig) -> ApiClient:
-        with self._lock:
-            client = self._clients.get(repo.key)
-            if client is None:
-                client = ApiClient(timeout=repo.request_timeout_seconds,
-                                   max_wait=repo.max_rate_limit_wait_seconds,
-                                   sleep=self._sleep, clock=self._clock)
-                self._clients[repo.key] = client
-            return client
+        return self._clients.get(repo)
 
     @staticmethod
     def _headers(repo: RepositoryConfig) -> dict[str, str]:

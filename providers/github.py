@@ -24,14 +24,15 @@ import jwt
 
 from providers.base import (
     ApiClient,
+    ApiClients,
     Diff,
     Headers,
     checked_delivery_id,
     checked_sha,
     load_json_object,
-    match_hex_hmac,
     printable,
     require_header,
+    verify_sha256_header,
 )
 from receiver.config import GitHubAppConfig, RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
@@ -105,7 +106,7 @@ class GitHubProvider:
                  clock: Callable[[], float] = time.time) -> None:
         self._sleep = sleep
         self._clock = clock
-        self._clients: dict[str, ApiClient] = {}
+        self._clients = ApiClients(sleep=sleep, clock=clock)
         self._apps: dict[str, GitHubAppAuth] = {}
         self._lock = threading.Lock()
 
@@ -116,16 +117,10 @@ class GitHubProvider:
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
         """Check ``X-Hub-Signature-256`` against every configured secret."""
-        signature = headers.get("x-hub-signature-256")
-        if not signature:
-            if headers.get("x-hub-signature"):
-                raise Unauthorized("X-Hub-Signature-256 is required; SHA-1 signatures are "
-                                   "not accepted")
-            raise Unauthorized("missing X-Hub-Signature-256")
-        algo, _, digest = signature.partition("=")
-        if algo != "sha256" or len(digest) != 64:
-            raise Unauthorized("malformed X-Hub-Signature-256")
-        return match_hex_hmac(body, digest, secrets)
+        if not headers.get("x-hub-signature-256") and headers.get("x-hub-signature"):
+            raise Unauthorized("X-Hub-Signature-256 is required; SHA-1 signatures are "
+                               "not accepted")
+        return verify_sha256_header(headers, "X-Hub-Signature-256", body, secrets)
 
     def delivery_id(self, headers: Headers) -> str:
         """``X-GitHub-Delivery``."""
@@ -182,13 +177,8 @@ class GitHubProvider:
     # --- API side ----------------------------------------------------------------------
 
     def _client(self, repo: RepositoryConfig) -> ApiClient:
+        client = self._clients.get(repo)
         with self._lock:
-            client = self._clients.get(repo.key)
-            if client is None:
-                client = ApiClient(timeout=repo.request_timeout_seconds,
-                                   max_wait=repo.max_rate_limit_wait_seconds,
-                                   sleep=self._sleep, clock=self._clock)
-                self._clients[repo.key] = client
             if repo.github_app is not None and repo.key not in self._apps:
                 self._apps[repo.key] = GitHubAppAuth(repo.github_app, repo.api_url, client,
                                                      self._clock)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from urllib.parse import quote
 
 from providers.base import (
     ApiClient,
+    ApiClients,
     CompareStatus,
     Diff,
     Headers,
@@ -77,8 +77,7 @@ class GitLabProvider:
         self._sleep = sleep
         self._clock = clock
         self._tolerance = tolerance
-        self._clients: dict[str, ApiClient] = {}
-        self._lock = threading.Lock()
+        self._clients = ApiClients(sleep=sleep, clock=clock)
 
     # --- webhook side ------------------------------------------------------------------
 
@@ -205,14 +204,7 @@ class GitLabProvider:
     # --- API side ----------------------------------------------------------------------
 
     def _client(self, repo: RepositoryConfig) -> ApiClient:
-        with self._lock:
-            client = self._clients.get(repo.key)
-            if client is None:
-                client = ApiClient(timeout=repo.request_timeout_seconds,
-                                   max_wait=repo.max_rate_limit_wait_seconds,
-                                   sleep=self._sleep, clock=self._clock)
-                self._clients[repo.key] = client
-            return client
+        return self._clients.get(repo)
 
     @staticmethod
     def _headers(repo: RepositoryConfig) -> dict[str, str]:

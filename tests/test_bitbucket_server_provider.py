@@ -139,7 +139,7 @@ def test_preflight_answers_the_unsigned_ping_ignored_and_builds_nothing(
     with pytest.raises(Ignored) as info:
         provider.preflight(headers, body)
     assert info.value.reason == "ping event"
-    assert provider._clients == {}
+    assert len(provider._clients) == 0
 
 
 def test_parse_also_ignores_a_ping_that_arrives_signed(provider: BitbucketServerProvider) -> None:

@@ -20,8 +20,8 @@ from typing import Any, Literal, Protocol, cast
 import requests
 
 from receiver.config import RepositoryConfig
-from receiver.errors import BadRequest, ProviderError, Unauthorized
-from receiver.events import PushEvent
+from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.events import PushEvent, RefType
 from receiver.secrets import SecretRef
 
 Headers = Mapping[str, str]
@@ -202,6 +202,23 @@ def checked_sha(value: object, field: str) -> str | None:
     if not isinstance(value, str) or not _SHA.fullmatch(value):
         raise BadRequest(f"{field} is not a commit id")
     return value
+
+
+def split_ref(ref: str) -> tuple[RefType, str]:
+    """``refs/heads/x`` -> ("branch", "x"), ``refs/tags/v1`` -> ("tag", "v1").
+
+    Ignored for other refs (pull-request refs, notes), BadRequest for an empty name.
+    """
+    ref_type: RefType
+    if ref.startswith("refs/heads/"):
+        ref_type, name = "branch", ref[len("refs/heads/"):]
+    elif ref.startswith("refs/tags/"):
+        ref_type, name = "tag", ref[len("refs/tags/"):]
+    else:
+        raise Ignored(f"ref {printable(ref)!r} is neither a branch nor a tag")
+    if not name:
+        raise BadRequest("ref has no name")
+    return ref_type, name
 
 
 def load_json_object(data: bytes | str) -> dict[str, Any]:

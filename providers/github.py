@@ -32,6 +32,7 @@ from providers.base import (
     load_json_object,
     printable,
     require_header,
+    split_ref,
     verify_sha256_header,
 )
 from receiver.config import GitHubAppConfig, RepositoryConfig
@@ -158,19 +159,12 @@ class GitHubProvider:
         full_name = repo.get("full_name") if isinstance(repo, dict) else None
         if not isinstance(ref, str) or not isinstance(full_name, str) or "/" not in full_name:
             raise BadRequest("push payload needs ref and repository.full_name")
-        if ref.startswith("refs/heads/"):
-            ref_type, ref_name = "branch", ref[len("refs/heads/"):]
-        elif ref.startswith("refs/tags/"):
-            ref_type, ref_name = "tag", ref[len("refs/tags/"):]
-        else:
-            raise Ignored(f"ref {printable(ref)!r} is neither a branch nor a tag")
-        if not ref_name:
-            raise BadRequest("ref has no name")
+        ref_type, ref_name = split_ref(ref)
         before = checked_sha(doc.get("before"), "before")
         after = checked_sha(doc.get("after"), "after")
         if before is None and after is None:
             raise BadRequest("before and after cannot both be empty")
-        return PushEvent(provider="github", repository=full_name, ref_type=ref_type,  # type: ignore[arg-type]
+        return PushEvent(provider="github", repository=full_name, ref_type=ref_type,
                          ref_name=ref_name, before=before, after=after,
                          forced=doc.get("forced") is True)
 

@@ -52,10 +52,11 @@ from providers.base import (
     match_token,
     printable,
     require_header,
+    split_ref,
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
-from receiver.events import PushEvent, RefType
+from receiver.events import PushEvent
 from receiver.secrets import SecretRef
 
 SIGNING_PREFIX = "whsec_"
@@ -275,15 +276,7 @@ def _push(doc: dict[str, Any]) -> PushEvent:
     path = project.get("path_with_namespace") if isinstance(project, dict) else None
     if not isinstance(ref, str) or not isinstance(path, str) or "/" not in path:
         raise BadRequest("push payload needs ref and project.path_with_namespace")
-    ref_type: RefType
-    if ref.startswith("refs/heads/"):
-        ref_type, ref_name = "branch", ref[len("refs/heads/"):]
-    elif ref.startswith("refs/tags/"):
-        ref_type, ref_name = "tag", ref[len("refs/tags/"):]
-    else:
-        raise Ignored(f"ref {printable(ref)!r} is neither a branch nor a tag")
-    if not ref_name:
-        raise BadRequest("ref has no name")
+    ref_type, ref_name = split_ref(ref)
     before = checked_sha(doc.get("before"), "before")
     after = checked_sha(doc.get("after"), "after")
     if after is not None:

@@ -1,0 +1,787 @@
+#!/usr/bin/env python3
+"""Run the benchmarks of issue 6 on this machine; print each figure, its reference, the ratio.
+
+1. Acknowledgement throughput and latency (wrk, fixed time, same load for all): the service
+   as ``webhook-receiver serve`` runs it in production (gunicorn settings of
+   receiver/gunicorn_conf.py, SQLite state, log launcher) against (a) a bare Flask app under
+   the same gunicorn settings that only checks the HMAC and parses the JSON, and (b)
+   adnanh/webhook with a payload-hmac-sha256 rule running /bin/true.
+2. Answer latency while the provider API takes 3 s per compare, against a fast provider.
+3. Push to pipelines started: compare API at 100 ms per call, 20 pipelines that all change;
+   time from the 202 to the last ``pipeline.started`` line, and compare calls per push
+   (normal and force push); again with CodePipeline itself at 100 ms per start.
+4. Matching at scale: 5,000 pipelines against 5,000 to 50,000 changed paths.
+5. Resident memory of each gunicorn worker after 5,000 and 10,000 deliveries.
+
+Everything listens on and talks to 127.0.0.1 only. Needs ``wrk`` and ``webhook`` on PATH
+(see bench/README.md); installs nothing. ``--only 1,3`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# this checkout's code, whatever an editable install elsewhere points at
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from bench import fakes, matching, wrk  # noqa: E402
+from receiver import gunicorn_conf  # noqa: E402
+from receiver.matcher import match  # noqa: E402
+from tests.harness import AWS_ENV, Service, fixture_bytes, free_port, wait_http  # noqa: E402
+
+SECRET = "bench-" + uuid.uuid4().hex
+ENV = {
+    **AWS_ENV,
+    "BENCH_WEBHOOK_SECRET": SECRET,
+    # the service and the floor import this checkout, as this process does
+    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+}
+WORKERS = int(gunicorn_conf.workers)
+THREADS = int(gunicorn_conf.threads)
+
+PUSH_FIXTURE = "github/go-playground-push.json"  # a real push, 1 commit, ~8 KB
+FORCED_FIXTURE = "github/packit-push-forced-existing-branch.json"  # a real force push
+APP_FILES = ["app/models/user.rb", "config/routes.rb", "public/index.html", "README.md"]
+APP_PIPELINES = [
+    {"name": "sample-app", "paths": ["app/**", "!**/*.md"]},
+    {"name": "sample-config", "paths": ["config/**"]},
+    {"name": "sample-web", "paths": ["public/**", "app/assets/**"]},
+]
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the final table."""
+
+    what: str
+    figure: float
+    unit: str
+    reference: float | None
+    ref_label: str
+    target: str
+    ok: bool | None  # None: information, no target
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference in (None, 0):
+            return None
+        assert self.reference is not None
+        return self.figure / self.reference
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit in ("req/s", "ms", "MB"):
+        return f"{value:,.1f} {unit}"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if unit == "calls":
+        return f"{value:.3g} call" + ("" if value == 1 else "s")
+    return f"{value:.2f}{unit}"
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    head = ("benchmark", "figure", "reference (same run)", "ratio", "target", "verdict")
+    cells = [head] + [
+        (r.what, fmt(r.figure, r.unit), f"{fmt(r.reference, r.unit)} {r.ref_label}".strip(),
+         "-" if r.ratio is None else f"{r.ratio:.3g}x", r.target,
+         {True: "PASS", False: "MISS", None: "info"}[r.ok])
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for n, line in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class Proc:
+    """A server subprocess in its own session; stopped through its own process group."""
+
+    def __init__(self, cmd: list[str], log: Path, cwd: Path = ROOT) -> None:
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **ENV}, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._out.close()
+
+
+def start_floor(tmp: Path) -> tuple[Proc, str]:
+    """The bare Flask app under gunicorn with the production settings module."""
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "gunicorn", "-c", "python:receiver.gunicorn_conf",
+                 "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS),
+                 "--threads", str(THREADS), "bench.bare_app:app"], tmp / "floor.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/")
+    return proc, url + "/webhooks/github"
+
+
+def start_adnanh(tmp: Path) -> tuple[Proc, str]:
+    """adnanh/webhook: one hook, HMAC-SHA256 of the payload, runs /bin/true."""
+    hooks = tmp / "hooks.json"
+    hooks.write_text(json.dumps([{
+        "id": "bench",
+        "execute-command": "/bin/true",
+        "response-message": "accepted",
+        "trigger-rule-mismatch-http-response-code": 401,
+        "trigger-rule": {"match": {
+            "type": "payload-hmac-sha256", "secret": SECRET,
+            "parameter": {"source": "header", "name": "X-Hub-Signature-256"},
+        }},
+    }]))
+    port = free_port()
+    proc = Proc(["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)],
+                tmp / "adnanh.log")
+    url = f"http://127.0.0.1:{port}/hooks/bench"
+    wait_http(url)
+    return proc, url
+
+
+def repo_entry(name: str, api_url: str, pipelines: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"provider": "github", "name": name, "api_url": api_url,
+            "webhook_secrets": ["env:BENCH_WEBHOOK_SECRET"], "branches": ["**"],
+            "pipelines": pipelines}
+
+
+def start_service(tmp: Path, name: str, repos: list[dict[str, Any]],
+                  launcher: dict[str, Any] | None = None) -> Service:
+    """``webhook-receiver serve`` with SQLite state on disk and the given launcher."""
+    workdir = tmp / name
+    workdir.mkdir()
+    config = {"state": {"backend": "sqlite", "path": str(workdir / "state.db")},
+              "launcher": launcher or {"backend": "log"}, "repositories": repos}
+    return Service(config, workdir, env=ENV, workers=WORKERS, name=name).start()
+
+
+def post(url: str, body: bytes, delivery_id: str,
+         signed: bytes | None = None) -> requests.Response:
+    """POST a push signed over ``signed`` (default: over ``body`` itself)."""
+    signature = wrk.sign(SECRET, body if signed is None else signed)
+    return requests.post(url, data=body, timeout=10, headers={
+        "Content-Type": "application/json", "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery_id, "X-Hub-Signature-256": signature})
+
+
+def log_count(path: Path, offset: int, event: str) -> int:
+    """How many log lines of ``event`` were written after byte ``offset``."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().count(f'"event": "{event}"'.encode())
+
+
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn workers: the children of the master process."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{master}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(pids)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def pending(db: Path) -> int:
+    """Deliveries recorded and not yet processed."""
+    return _count(db, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+
+
+def recorded(db: Path) -> int:
+    """Deliveries recorded."""
+    return _count(db, "SELECT COUNT(*) FROM deliveries")
+
+
+def _count(db: Path, sql: str) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as c:
+        return int(c.execute(sql).fetchone()[0])
+
+
+def all_workers(master: int, expected: int) -> list[int]:
+    """The worker pids once all ``expected`` workers are forked."""
+    deadline = time.monotonic() + 30
+    while len(pids := worker_pids(master)) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(pids)} of {expected} gunicorn workers after 30 s")
+        time.sleep(0.1)
+    return pids
+
+
+def head_sha(n: int) -> str:
+    return hashlib.sha1(f"bench-head-{n}".encode()).hexdigest()
+
+
+def with_commits(body: bytes, old_after: str, new_after: str,
+                 old_before: str | None = None, new_before: str | None = None) -> bytes:
+    """The recorded push with other commit ids, every other byte unchanged."""
+    out = body.replace(old_after.encode(), new_after.encode())
+    if old_before is not None and new_before is not None:
+        out = out.replace(old_before.encode(), new_before.encode())
+    return out
+
+
+def push_heads(n: int) -> list[bytes]:
+    """``n`` copies of the recorded push, each with its own head commit."""
+    push = fixture_bytes(PUSH_FIXTURE)
+    after = json.loads(push)["after"]
+    return [with_commits(push, after, head_sha(i)) for i in range(n)]
+
+
+def ts(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(line["ts"]).replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    seconds: float
+    warmup: float
+    connections: int
+    memory_deliveries: int
+
+
+def drive(url: str, script: Path, ctx: Ctx) -> wrk.WrkResult:
+    """Warm up, then measure, at the same concurrency for every target."""
+    wrk.run(url, script, seconds=ctx.warmup, connections=ctx.connections)
+    return wrk.run(url, script, seconds=ctx.seconds, connections=ctx.connections)
+
+
+def check(resp: requests.Response, status: int, what: str) -> None:
+    if resp.status_code != status:
+        raise RuntimeError(f"{what}: expected HTTP {status}, got {resp.status_code} {resp.text}")
+
+
+# --- 1. acknowledgement --------------------------------------------------------------------
+
+
+def bench_ack(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
+    push = fixture_bytes(PUSH_FIXTURE)
+    repo = json.loads(push)["repository"]["full_name"]
+    print(f"  payload: {PUSH_FIXTURE} ({len(push)} bytes), wrk -t1 -c{ctx.connections}, "
+          f"{ctx.warmup:g} s warm-up + {ctx.seconds:g} s, gunicorn {WORKERS} workers x "
+          f"{THREADS} threads ({gunicorn_conf.worker_class})")
+    script = wrk.write_script(ctx.tmp / "ack.lua", url_path="/webhooks/github",
+                              bodies=[push], secret=SECRET)
+    hook_script = wrk.write_script(ctx.tmp / "adnanh.lua", url_path="/hooks/bench",
+                                   bodies=[push], secret=SECRET)
+    heads_script = wrk.write_script(ctx.tmp / "heads.lua", url_path="/webhooks/github",
+                                    bodies=push_heads(256), secret=SECRET)
+    results: dict[str, wrk.WrkResult] = {}
+
+    def run_floor(label: str) -> wrk.WrkResult:
+        floor, url = start_floor(ctx.tmp)
+        try:
+            check(post(url, push, "probe-1"), 202, "bare floor")
+            check(post(url, push + b" ", "probe-2", signed=push), 401, "bare floor, bad HMAC")
+            res = drive(url, script, ctx)
+            floor_rss[:] = [rss_mb(p) for p in all_workers(floor.proc.pid, WORKERS)]
+        finally:
+            floor.stop()
+        print(f"  (a) bare Flask floor {label} {res.summary()}")
+        return res
+
+    first_floor = run_floor("  ")
+
+    api = fakes.FakeGitHub(APP_FILES)
+    try:
+        svc = start_service(ctx.tmp, "ack", [repo_entry(repo, api.url, APP_PIPELINES)])
+        try:
+            check(post(svc.url + "/webhooks/github", push, "probe-1"), 202, "service")
+            wrk.run(svc.url + "/webhooks/github", script, seconds=ctx.warmup,
+                    connections=ctx.connections)
+            offset = svc.log_path.stat().st_size
+            results["svc"] = wrk.run(svc.url + "/webhooks/github", script, seconds=ctx.seconds,
+                                     connections=ctx.connections)
+            accepted = log_count(svc.log_path, offset, "webhook.accepted")
+            dupes = log_count(svc.log_path, offset, "webhook.duplicate")
+        finally:
+            svc.stop()
+        print(f"      service             {results['svc'].summary()}")
+        print(f"      service log: {accepted} webhook.accepted, {dupes} webhook.duplicate in "
+              f"the measured window; {api.count()} compare calls in all (the same head: "
+              f"after the first delivery the rest are already contained)")
+
+        svc = start_service(ctx.tmp, "ack-heads", [repo_entry(repo, api.url, APP_PIPELINES)])
+        try:
+            calls0 = api.count()
+            results["heads"] = drive(svc.url + "/webhooks/github", heads_script, ctx)
+            backlog = pending(svc.workdir / "state.db")
+        finally:
+            svc.stop()
+        print(f"      service, new head   {results['heads'].summary()}")
+        print(f"      (every delivery a new head commit: {api.count() - calls0} compare calls "
+              f"and a start of each changed pipeline in the background; {backlog} deliveries "
+              f"still queued when wrk stopped)")
+    finally:
+        api.close()
+
+    hook, url = start_adnanh(ctx.tmp)
+    try:
+        check(post(url, push, "probe-1"), 200, "adnanh/webhook")
+        refused = post(url, push + b" ", "probe-2", signed=push)
+        if refused.status_code < 400:  # webhook 2.8 answers a bad signature 500, not 401
+            raise RuntimeError(f"adnanh/webhook accepted a changed body: {refused.text}")
+        results["adnanh"] = drive(url, hook_script, ctx)
+    finally:
+        hook.stop()
+    print(f"  (b) adnanh/webhook      {results['adnanh'].summary()}")
+    # the floor again: on a shared machine, a change of load during the run shows here
+    last_floor = run_floor("(again)")
+    results["floor"] = _mean(first_floor, last_floor)
+    spread = abs(first_floor.rps - last_floor.rps) / max(first_floor.rps, last_floor.rps)
+    print(f"  reference = mean of the two floor runs: {results['floor'].rps:.1f} req/s, "
+          f"p50 {results['floor'].p50:.2f} ms, p99 {results['floor'].p99:.2f} ms"
+          + (f"  WARNING: the floor runs differ by {spread:.0%}: the machine's load changed"
+             if spread > 0.15 else ""))
+
+    for name, res in results.items():
+        if res.non_2xx or res.socket_errors:
+            print(f"  WARNING: {name}: {res.non_2xx} non-2xx answers, "
+                  f"{res.socket_errors} socket errors")
+    s, f, h, n = results["svc"], results["floor"], results["adnanh"], results["heads"]
+    return [
+        Row("1 ack throughput: service vs bare floor", s.rps, "req/s", f.rps, "floor",
+            ">= 0.70x", s.rps >= 0.7 * f.rps),
+        Row("1 ack p99: service vs bare floor", s.p99, "ms", f.p99, "floor", "<= 2.00x",
+            s.p99 <= 2 * f.p99),
+        Row("1 ack p50: service vs bare floor", s.p50, "ms", f.p50, "floor", "", None),
+        Row("1 ack throughput: service vs adnanh/webhook", s.rps, "req/s", h.rps, "webhook",
+            "", None),
+        Row("1 ack p99: service vs adnanh/webhook", s.p99, "ms", h.p99, "webhook", "", None),
+        Row("1 ack throughput, new head each: vs floor", n.rps, "req/s", f.rps, "floor",
+            ">= 0.70x", n.rps >= 0.7 * f.rps),
+        Row("1 ack p99, new head each: vs floor", n.p99, "ms", f.p99, "floor", "<= 2.00x",
+            n.p99 <= 2 * f.p99),
+    ]
+
+
+def _mean(a: wrk.WrkResult, b: wrk.WrkResult) -> wrk.WrkResult:
+    return wrk.WrkResult(
+        requests=a.requests + b.requests, seconds=a.seconds + b.seconds,
+        rps=(a.rps + b.rps) / 2, p50=(a.p50 + b.p50) / 2, p75=(a.p75 + b.p75) / 2,
+        p90=(a.p90 + b.p90) / 2, p99=(a.p99 + b.p99) / 2, max=max(a.max, b.max),
+        non_2xx=a.non_2xx + b.non_2xx, socket_errors=a.socket_errors + b.socket_errors,
+        raw=a.raw + b.raw)
+
+
+# --- 2. slow provider ----------------------------------------------------------------------
+
+
+def bench_slow_provider(ctx: Ctx) -> list[Row]:
+    push = fixture_bytes(PUSH_FIXTURE)
+    repo = json.loads(push)["repository"]["full_name"]
+    script = wrk.write_script(ctx.tmp / "slow.lua", url_path="/webhooks/github",
+                              bodies=push_heads(256), secret=SECRET)
+    print(f"  every delivery a new head (so every one needs a compare), wrk -t1 "
+          f"-c{ctx.connections}, {ctx.warmup:g} s warm-up + {ctx.seconds:g} s")
+    results: dict[float, wrk.WrkResult] = {}
+    for delay in (0.0, 3.0):
+        api = fakes.FakeGitHub(APP_FILES, delay=delay)
+        try:
+            svc = start_service(ctx.tmp, f"slow-{delay:g}",
+                                [repo_entry(repo, api.url, APP_PIPELINES)])
+            try:
+                results[delay] = drive(svc.url + "/webhooks/github", script, ctx)
+                backlog = pending(svc.workdir / "state.db")
+            finally:
+                svc.stop()
+        finally:
+            api.close()
+        label = "fast provider " if delay == 0 else "compare takes 3 s"
+        print(f"  {label:18s} {results[delay].summary()}")
+        print(f"  {'':18s} {api.count()} compare calls made, {backlog} deliveries queued "
+              f"at the end")
+    fast, slow = results[0.0], results[3.0]
+    return [
+        Row("2 answer p99: provider 3 s vs fast", slow.p99, "ms", fast.p99, "fast", "<= 1.20x",
+            slow.p99 <= 1.2 * fast.p99),
+        Row("2 answer p50: provider 3 s vs fast", slow.p50, "ms", fast.p50, "fast", "", None),
+        Row("2 throughput: provider 3 s vs fast", slow.rps, "req/s", fast.rps, "fast", "",
+            None),
+    ]
+
+
+# --- 3. push to pipelines started ------------------------------------------------------------
+
+
+@dataclass
+class PushOutcome:
+    to_last_start: float
+    to_processed: float
+    started: int
+    api_calls: int
+
+
+def push_and_wait(svc: Service, body: bytes, delivery_id: str,
+                  api: fakes.FakeGitHub) -> PushOutcome:
+    calls0 = api.count()
+    resp = post(svc.url + "/webhooks/github", body, delivery_id)
+    answered = time.time()
+    check(resp, 202, f"push {delivery_id}")
+
+    def done(lines: list[dict[str, Any]]) -> bool:
+        return any(line.get("event") == "delivery.processed"
+                   and line.get("delivery_id") == delivery_id for line in lines)
+
+    lines = [line for line in svc.wait_for(done, timeout=60)
+             if line.get("delivery_id") == delivery_id]
+    started = [ts(line) for line in lines if line.get("event") == "pipeline.started"]
+    processed = next(ts(line) for line in lines if line.get("event") == "delivery.processed")
+    return PushOutcome(max(started, default=math.nan) - answered, processed - answered,
+                       len(started), api.count() - calls0)
+
+
+def bench_push_to_start(ctx: Ctx) -> list[Row]:
+    push = fixture_bytes(PUSH_FIXTURE)
+    forced = fixture_bytes(FORCED_FIXTURE)
+    p_doc, f_doc = json.loads(push), json.loads(forced)
+    n_pipes = 20
+    files = [f"services/svc-{i:02d}/{leaf}" for i in range(n_pipes)
+             for leaf in ("main.go", "README.md")]
+
+    def pipelines(prefix: str) -> list[dict[str, Any]]:
+        return [{"name": f"{prefix}-svc-{i:02d}", "paths": [f"services/svc-{i:02d}/**",
+                                                             "!**/*.md"]}
+                for i in range(n_pipes)]
+
+    rows: list[Row] = []
+    api = fakes.FakeGitHub(files, delay=0.1)
+    cp = fakes.FakeCodePipeline(delay=0.1)
+    try:
+        sample = f"{api.url}/repos/a/b/compare/{'a' * 40}...{'b' * 40}"
+        one_call = statistics.median(_timed(lambda: requests.get(sample, timeout=5))
+                                     for _ in range(3))
+        one_start = statistics.median(_timed(lambda: requests.post(
+            cp.url, data=b"{}", timeout=5,
+            headers={"X-Amz-Target": "CodePipeline_20150709.StartPipelineExecution"}))
+            for _ in range(3))
+        print(f"  compare API and CodePipeline answer after 100 ms (one call each measured "
+              f"from here: {one_call * 1000:.0f} ms, {one_start * 1000:.0f} ms); {n_pipes} "
+              f"pipelines, every one changed by each push")
+        for launcher in ("log", "codepipeline"):
+            conf: dict[str, Any] = {"backend": "log"} if launcher == "log" else {
+                "backend": "codepipeline", "region": "us-east-1", "endpoint_url": cp.url}
+            svc = start_service(ctx.tmp, f"push-{launcher}", [
+                repo_entry(p_doc["repository"]["full_name"], api.url, pipelines("app")),
+                repo_entry(f_doc["repository"]["full_name"], api.url, pipelines("fc")),
+            ], launcher=conf)
+            try:
+                normal = _normal_pushes(svc, api, push, p_doc, 5 if launcher == "log" else 3)
+                forced_out = _forced_pushes(svc, api, forced, f_doc,
+                                            3 if launcher == "log" else 1)
+            finally:
+                svc.stop()
+            _report_pushes(launcher, normal, forced_out, n_pipes)
+            median_normal = statistics.median(o.to_last_start for o in normal)
+            median_forced = statistics.median(o.to_last_start for o in forced_out)
+            if launcher == "log":
+                rows += [
+                    Row("3 202 -> last pipeline.started (normal)", median_normal, "s",
+                        one_call, "1 compare", "< 0.5 s", median_normal < 0.5),
+                    Row("3 202 -> last pipeline.started (force)", median_forced, "s",
+                        2 * one_call, "2 compares", "< 0.5 s", median_forced < 0.5),
+                    Row("3 compare calls per push (normal)",
+                        float(max(o.api_calls for o in normal)), "calls", 1.0, "", "1",
+                        all(o.api_calls == 1 for o in normal)),
+                    Row("3 compare calls per push (force)",
+                        float(max(o.api_calls for o in forced_out)), "calls", 2.0, "", "2",
+                        all(o.api_calls == 2 for o in forced_out)),
+                ]
+            else:
+                rows.append(Row("3 ... with CodePipeline at 100 ms/start (normal)",
+                                median_normal, "s", one_call + one_start,
+                                "compare+1 start", "< 0.5 s", median_normal < 0.5))
+    finally:
+        api.close()
+        cp.close()
+    return rows
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _normal_pushes(svc: Service, api: fakes.FakeGitHub, push: bytes, doc: dict[str, Any],
+                   count: int) -> list[PushOutcome]:
+    """The recorded push (first on its branch), then pushes on top of it."""
+    out = [push_and_wait(svc, push, f"normal-{uuid.uuid4().hex[:8]}-0", api)]
+    prev = doc["after"]
+    for i in range(1, count):
+        head = head_sha(10_000 + i)
+        body = with_commits(push, doc["after"], head, doc["before"], prev)
+        out.append(push_and_wait(svc, body, f"normal-{uuid.uuid4().hex[:8]}-{i}", api))
+        prev = head
+    return out
+
+
+def _forced_pushes(svc: Service, api: fakes.FakeGitHub, forced: bytes, doc: dict[str, Any],
+                   count: int) -> list[PushOutcome]:
+    """The recorded force push, then force pushes that each rewrite the previous head."""
+    api.diverge(doc["before"], doc["after"])
+    out = [push_and_wait(svc, forced, f"forced-{uuid.uuid4().hex[:8]}-0", api)]
+    prev = doc["after"]
+    for i in range(1, count):
+        head = head_sha(20_000 + i)
+        api.diverge(prev, head)
+        body = with_commits(forced, doc["after"], head, doc["before"], prev)
+        out.append(push_and_wait(svc, body, f"forced-{uuid.uuid4().hex[:8]}-{i}", api))
+        prev = head
+    return out
+
+
+def _report_pushes(launcher: str, normal: list[PushOutcome], forced: list[PushOutcome],
+                   n_pipes: int) -> None:
+    for kind, outs in (("normal", normal), ("force", forced)):
+        for o in outs:
+            if o.started != n_pipes:
+                print(f"  WARNING: a {kind} push started {o.started} of {n_pipes} pipelines")
+        print(f"  launcher {launcher:12s} {kind:6s} pushes: 202 -> last pipeline.started "
+              + ", ".join(f"{o.to_last_start * 1000:.0f}" for o in outs) + " ms; "
+              + "-> delivery.processed "
+              + ", ".join(f"{o.to_processed * 1000:.0f}" for o in outs) + " ms; compare calls "
+              + ", ".join(str(o.api_calls) for o in outs))
+
+
+# --- 4. matching ---------------------------------------------------------------------------
+
+
+def bench_matching(ctx: Ctx) -> list[Row]:
+    n_pipes, sizes = 5000, (5000, 10000, 20000, 50000)
+    globs = matching.pipeline_globs(n_pipes)
+    rules = matching.compile_rules(globs)
+    paths = matching.changed_paths(max(sizes), n_pipes)
+    n_globs = sum(len(g) for g in globs.values())
+    print(f"  {n_pipes} pipelines, {n_globs} globs ({n_globs / n_pipes:.2f} each), e.g. "
+          f"{globs['pipeline-00000']}; paths e.g. {paths[1]}")
+    times: dict[int, float] = {}
+    for n in sizes:
+        subset = sorted(paths[:n])  # the processor passes sorted paths
+        times[n] = matching.best_of(lambda s=subset: match(s, rules), 3)  # type: ignore[misc]
+        result = match(subset, rules)
+        print(f"  {n:6d} paths: {times[n]:.3f} s  ({len(result)} pipelines selected, "
+              f"{sum(len(v) for v in result.values())} path matches)")
+    sample = sorted(paths[:500])
+    naive_t = matching.best_of(lambda: matching.naive_match(sample, rules), 1)
+    agree = matching.naive_match(sample, rules) == match(sample, rules)
+    naive_50k = naive_t * max(sizes) / len(sample)
+    print(f"  reference: every pipeline against every path (the matcher before indexing) on "
+          f"{len(sample)} paths: {naive_t:.2f} s -> {naive_50k:.1f} s for {max(sizes)} "
+          f"(it is exactly linear in paths); agrees with the index on them: {agree}")
+    growth = times[max(sizes)] / times[min(sizes)]
+    linear = max(sizes) / min(sizes)
+    return [
+        Row("4 match 5,000 pipelines x 50,000 paths", times[max(sizes)], "s", naive_50k,
+            "every pair", "< 0.5 s", times[max(sizes)] < 0.5 and agree),
+        Row("4 growth 5,000 -> 50,000 paths", growth, "x", linear, "linear",
+            "<= 1.20x linear", growth <= 1.2 * linear),
+    ]
+
+
+# --- 5. memory -----------------------------------------------------------------------------
+
+
+def bench_memory(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
+    push = fixture_bytes(PUSH_FIXTURE)
+    repo = json.loads(push)["repository"]["full_name"]
+    half = ctx.memory_deliveries // 2
+    script = wrk.write_script(ctx.tmp / "mem.lua", url_path="/webhooks/github",
+                              bodies=push_heads(256), secret=SECRET, limit=half)
+    print(f"  3 x {half} deliveries (wrk -t1 -c{ctx.connections}, every one a new head: compare "
+          f"and starts in the background), each batch processed to the end before measuring; "
+          f"the third batch only shows where growth is heading")
+    api = fakes.FakeGitHub(APP_FILES)
+    rss: dict[int, dict[int, float]] = {}
+    try:
+        svc = start_service(ctx.tmp, "memory", [repo_entry(repo, api.url, APP_PIPELINES)])
+        assert svc.proc is not None
+        try:
+            db = svc.workdir / "state.db"
+            workers = all_workers(svc.proc.pid, WORKERS)
+            rss[0] = {p: rss_mb(p) for p in workers}
+            for _batch in range(3):
+                target = recorded(db) + half
+                t0 = time.monotonic()
+                res = wrk.run_until(svc.url + "/webhooks/github", script,
+                                    lambda target=target: recorded(db) >= target,  # type: ignore[misc]
+                                    max_seconds=240, connections=ctx.connections)
+                sent = time.monotonic() - t0
+                backlog_at_end = pending(db)
+                deadline = time.monotonic() + 240
+                while pending(db) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                drained = time.monotonic() - t0 - sent
+                now = worker_pids(svc.proc.pid)
+                if now != workers:
+                    raise RuntimeError(f"gunicorn workers changed from {workers} to {now}: "
+                                       f"{_tail(svc.log_path)}")
+                total = recorded(db)
+                rss[total] = {p: rss_mb(p) for p in workers}
+                print(f"  after {total:6d} deliveries ({res.requests} answered in {sent:.0f} s, "
+                      f"{res.rps:.0f}/s, {backlog_at_end} queued then, processed "
+                      f"{drained:.0f} s later, {pending(db)} left): RSS "
+                      + ", ".join(f"worker {p} {v:.1f} MB" for p, v in rss[total].items())
+                      + f"; master {rss_mb(svc.proc.pid):.1f} MB")
+            events = {e: log_count(svc.log_path, 0, e) for e in (
+                "webhook.accepted", "delivery.processed", "pipeline.started", "delivery.retry",
+                "baseline.contended")}
+            burst_calls = api.count() / max(1, events["webhook.accepted"])
+            print(f"  log: {events}; {api.count()} compare calls "
+                  f"({burst_calls:.2f} per delivery); RSS at start: "
+                  + ", ".join(f"{v:.1f} MB" for v in rss[0].values()))
+        finally:
+            svc.stop()
+    finally:
+        api.close()
+    marks = sorted(rss)
+    mid, end, extra = rss[marks[1]], rss[marks[2]], rss[marks[3]]
+    peak = max(end.values())
+    growth = max(end[p] - mid[p] for p in end)
+    later = max(extra[p] - end[p] for p in end)
+    floor_peak = max(floor_rss) if floor_rss else None
+    return [
+        Row(f"5 RSS per worker after {marks[2]:,} deliveries", peak, "MB", floor_peak,
+            "floor worker" if floor_rss else "", "< 100 MB", peak < 100),
+        Row(f"5 RSS growth, {marks[1]:,} -> {marks[2]:,}", growth, "MB",
+            max(mid.values()), f"RSS at {marks[1]:,}", "< 1 MB", growth < 1.0),
+        Row(f"5 RSS growth, {marks[2]:,} -> {marks[3]:,}", later, "MB",
+            max(end.values()), f"RSS at {marks[2]:,}", "", None),
+        Row("5 compare calls per delivery in these bursts", burst_calls, "calls", 1.0,
+            "(3: one push)", "", None),
+    ]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="1,2,3,4,5", help="benchmarks to run, e.g. 1,3")
+    parser.add_argument("--seconds", type=float, default=15.0, help="wrk measurement time")
+    parser.add_argument("--warmup", type=float, default=3.0, help="wrk warm-up time")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
+    parser.add_argument("--memory-deliveries", type=int, default=10_000)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args(argv)
+    only = {int(x) for x in args.only.split(",")}
+    missing = [tool for tool in ("wrk", "webhook") if not _which(tool)]
+    if missing and only & {1, 2, 5}:
+        print(f"missing {', '.join(missing)}: apt-get install -y wrk webhook", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
+    ctx = Ctx(tmp, args.seconds, args.warmup, args.connections, args.memory_deliveries)
+    print(f"webhook-receiver benchmarks: {platform.node()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {_version(['wrk', '-v'])}, "
+          f"{_version(['webhook', '-version'])}; scratch {tmp} ({_fstype(tmp)}); "
+          f"load average {_loadavg()}")
+    started = time.monotonic()
+    rows: list[Row] = []
+    floor_rss: list[float] = []
+    benches: list[tuple[int, str, Callable[[], list[Row]]]] = [
+        (1, "acknowledgement throughput and latency", lambda: bench_ack(ctx, floor_rss)),
+        (2, "answer latency under a slow provider", lambda: bench_slow_provider(ctx)),
+        (3, "push to pipelines started", lambda: bench_push_to_start(ctx)),
+        (4, "matching at scale", lambda: bench_matching(ctx)),
+        (5, "memory per worker", lambda: bench_memory(ctx, floor_rss)),
+    ]
+    failed = False
+    for number, title, fn in benches:
+        if number not in only:
+            continue
+        t0 = time.monotonic()
+        print(f"\n[{number}] {title}")
+        try:
+            rows += fn()
+        except Exception:  # one broken benchmark must not hide the others' figures
+            failed = True
+            traceback.print_exc()
+        print(f"  ({time.monotonic() - t0:.0f} s)")
+    print(f"\nResults ({time.monotonic() - started:.0f} s in all; load average at the end "
+          f"{_loadavg()})\n")
+    print_table(rows)
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    return 1 if failed else 0
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _which(tool: str) -> bool:
+    from shutil import which
+
+    return which(tool) is not None
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return f"{cmd[0]} missing"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0].split(" [")[0] if text else cmd[0]
+
+
+def _fstype(path: Path) -> str:
+    best, kind = "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _dev, mount, fstype = line.split()[:3]
+        if str(path.resolve()).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return f"{kind} at {best}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -91,6 +91,7 @@ class CodePipelineLauncher:
                     "codepipeline", region_name=self.config.region,
                     endpoint_url=self.config.endpoint_url,
                     config=Config(retries={"mode": "standard", "total_max_attempts": 3},
+                                  max_pool_connections=32,  # one per parallel start
                                   connect_timeout=5, read_timeout=15),
                 )
             return self._client

@@ -31,7 +31,7 @@ from receiver.state.base import Baseline, StateStore
 # so nothing is known to be deployed and everything counts as changed.
 NOTHING_DEPLOYED = ""
 MAX_ROUNDS = 5  # re-evaluations after lost compare-and-set races, per push
-START_PARALLELISM = 8
+START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
 
 Verdict = Literal["changed", "unchanged", "contained"]
 
@@ -90,6 +90,9 @@ class Processor:
         self.providers = providers
         self.clock = clock
         self.log = get_logger()
+        # kept for the process's life: its threads keep their store connections
+        self._starts = ThreadPoolExecutor(max_workers=START_PARALLELISM,
+                                          thread_name_prefix="receiver-start")
 
     def process(self, delivery: Delivery) -> None:
         """Process every push of ``delivery``. Raises RetryLater if part must be redone later."""
@@ -238,13 +241,13 @@ class Processor:
         changed = [name for name, d in decisions.items() if d.verdict == "changed"]
         outcomes: dict[str, Outcome] = {}
         if changed:
-            with ThreadPoolExecutor(max_workers=min(START_PARALLELISM, len(changed))) as pool:
-                futures = {
-                    name: pool.submit(contextvars.copy_context().run, self._launch, repo, event,
-                                      pending[name], decisions[name].matches, delivery, final)
-                    for name in changed
-                }
-                outcomes = {name: fut.result() for name, fut in futures.items()}
+            futures = {
+                name: self._starts.submit(contextvars.copy_context().run, self._launch, repo,
+                                          event, pending[name], decisions[name].matches,
+                                          delivery, final)
+                for name in changed
+            }
+            outcomes = {name: fut.result() for name, fut in futures.items()}
         lost: list[str] = []
         now = self.clock()
         for name, decision in decisions.items():

@@ -25,6 +25,11 @@ from receiver.events import Delivery
 StartState = Literal["pending", "started", "failed"]
 ACTIVE_VERDICTS = frozenset({"started", "failed", "retry", "in_flight"})
 
+# How long each kind of record is kept (DynamoDB: TTL; SQLite: purged as it goes).
+DELIVERY_RETENTION_SECONDS = 30 * 86400  # the redelivery dedup window
+START_RETENTION_SECONDS = 180 * 86400
+HISTORY_RETENTION_SECONDS = 90 * 86400
+
 
 @dataclass(frozen=True, slots=True)
 class Baseline:

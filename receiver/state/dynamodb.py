@@ -32,11 +32,18 @@ from typing import Any
 from receiver.config import StateConfig
 from receiver.errors import StateError
 from receiver.events import Delivery
-from receiver.state.base import ACTIVE_VERDICTS, Baseline, StartRecord
+from receiver.state.base import (
+    ACTIVE_VERDICTS,
+    DELIVERY_RETENTION_SECONDS,
+    HISTORY_RETENTION_SECONDS,
+    START_RETENTION_SECONDS,
+    Baseline,
+    StartRecord,
+)
 
-DELIVERY_TTL_SECONDS = 30 * 86400  # dedup window for redeliveries
-START_TTL_SECONDS = 180 * 86400
-HISTORY_TTL_SECONDS = 90 * 86400
+DELIVERY_TTL_SECONDS = DELIVERY_RETENTION_SECONDS
+START_TTL_SECONDS = START_RETENTION_SECONDS
+HISTORY_TTL_SECONDS = HISTORY_RETENTION_SECONDS
 GSI = "gsi1"
 PENDING = "PENDING"
 CLAIM_CANDIDATES = 25

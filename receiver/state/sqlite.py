@@ -7,7 +7,9 @@ steps (claiming a delivery, taking over a failed start) atomic across processes.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -93,9 +95,13 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
-        # threads of one process queue here instead of in SQLite's sleeping busy handler,
-        # whose back-off (up to 100 ms) would land on the webhook answer's latency
+        # Writers queue on a thread lock, then on an flock shared by every process using
+        # the file, instead of in SQLite's busy handler: that handler sleeps and retries
+        # (up to 100 ms a sleep), which lands on the webhook answer's latency, while a
+        # blocked flock wakes the moment the holder lets go.
         self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         self._finished = 0
 
     def _conn(self) -> sqlite3.Connection:
@@ -117,10 +123,24 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
+    def _file_lock(self) -> int | None:
+        if self.path == ":memory:":
+            return None
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            try:
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StateError(f"sqlite {self.path}.lock: {exc.strerror}") from None
+            self._lock_pid = os.getpid()
+        return self._lock_fd
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         with self._write_lock:
+            fd = self._file_lock()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -131,6 +151,9 @@ class SQLiteStore:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StateError(f"sqlite {self.path}: {exc}") from None
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:

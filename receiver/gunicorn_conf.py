@@ -33,7 +33,9 @@ limit_request_field_size = 8190
 # no client-supplied SCRIPT_NAME/PATH_INFO headers, even from an address gunicorn trusts as
 # a proxy (127.0.0.1 by default): a SCRIPT_NAME not prefixing the path is answered 500
 forwarder_headers = ""
-accesslog = None  # the app logs every webhook answer as JSON; no second, differently shaped log
+# the access log in the app's own JSON line format (event http.access), on stdout
+accesslog = "-"
+logger_class = "receiver.access_log.AccessLogger"
 errorlog = "-"
 loglevel = "warning"
 

@@ -30,7 +30,7 @@ from receiver.state.base import Baseline, StateStore
 # A baseline row whose commit is unknown: the pipeline's first start failed on a new branch,
 # so nothing is known to be deployed and everything counts as changed.
 NOTHING_DEPLOYED = ""
-MAX_ROUNDS = 5  # re-evaluations after lost compare-and-set races, per push
+MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
 
 Verdict = Literal["changed", "unchanged", "contained"]

@@ -252,6 +252,11 @@ def test_logs_carry_the_delivery_fields_and_no_secret(
     assert {"branch", "head", "changed_files", "pipelines_started", "pipelines_unchanged",
             "duration_ms"} <= set(summary)
     assert (summary["branch"], summary["head"], summary["changed_files"]) == ("master", c1, 1)
+    # gunicorn's access log is in the same JSON line format
+    access = [e for e in service.logs() if e["event"] == "http.access"]
+    assert {"method": "POST", "path": "/webhooks/github", "status": 202} in [
+        {k: e[k] for k in ("method", "path", "status")} for e in access]
+    assert all({"ts", "level", "duration_ms"} <= set(e) for e in access)
     # CloudWatch metrics ride on the same lines (Embedded Metric Format)
     accepted = next(e for e in lines if e["event"] == "webhook.accepted")
     assert (accepted["Deliveries"], accepted["outcome"]) == (1, "accepted")

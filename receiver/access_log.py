@@ -1,0 +1,39 @@
+"""gunicorn's access log as the app's own JSON lines (``event: http.access``).
+
+One line per HTTP request with ``ts``, ``level``, ``event`` like every other line, so one
+CloudWatch Logs Insights query reads both. ALB health checks (``/healthz``) are logged at
+debug level only: every task is probed every few seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from receiver.logging import configure, get_logger
+
+
+class AccessLogger(Logger):  # type: ignore[misc]
+    """gunicorn logger class whose access lines are structured JSON; errors stay gunicorn's."""
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any],
+               request_time: timedelta) -> None:
+        """One ``http.access`` line: method, path (no query), status, duration, client."""
+        configure()
+        status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split()[0]
+        path = environ.get("PATH_INFO", "")
+        fields = {
+            "method": environ.get("REQUEST_METHOD"),
+            "path": path[:200],
+            "status": int(status) if str(status).isdigit() else status,
+            "duration_ms": round(request_time.total_seconds() * 1000, 2),
+            "bytes": getattr(resp, "sent", None),
+            "remote": environ.get("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR")),
+        }
+        log = get_logger()
+        if path in ("/healthz", "/readyz"):
+            log.debug("http.access", **fields)
+        else:
+            log.info("http.access", **fields)

@@ -284,3 +284,12 @@ def test_a_lost_lease_cannot_be_extended(store: StateStore) -> None:
     assert claimed is not None
     assert store.claim_delivery("w2", 60, 100.0) is not None  # w1's lease lapsed
     assert store.extend_lease(claimed, "w1", 500.0) is False
+
+
+def test_many_held_deliveries_do_not_starve_a_newer_pending_one(store: StateStore) -> None:
+    for i in range(30):  # more than one page of claim candidates, all held
+        store.record_delivery(delivery(f"held-{i:02d}"), float(i))
+        assert store.claim_delivery("w1", 600, 100.0) is not None
+    store.record_delivery(delivery("newest"), 50.0)
+    got = store.claim_delivery("w2", 600, 101.0)
+    assert got is not None and got.delivery_id == "newest"

@@ -47,6 +47,7 @@ HISTORY_TTL_SECONDS = HISTORY_RETENTION_SECONDS
 GSI = "gsi1"
 PENDING = "PENDING"
 CLAIM_CANDIDATES = 25
+CLAIM_PAGES = 20
 
 
 def table_definition(name: str) -> dict[str, Any]:
@@ -195,12 +196,23 @@ class DynamoDBStore:
         return answer is not None
 
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
-        page = self._call(
-            "query", TableName=self.table, IndexName=GSI,
-            KeyConditionExpression="gsi1pk = :p", ExpressionAttributeValues={":p": _s(PENDING)},
-            Limit=CLAIM_CANDIDATES,
-        )
-        for candidate in (page or {}).get("Items", []):
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "IndexName": GSI, "KeyConditionExpression": "gsi1pk = :p",
+            "ExpressionAttributeValues": {":p": _s(PENDING)}, "Limit": CLAIM_CANDIDATES,
+        }
+        # oldest first; past the ones other owners hold (or that wait for a retry time),
+        # page on, so busy deliveries at the head of the index cannot starve the rest
+        for _ in range(CLAIM_PAGES):
+            page = self._call("query", **kwargs)
+            found = self._claim_first(page.get("Items", []), owner, lease_seconds, now)
+            if found is not None or "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return None
+
+    def _claim_first(self, candidates: list[dict[str, Any]], owner: str, lease_seconds: float,
+                     now: float) -> Delivery | None:
+        for candidate in candidates:
             answer = self._call(
                 "update_item", TableName=self.table,
                 Key={"pk": candidate["pk"], "sk": candidate["sk"]},

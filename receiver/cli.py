@@ -18,7 +18,7 @@ def _load(path: str | None) -> config_mod.Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the service under gunicorn (gthread workers, each with its background worker)."""
+    """Run the service under gunicorn (threaded workers, each with its background worker)."""
     from gunicorn.app.base import BaseApplication
 
     from receiver.app import create_app

@@ -12,7 +12,7 @@ bind = os.environ.get("RECEIVER_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # threads: a slow client upload does not block the worker; the background processor has
 # its own thread per worker
-worker_class = "gthread"
+worker_class = "receiver.gunicorn_ext.ThreadWorker"  # gthread, with 4xx for bad framing
 threads = int(os.environ.get("RECEIVER_THREADS", "4"))
 # the heartbeat file lives in memory: the root filesystem may be read-only
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -35,7 +35,7 @@ limit_request_field_size = 8190
 forwarder_headers = ""
 # the access log in the app's own JSON line format (event http.access), on stdout
 accesslog = "-"
-logger_class = "receiver.access_log.AccessLogger"
+logger_class = "receiver.gunicorn_ext.AccessLogger"
 errorlog = "-"
 loglevel = "warning"
 

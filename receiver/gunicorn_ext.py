@@ -1,8 +1,11 @@
-"""gunicorn's access log as the app's own JSON lines (``event: http.access``).
+"""gunicorn extensions named in receiver/gunicorn_conf.py.
 
-One line per HTTP request with ``ts``, ``level``, ``event`` like every other line, so one
-CloudWatch Logs Insights query reads both. ALB health checks (``/healthz``) are logged at
-debug level only: every task is probed every few seconds.
+- ``AccessLogger``: gunicorn's access log as the app's own JSON lines (``event:
+  http.access``), so one CloudWatch Logs Insights query reads both. ALB health checks
+  (``/healthz``, ``/readyz``) are logged at debug level only: every task is probed often.
+- ``ThreadWorker``: gunicorn's gthread worker, except that an unknown Transfer-Encoding is
+  answered 400 like every other malformed request (gunicorn says 501): bad input never
+  yields a 5xx.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from gunicorn.glogging import Logger
+from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
+from gunicorn.workers.gthread import ThreadWorker as _GThreadWorker
 
 from receiver.logging import configure, get_logger
 
@@ -37,3 +42,13 @@ class AccessLogger(Logger):  # type: ignore[misc]
             log.debug("http.access", **fields)
         else:
             log.info("http.access", **fields)
+
+
+class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
+    """The gthread worker with client errors kept in the 4xx range."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Answer an unsupported Transfer-Encoding as a malformed header (400)."""
+        if isinstance(exc, UnsupportedTransferCoding):
+            exc = InvalidHeader("Transfer-Encoding")
+        super().handle_error(req, client, addr, exc)

@@ -58,6 +58,16 @@ class Delivery:
     received_at: float = 0.0
     attempts: int = 0
 
+    @property
+    def ref_key(self) -> str:
+        """The ref this delivery moves (its first, for a multi-ref push), as one string.
+
+        Deliveries with the same key are processed one at a time, oldest first: pushes to
+        one branch then never race each other for its baselines or repeat its compares.
+        """
+        first = self.events[0]
+        return f"{self.provider}:{self.repository}#{first.ref_type}:{first.ref_name}"
+
     def events_json(self) -> str:
         """The events as a JSON array (the stored form)."""
         return json.dumps([asdict(e) for e in self.events], separators=(",", ":"))

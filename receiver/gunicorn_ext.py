@@ -19,6 +19,10 @@ from gunicorn.workers.gthread import ThreadWorker as _GThreadWorker
 
 from receiver.logging import configure, get_logger
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KNOWN_PATHS = frozenset({"/healthz", "/readyz"} | {
+    f"/webhooks/{name}" for name in ("github", "gitlab", "bitbucket", "bitbucket-server")})
+
 
 class AccessLogger(Logger):  # type: ignore[misc]
     """gunicorn logger class whose access lines are structured JSON; errors stay gunicorn's."""
@@ -30,12 +34,17 @@ class AccessLogger(Logger):  # type: ignore[misc]
         status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split()[0]
         path = environ.get("PATH_INFO", "")
         fields = {
-            "method": environ.get("REQUEST_METHOD"),
-            "path": path[:200],
+            "method": method if (method := environ.get("REQUEST_METHOD")) in METHODS
+            else "(other)",
+            # only the service's own routes by name: a URL may carry anything (even a
+            # secret someone pasted into it) and must not reach the log
+            "path": path if path in KNOWN_PATHS else "(other)",
             "status": int(status) if str(status).isdigit() else status,
             "duration_ms": round(request_time.total_seconds() * 1000, 2),
             "bytes": getattr(resp, "sent", None),
-            "remote": environ.get("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR")),
+            # the ALB appends the client address last; earlier entries are the client's word
+            "remote": (environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR")
+                       or "").rsplit(",", 1)[-1].strip()[:45],
         }
         log = get_logger()
         if path in ("/healthz", "/readyz"):

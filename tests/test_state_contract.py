@@ -34,8 +34,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore
     yield s
 
 
-def delivery(delivery_id: str = "d1", head: str = B) -> Delivery:
-    event = PushEvent("github", "acme/mono", "branch", "main", A, head, False)
+def delivery(delivery_id: str = "d1", head: str = B, branch: str = "main") -> Delivery:
+    event = PushEvent("github", "acme/mono", "branch", branch, A, head, False)
     return Delivery(delivery_id, "github", "acme/mono", (event,), verified_by="env:S")
 
 
@@ -98,7 +98,7 @@ def test_released_delivery_waits_until_retry_time(store: StateStore) -> None:
 
 def test_concurrent_claims_hand_each_delivery_to_one_owner(store: StateStore) -> None:
     for i in range(20):
-        store.record_delivery(delivery(f"d{i}"), float(i))
+        store.record_delivery(delivery(f"d{i}", branch=f"b{i}"), float(i))
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -288,8 +288,47 @@ def test_a_lost_lease_cannot_be_extended(store: StateStore) -> None:
 
 def test_many_held_deliveries_do_not_starve_a_newer_pending_one(store: StateStore) -> None:
     for i in range(30):  # more than one page of claim candidates, all held
-        store.record_delivery(delivery(f"held-{i:02d}"), float(i))
-        assert store.claim_delivery("w1", 600, 100.0) is not None
-    store.record_delivery(delivery("newest"), 50.0)
-    got = store.claim_delivery("w2", 600, 101.0)
+        store.record_delivery(delivery(f"held-{i:02d}", branch=f"b{i}"), float(i))
+        assert store.claim_delivery(f"w{i}", 600, 100.0) is not None
+    store.record_delivery(delivery("newest", branch="other"), 50.0)
+    got = store.claim_delivery("w-new", 600, 101.0)
     assert got is not None and got.delivery_id == "newest"
+
+
+def test_one_refs_deliveries_are_claimed_one_at_a_time_oldest_first(store: StateStore) -> None:
+    store.record_delivery(delivery("second"), 2.0)
+    store.record_delivery(delivery("first"), 1.0)
+    first = store.claim_delivery("w1", 60, 10.0)
+    assert first is not None and first.delivery_id == "first"
+    assert store.claim_delivery("w2", 60, 11.0) is None  # same branch: it waits its turn
+    store.finish_delivery(first, "w1", "processed", 12.0)
+    second = store.claim_delivery("w2", 60, 13.0)
+    assert second is not None and second.delivery_id == "second"
+
+
+def test_another_ref_is_claimed_while_one_is_busy(store: StateStore) -> None:
+    store.record_delivery(delivery("main-1"), 1.0)
+    store.record_delivery(delivery("main-2"), 2.0)
+    store.record_delivery(delivery("dev-1", branch="dev"), 3.0)
+    assert store.claim_delivery("w1", 60, 10.0) is not None
+    other = store.claim_delivery("w2", 60, 11.0)
+    assert other is not None and other.delivery_id == "dev-1"
+
+
+def test_a_dead_owners_ref_is_free_once_its_lease_expires(store: StateStore) -> None:
+    store.record_delivery(delivery("d1"), 1.0)
+    store.record_delivery(delivery("d2"), 2.0)
+    assert store.claim_delivery("dead", 60, 10.0) is not None
+    assert store.claim_delivery("w2", 60, 69.0) is None
+    again = store.claim_delivery("w2", 60, 71.0)
+    assert again is not None and (again.delivery_id, again.attempts) == ("d1", 2)
+
+
+def test_a_released_delivery_frees_its_ref_for_the_next(store: StateStore) -> None:
+    store.record_delivery(delivery("d1"), 1.0)
+    store.record_delivery(delivery("d2"), 2.0)
+    held = store.claim_delivery("w1", 60, 10.0)
+    assert held is not None
+    store.release_delivery(held, "w1", 100.0)  # d1 retries later; d2 need not wait for it
+    nxt = store.claim_delivery("w2", 60, 11.0)
+    assert nxt is not None and nxt.delivery_id == "d2"

@@ -5,6 +5,10 @@ Single-table design (table name from ``state.table``; keys are strings):
 - delivery: pk ``DELIVERY#{provider}#{delivery_id}``, sk ``DELIVERY``; inserted with
   ``attribute_not_exists(pk)``; TTL. While pending it also carries ``gsi1pk = PENDING`` and
   ``gsi1sk = received_at``: the sparse GSI ``gsi1`` lists exactly the unfinished deliveries.
+- ref lock: pk ``REFLOCK#{ref_key}``, sk ``LOCK``; held (owner, until) while a delivery of
+  that ref is processed, so one ref's deliveries run one at a time, oldest first. The GSI
+  sort key carries the ref key (``{received_at}#{ref_key}``) so a claim can take the lock
+  before the delivery.
 - baseline: pk ``BASELINE#{repository}#{branch}``, sk ``PIPELINE#{pipeline}``; ``version``
   for compare-and-set (one Query reads a whole branch).
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
@@ -188,7 +192,7 @@ class DynamoDBStore:
             "repository": _s(delivery.repository), "events": _s(delivery.events_json()),
             "verified_by": _s(delivery.verified_by or "-"), "received_at": _n(now),
             "status": _s("pending"), "lease_until": _n(0), "attempts": _n(0),
-            "gsi1pk": _s(PENDING), "gsi1sk": _s(_sortable(now)),
+            "gsi1pk": _s(PENDING), "gsi1sk": _s(f"{_sortable(now)}#{delivery.ref_key}"),
             "expires_at": _n(int(now + DELIVERY_TTL_SECONDS)),
         }
         answer = self._call("put_item", TableName=self.table, Item=item,
@@ -213,6 +217,9 @@ class DynamoDBStore:
     def _claim_first(self, candidates: list[dict[str, Any]], owner: str, lease_seconds: float,
                      now: float) -> Delivery | None:
         for candidate in candidates:
+            ref_key = str(candidate["gsi1sk"]["S"]).partition("#")[2]
+            if ref_key and not self._lock_ref(ref_key, owner, now + lease_seconds, now):
+                continue  # another owner is processing this ref: it waits its turn
             answer = self._call(
                 "update_item", TableName=self.table,
                 Key={"pk": candidate["pk"], "sk": candidate["sk"]},
@@ -225,6 +232,8 @@ class DynamoDBStore:
                 ReturnValues="ALL_NEW",
             )
             if answer is None:
+                if ref_key:
+                    self._unlock_ref(ref_key, owner)
                 continue  # someone else holds it, or it is waiting for its retry time
             item = answer["Attributes"]
             verified_by = _get_s(item, "verified_by") or ""
@@ -238,8 +247,31 @@ class DynamoDBStore:
             )
         return None
 
+    def _lock_ref(self, ref_key: str, owner: str, until: float, now: float) -> bool:
+        answer = self._call(
+            "put_item", TableName=self.table,
+            Item={"pk": _s(f"REFLOCK#{ref_key}"), "sk": _s("LOCK"), "owner": _s(owner),
+                  "until": _n(until), "expires_at": _n(int(until + 86400))},
+            ConditionExpression="attribute_not_exists(pk) OR #u <= :now",
+            ExpressionAttributeNames={"#u": "until"},
+            ExpressionAttributeValues={":now": _n(now)})
+        return answer is not None
+
+    def _unlock_ref(self, ref_key: str, owner: str) -> None:
+        self._call("delete_item", TableName=self.table,
+                   Key={"pk": _s(f"REFLOCK#{ref_key}"), "sk": _s("LOCK")},
+                   ConditionExpression="#o = :o", ExpressionAttributeNames={"#o": "owner"},
+                   ExpressionAttributeValues={":o": _s(owner)})
+
     def extend_lease(self, delivery: Delivery, owner: str, until: float) -> bool:
-        return self._owned_update(delivery, owner, "SET lease_until = :u", {":u": _n(until)})
+        held = self._owned_update(delivery, owner, "SET lease_until = :u", {":u": _n(until)})
+        if held:
+            self._call("update_item", TableName=self.table,
+                       Key={"pk": _s(f"REFLOCK#{delivery.ref_key}"), "sk": _s("LOCK")},
+                       UpdateExpression="SET #u = :u", ConditionExpression="#o = :o",
+                       ExpressionAttributeNames={"#u": "until", "#o": "owner"},
+                       ExpressionAttributeValues={":u": _n(until), ":o": _s(owner)})
+        return held
 
     def _owned_update(self, delivery: Delivery, owner: str, update: str,
                       values: dict[str, Any]) -> bool:
@@ -257,6 +289,7 @@ class DynamoDBStore:
     def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
         self._owned_update(delivery, owner, "SET lease_until = :r REMOVE lease_owner",
                            {":r": _n(retry_at)})
+        self._unlock_ref(delivery.ref_key, owner)
 
     def finish_delivery(self, delivery: Delivery, owner: str, outcome: str, now: float) -> None:
         # leaving the sparse index: finished deliveries are never candidates again
@@ -264,6 +297,7 @@ class DynamoDBStore:
                            "SET #st = :done, outcome = :out, finished_at = :now "
                            "REMOVE lease_owner, gsi1pk, gsi1sk",
                            {":done": _s("done"), ":out": _s(outcome), ":now": _n(now)})
+        self._unlock_ref(delivery.ref_key, owner)
 
     # --- baselines -----------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ from receiver.state.base import (
     StartRecord,
 )
 
+MIGRATIONS = (
+    ("deliveries", "ref_key", "TEXT NOT NULL DEFAULT ''"),
+    ("starts", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+)
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
 
 SCHEMA = """
@@ -35,6 +39,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivery_id TEXT NOT NULL,
     provider TEXT NOT NULL,
     repository TEXT NOT NULL,
+    ref_key TEXT NOT NULL DEFAULT '',
     events TEXT NOT NULL,
     verified_by TEXT NOT NULL DEFAULT '',
     received_at REAL NOT NULL,
@@ -46,8 +51,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     outcome TEXT,
     PRIMARY KEY (provider, delivery_id)
 );
+-- indexes
 DROP INDEX IF EXISTS deliveries_pending;
 CREATE INDEX IF NOT EXISTS deliveries_by_status_age ON deliveries (status, received_at);
+CREATE INDEX IF NOT EXISTS deliveries_by_ref ON deliveries (ref_key, status, lease_until);
 CREATE TABLE IF NOT EXISTS baselines (
     repository TEXT NOT NULL,
     branch TEXT NOT NULL,
@@ -163,8 +170,16 @@ class SQLiteStore:
 
     def init(self) -> None:
         """Create the schema (idempotent)."""
+        tables, _, indexes = SCHEMA.partition("-- indexes")
         try:
-            self._conn().executescript(SCHEMA)
+            conn = self._conn()
+            conn.executescript(tables)
+            # columns added since the first schema: a file made by an older version gains them
+            for table, column, ddl in MIGRATIONS:
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if present and column not in present:  # a missing table is created below
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+            conn.executescript(indexes)
         except sqlite3.Error as exc:
             raise StateError(f"sqlite {self.path}: {exc}") from None
 
@@ -175,18 +190,22 @@ class SQLiteStore:
     def record_delivery(self, delivery: Delivery, now: float) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, events,"
-                " verified_by, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (delivery.delivery_id, delivery.provider, delivery.repository,
+                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key,"
+                " events, verified_by, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (delivery.delivery_id, delivery.provider, delivery.repository, delivery.ref_key,
                  delivery.events_json(), delivery.verified_by, now),
             )
             return cur.rowcount == 1
 
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
         with self._tx() as conn:
+            # the oldest claimable delivery whose ref nobody is processing right now
             row = conn.execute(
-                "SELECT provider, delivery_id FROM deliveries WHERE status = 'pending'"
-                " AND lease_until <= ? ORDER BY received_at LIMIT 1", (now,)
+                "SELECT provider, delivery_id FROM deliveries d WHERE status = 'pending'"
+                " AND lease_until <= ? AND NOT EXISTS (SELECT 1 FROM deliveries o"
+                " WHERE o.ref_key = d.ref_key AND o.status = 'pending'"
+                " AND o.lease_owner IS NOT NULL AND o.lease_until > ?)"
+                " ORDER BY received_at LIMIT 1", (now, now)
             ).fetchone()
             if row is None:
                 return None

@@ -22,6 +22,8 @@ from receiver.logging import delivery_context, get_logger
 from receiver.processor import Processor, RetryLater
 from receiver.state.base import StateStore
 
+IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing
+
 
 class Worker:
     """Claims pending deliveries from the store and runs them through the processor."""
@@ -65,6 +67,9 @@ class Worker:
                 self.log.error("worker.state_unavailable", error=str(exc))
                 busy = False
             if not busy:
+                # a burst wakes us once per accepted delivery; when nothing could be claimed
+                # (its ref is busy elsewhere) look again at most every IDLE_RECHECK seconds
+                self._stop.wait(min(IDLE_RECHECK, self.config.poll_seconds))
                 self._wake.wait(self.config.poll_seconds)
                 self._wake.clear()
 

@@ -32,6 +32,14 @@ MIGRATIONS = (
     ("deliveries", "ref_key", "TEXT NOT NULL DEFAULT ''"),
     ("starts", "attempt", "INTEGER NOT NULL DEFAULT 1"),
 )
+
+
+def _ref_free(outer: str) -> str:
+    """SQL: no other delivery of ``outer``'s ref is being processed (a live lease) now."""
+    return (f"NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.ref_key = {outer}.ref_key"
+            " AND o.status = 'pending' AND o.lease_owner IS NOT NULL AND o.lease_until > ?)")
+
+
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
 
 SCHEMA = """
@@ -198,25 +206,35 @@ class SQLiteStore:
             return cur.rowcount == 1
 
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
-        with self._tx() as conn:
-            # the oldest claimable delivery whose ref nobody is processing right now
-            row = conn.execute(
+        for _ in range(3):
+            # found outside the write lock (a WAL read blocks nobody), then taken with the
+            # same conditions re-checked under it: the search can be long when one ref has
+            # a deep queue, and webhook answers wait on that lock
+            found = self._query(
                 "SELECT provider, delivery_id FROM deliveries d WHERE status = 'pending'"
-                " AND lease_until <= ? AND NOT EXISTS (SELECT 1 FROM deliveries o"
-                " WHERE o.ref_key = d.ref_key AND o.status = 'pending'"
-                " AND o.lease_owner IS NOT NULL AND o.lease_until > ?)"
-                " ORDER BY received_at LIMIT 1", (now, now)
-            ).fetchone()
-            if row is None:
+                f" AND lease_until <= ? AND {_ref_free('d')} ORDER BY received_at LIMIT 1",
+                (now, now))
+            if not found:
                 return None
-            conn.execute(
+            claimed = self._take(found[0], owner, lease_seconds, now)
+            if claimed is not None:
+                return claimed
+        return None
+
+    def _take(self, key: tuple[Any, ...], owner: str, lease_seconds: float,
+              now: float) -> Delivery | None:
+        with self._tx() as conn:
+            cur = conn.execute(
                 "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
-                " WHERE provider = ? AND delivery_id = ?",
-                (owner, now + lease_seconds, row[0], row[1]),
+                " WHERE provider = ? AND delivery_id = ? AND status = 'pending'"
+                f" AND lease_until <= ? AND {_ref_free('deliveries')}",
+                (owner, now + lease_seconds, key[0], key[1], now, now),
             )
+            if cur.rowcount != 1:
+                return None  # another owner was faster
             full = conn.execute(
                 "SELECT delivery_id, provider, repository, events, verified_by, received_at,"
-                " attempts FROM deliveries WHERE provider = ? AND delivery_id = ?", row
+                " attempts FROM deliveries WHERE provider = ? AND delivery_id = ?", key
             ).fetchone()
         return Delivery(delivery_id=full[0], provider=full[1], repository=full[2],
                         events=Delivery.events_from_json(full[3]), verified_by=full[4],

@@ -375,6 +375,20 @@ class ApiClients:
             return client
 
 
+class HttpProvider:
+    """What every provider implementation shares: injectable sleep and clock (tests), and one
+    API client per configured repository. Subclasses implement the Provider protocol."""
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._clients = ApiClients(sleep=sleep, clock=clock)
+
+    def _client(self, repo: RepositoryConfig) -> ApiClient:
+        return self._clients.get(repo)
+
+
 def _path_only(url: str) -> str:
     # keep hosts and query strings out of error messages and logs
     from urllib.parse import urlsplit

@@ -19,17 +19,15 @@ exclude=base`` (``git log head ^base``): no commits means nothing new.
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from providers.base import (
-    ApiClient,
-    ApiClients,
     CompareStatus,
     Diff,
     Headers,
+    HttpProvider,
     checked_delivery_id,
     checked_sha,
     load_json_object,
@@ -56,19 +54,13 @@ COMMITS_FIELDS = "next,values.hash,values.parents.hash"
 MAX_DIFFSTAT_PAGES = 100
 
 
-class BitbucketProvider:
+class BitbucketProvider(HttpProvider):
     """The Bitbucket Cloud implementation of ``providers.base.Provider``."""
 
     name = "bitbucket"
     # annotated: the protocol's attribute is tuple[str, ...], and an inferred tuple[str]
     # would not match it (attributes are invariant)
     content_types: tuple[str, ...] = ("application/json",)
-
-    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._sleep = sleep
-        self._clock = clock
-        self._clients = ApiClients(sleep=sleep, clock=clock)
 
     # --- webhook side ------------------------------------------------------------------
 
@@ -107,9 +99,6 @@ class BitbucketProvider:
         return tuple(events)
 
     # --- API side ----------------------------------------------------------------------
-
-    def _client(self, repo: RepositoryConfig) -> ApiClient:
-        return self._clients.get(repo)
 
     @staticmethod
     def _headers(repo: RepositoryConfig) -> dict[str, str]:

@@ -26,17 +26,15 @@ reaches the cap, makes the Diff incomplete.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from providers.base import (
-    ApiClient,
-    ApiClients,
     CompareStatus,
     Diff,
     Headers,
+    HttpProvider,
     checked_delivery_id,
     checked_sha,
     load_json_object,
@@ -61,17 +59,11 @@ MAX_CHANGE_PAGES = 100  # a server answering tiny pages cannot keep us paging fo
 COMMITS_PROBE_LIMIT = 100  # page.max.commits default: the most one commits page returns
 
 
-class BitbucketServerProvider:
+class BitbucketServerProvider(HttpProvider):
     """The Bitbucket Data Center implementation of ``providers.base.Provider``."""
 
     name = "bitbucket-server"
     content_types: tuple[str, ...] = ("application/json",)
-
-    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._sleep = sleep
-        self._clock = clock
-        self._clients = ApiClients(sleep=sleep, clock=clock)
 
     # --- webhook side ------------------------------------------------------------------
 
@@ -155,9 +147,6 @@ class BitbucketServerProvider:
             status = "diverged" if reverse[0] else "ahead"
         paths, reason = self._changes(repo, base, head)
         return Diff(status, paths, reason, client.calls - start)
-
-    def _client(self, repo: RepositoryConfig) -> ApiClient:
-        return self._clients.get(repo)
 
     @staticmethod
     def _headers(repo: RepositoryConfig) -> dict[str, str]:

@@ -24,9 +24,9 @@ import jwt
 
 from providers.base import (
     ApiClient,
-    ApiClients,
     Diff,
     Headers,
+    HttpProvider,
     checked_delivery_id,
     checked_sha,
     load_json_object,
@@ -97,7 +97,7 @@ class GitHubAppAuth:
         return token, expires.timestamp()
 
 
-class GitHubProvider:
+class GitHubProvider(HttpProvider):
     """The GitHub implementation of ``providers.base.Provider``."""
 
     name = "github"
@@ -105,9 +105,7 @@ class GitHubProvider:
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:
-        self._sleep = sleep
-        self._clock = clock
-        self._clients = ApiClients(sleep=sleep, clock=clock)
+        super().__init__(sleep=sleep, clock=clock)
         self._apps: dict[str, GitHubAppAuth] = {}
         self._lock = threading.Lock()
 
@@ -171,7 +169,7 @@ class GitHubProvider:
     # --- API side ----------------------------------------------------------------------
 
     def _client(self, repo: RepositoryConfig) -> ApiClient:
-        client = self._clients.get(repo)
+        client = super()._client(repo)
         with self._lock:
             if repo.github_app is not None and repo.key not in self._apps:
                 self._apps[repo.key] = GitHubAppAuth(repo.github_app, repo.api_url, client,

@@ -39,11 +39,10 @@ from typing import Any
 from urllib.parse import quote
 
 from providers.base import (
-    ApiClient,
-    ApiClients,
     CompareStatus,
     Diff,
     Headers,
+    HttpProvider,
     checked_delivery_id,
     checked_sha,
     constant_time_equal,
@@ -66,7 +65,7 @@ PUSH_HOOKS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
-class GitLabProvider:
+class GitLabProvider(HttpProvider):
     """The GitLab implementation of ``providers.base.Provider``."""
 
     name = "gitlab"
@@ -75,10 +74,8 @@ class GitLabProvider:
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time,
                  tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> None:
-        self._sleep = sleep
-        self._clock = clock
+        super().__init__(sleep=sleep, clock=clock)
         self._tolerance = tolerance
-        self._clients = ApiClients(sleep=sleep, clock=clock)
 
     # --- webhook side ------------------------------------------------------------------
 
@@ -203,9 +200,6 @@ class GitLabProvider:
         return (_push(doc),)
 
     # --- API side ----------------------------------------------------------------------
-
-    def _client(self, repo: RepositoryConfig) -> ApiClient:
-        return self._clients.get(repo)
 
     @staticmethod
     def _headers(repo: RepositoryConfig) -> dict[str, str]:

@@ -87,14 +87,18 @@ def create_app(config: Config, *, store: StateStore | None = None,
             # logged (validated, unverified) so a rejected delivery can be traced too
             request.environ["receiver.delivery_id"] = provider.delivery_id(headers)
         provider.preflight(headers, body)
-        verify_for(provider, headers, body, repos)
+        matched = verify_for(provider, headers, body, repos)
         delivery_id = provider.delivery_id(headers)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         request.environ["receiver.repository"] = events[0].repository
         if repo is None:
             raise NotFound("repository not configured")
-        verified_by = verify_for(provider, headers, body, (repo,)).ref
+        # the payload names the repository only after verification: its own secrets must be
+        # the ones that verified (checked again only when another repository's matched)
+        if not any(secret is matched for secret in repo.webhook_secrets):
+            matched = verify_for(provider, headers, body, (repo,))
+        verified_by = matched.ref
         relevant = tuple(e for e in events if e.after is not None and (
             (e.ref_type == "branch" and repo.watches_branch(e.ref_name))
             or (e.ref_type == "tag" and repo.tag_pipelines(e.ref_name))))

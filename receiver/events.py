@@ -6,17 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-ZERO_SHA = "0" * 40
-
 RefType = Literal["branch", "tag"]
 Change = Literal["created", "updated", "deleted"]
-
-
-def sha_or_none(value: object) -> str | None:
-    """Normalise a commit id from a payload: all-zero, empty or null means 'no commit'."""
-    if not isinstance(value, str) or not value or set(value) == {"0"}:
-        return None
-    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -19,16 +19,15 @@ from receiver.errors import (
     NotFound,
     PayloadTooLarge,
     RequestError,
-    ServiceUnavailable,
     StateError,
     UnsupportedMediaType,
 )
 from receiver.events import Delivery
 from receiver.launcher import Launcher, build_launcher
-from receiver.logging import configure, get_logger
+from receiver.logging import client_address, configure, get_logger
 from receiver.processor import Processor
 from receiver.state import StateStore, open_store
-from receiver.worker import Worker
+from receiver.worker import Activity, Worker
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type"}
@@ -46,11 +45,14 @@ def create_app(config: Config, *, store: StateStore | None = None,
         store.init()  # the embedded default needs no separate 'state init'
     launcher = launcher if launcher is not None else build_launcher(config.launcher)
     providers = providers if providers is not None else build_providers()
-    worker = Worker(Processor(config, store, launcher, providers), store, config.processing)
+    activity = Activity()
+    worker = Worker(Processor(config, store, launcher, providers), store, config.processing,
+                    activity=activity)
     if start_worker:
         worker.start()
 
     app = Flask("receiver")
+    app.wsgi_app = _counted(app.wsgi_app, activity)  # type: ignore[method-assign,assignment]
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["receiver"] = {"config": config, "store": store, "worker": worker}
 
@@ -110,27 +112,28 @@ def create_app(config: Config, *, store: StateStore | None = None,
         try:
             recorded = store.record_delivery(delivery, time.time())
         except StateError as exc:
-            log.error("webhook.rejected", reason="state store unavailable", error=str(exc),
-                      **fields)
-            raise ServiceUnavailable("the delivery could not be recorded; retry later") from None
+            canonical(log.error, "webhook.rejected", 503, reason="unavailable",
+                      detail="state store unavailable", error=str(exc), **fields)
+            return answer(503, error="unavailable",
+                          message="the delivery could not be recorded; retry later")
         if not recorded:
-            log.info("webhook.duplicate", **fields)
+            canonical(log.info, "webhook.duplicate", 200, **fields)
             return answer(200, status="duplicate", delivery_id=delivery_id)
         worker.notify()
-        log.info("webhook.accepted", verified_by=verified_by,
-                 refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
-                 head=relevant[0].after, **fields)
+        canonical(log.info, "webhook.accepted", 202, verified_by=verified_by,
+                  refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
+                  head=relevant[0].after, **fields)
         return answer(202, status="accepted", delivery_id=delivery_id)
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> tuple[Response, int]:
-        log.info("webhook.rejected", reason=exc.code, detail=exc.message, status=exc.status,
-                 **_request_fields())
+        canonical(log.info, "webhook.rejected", exc.status, reason=exc.code,
+                  detail=exc.message, **_request_fields())
         return answer(exc.status, error=exc.code, message=exc.message)
 
     @app.errorhandler(Ignored)
     def ignored(exc: Ignored) -> tuple[Response, int]:
-        log.info("webhook.ignored", reason=exc.reason, **_request_fields())
+        canonical(log.info, "webhook.ignored", 200, reason=exc.reason, **_request_fields())
         return answer(200, status="ignored", reason=exc.reason)
 
     @app.errorhandler(HTTPException)
@@ -138,7 +141,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "error")
         if request.path.startswith("/webhooks/"):
-            log.info("webhook.rejected", reason=code, status=status, **_request_fields())
+            canonical(log.info, "webhook.rejected", status, reason=code, **_request_fields())
         return answer(status, error=code, message=exc.description or code)
 
     @app.errorhandler(Exception)
@@ -147,6 +150,37 @@ def create_app(config: Config, *, store: StateStore | None = None,
         return answer(500, error="internal", message="internal error")
 
     return app
+
+
+def _counted(wsgi_app: Callable[[dict[str, Any], Any], Iterable[bytes]],
+             activity: Activity) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+    """``wsgi_app`` with every request counted in ``activity`` while the app handles it
+    (the answers here are built whole, so the call's return ends the app's work)."""
+
+    def counted(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ["receiver.started"] = time.perf_counter()
+        activity.enter()
+        try:
+            return wsgi_app(environ, start_response)
+        finally:
+            activity.leave()
+
+    return counted
+
+
+def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any) -> None:
+    """The one line a webhook request gets: its ``webhook.*`` event with the HTTP ``status``,
+    the time the app took so far (``duration_ms``) and the client (``remote``).
+
+    The request is marked as logged, so the access logger keeps its own line for it at
+    debug level (receiver/gunicorn_ext.py): one line per delivery, not two, saying more.
+    """
+    env = request.environ
+    started = env.get("receiver.started")
+    method(event, status=status, remote=client_address(env),
+           duration_ms=round((time.perf_counter() - started) * 1000, 2)
+           if started is not None else None, **fields)
+    env["receiver.logged"] = True
 
 
 def _read_body(limit: int) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 RefType = Literal["branch", "tag"]
@@ -61,9 +61,14 @@ class Delivery:
 
     def events_json(self) -> str:
         """The events as a JSON array (the stored form)."""
-        return json.dumps([asdict(e) for e in self.events], separators=(",", ":"))
+        # not dataclasses.asdict: it deep-copies every value, and this runs per delivery
+        return json.dumps([{name: getattr(e, name) for name in _EVENT_FIELDS}
+                           for e in self.events], separators=(",", ":"))
 
     @staticmethod
     def events_from_json(text: str) -> tuple[PushEvent, ...]:
         """Inverse of :meth:`events_json`."""
         return tuple(PushEvent(**item) for item in json.loads(text))
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(PushEvent))

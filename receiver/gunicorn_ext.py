@@ -2,10 +2,13 @@
 
 - ``AccessLogger``: gunicorn's access log as the app's own JSON lines (``event:
   http.access``), so one CloudWatch Logs Insights query reads both. ALB health checks
-  (``/healthz``, ``/readyz``) are logged at debug level only: every task is probed often.
+  (``/healthz``, ``/readyz``) are logged at debug level only: every task is probed often;
+  so are webhook requests, whose ``webhook.*`` line already says status, duration and
+  client. Requests the app never logged (refused by gunicorn, unknown paths) keep theirs.
 - ``ThreadWorker``: gunicorn's gthread worker, except that an unknown Transfer-Encoding is
   answered 400 like every other malformed request (gunicorn says 501): bad input never
-  yields a 5xx.
+  yields a 5xx; and that a worker takes new connections only while it has a free thread,
+  so connections spread over the workers (and the cores) instead of piling on one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from gunicorn.glogging import Logger
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.gthread import ThreadWorker as _GThreadWorker
 
-from receiver.logging import configure, get_logger
+from receiver.logging import client_address, configure, debug_enabled, get_logger
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 KNOWN_PATHS = frozenset({"/healthz", "/readyz"} | {
@@ -31,6 +34,11 @@ class AccessLogger(Logger):  # type: ignore[misc]
                request_time: timedelta) -> None:
         """One ``http.access`` line: method, path (no query), status, duration, client."""
         configure()
+        # the app already wrote this request's line (webhook.*, with status, duration and
+        # client): this one is only for RECEIVER_LOG_LEVEL=DEBUG
+        quiet = bool(environ.get("receiver.logged"))
+        if quiet and not debug_enabled():
+            return
         status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split()[0]
         path = environ.get("PATH_INFO", "")
         fields = {
@@ -42,19 +50,40 @@ class AccessLogger(Logger):  # type: ignore[misc]
             "status": int(status) if str(status).isdigit() else status,
             "duration_ms": round(request_time.total_seconds() * 1000, 2),
             "bytes": getattr(resp, "sent", None),
-            # the ALB appends the client address last; earlier entries are the client's word
-            "remote": (environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR")
-                       or "").rsplit(",", 1)[-1].strip()[:45],
+            "remote": client_address(environ),
         }
         log = get_logger()
-        if path in ("/healthz", "/readyz"):
+        if quiet or path in ("/healthz", "/readyz"):
             log.debug("http.access", **fields)
         else:
             log.info("http.access", **fields)
 
 
 class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
-    """The gthread worker with client errors kept in the 4xx range."""
+    """The gthread worker with client errors kept in the 4xx range, and fair accepting.
+
+    gthread accepts every connection it is woken for, so whichever worker wakes first
+    after a burst of connects (a load balancer opening its pool, a benchmark) can end up
+    with all of them while its sibling idles: the GIL then limits the task to one core.
+    This worker accepts only while one of its threads is free; a busy worker leaves new
+    connections in the shared backlog for a sibling (or for itself, once a thread frees).
+    Idle kept-alive connections do not count: they hold no thread.
+    """
+
+    def _has_free_thread(self) -> bool:
+        waiting = len(getattr(self, "keepalived_conns", ())) + \
+            len(getattr(self, "pending_conns", ()))
+        return bool(self.nr_conns - waiting < self.cfg.threads)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """Accept only while a thread is free (the run loop asks again on every event)."""
+        super().set_accept_enabled(enabled and self._has_free_thread())
+
+    def accept(self, listener: Any) -> None:
+        """Accept one connection; stop accepting once every thread has one."""
+        super().accept(listener)
+        if not self._has_free_thread():
+            super().set_accept_enabled(False)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """Answer an unsupported Transfer-Encoding as a malformed header (400)."""

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ import structlog
 from receiver.metrics import emf
 
 _configured = False
+_level = logging.INFO
 _write_lock = threading.Lock()
 
 
@@ -42,10 +43,12 @@ class _StdoutLogger:
 
 def configure(level: str | None = None) -> None:
     """JSON logging to stdout at ``level``, else RECEIVER_LOG_LEVEL, else INFO. Idempotent."""
-    global _configured
+    global _configured, _level
     if _configured:
         return
     level = (level or os.environ.get("RECEIVER_LOG_LEVEL") or "INFO").upper()
+    numeric = logging.getLevelName(level)
+    _level = numeric if isinstance(numeric, int) else logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -69,6 +72,19 @@ def _leading_keys(_logger: Any, _name: str,
     ordered: dict[str, Any] = {k: event.pop(k) for k in ("ts", "level", "event") if k in event}
     ordered.update(event)
     return ordered
+
+
+def client_address(environ: Mapping[str, Any]) -> str:
+    """The client of a WSGI request, for logs: behind the ALB the last X-Forwarded-For entry
+    (the ALB appends the address it saw; earlier entries are the client's word), else the
+    peer address; at most 45 characters (an IPv6 address)."""
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR") or ""
+    return str(forwarded).rsplit(",", 1)[-1].strip()[:45]
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written (RECEIVER_LOG_LEVEL=DEBUG)."""
+    return _level <= logging.DEBUG
 
 
 def get_logger() -> Any:

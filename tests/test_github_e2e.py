@@ -252,13 +252,21 @@ def test_logs_carry_the_delivery_fields_and_no_secret(
     assert {"branch", "head", "changed_files", "pipelines_started", "pipelines_unchanged",
             "duration_ms"} <= set(summary)
     assert (summary["branch"], summary["head"], summary["changed_files"]) == ("master", c1, 1)
-    # gunicorn's access log is in the same JSON line format
-    access = [e for e in service.logs() if e["event"] == "http.access"]
-    assert {"method": "POST", "path": "/webhooks/github", "status": 202} in [
-        {k: e[k] for k in ("method", "path", "status")} for e in access]
-    assert all({"ts", "level", "duration_ms"} <= set(e) for e in access)
-    # CloudWatch metrics ride on the same lines (Embedded Metric Format)
+    # one line per webhook request: webhook.accepted says the status, time and client too,
+    # so gunicorn's access line for it is left to debug level
     accepted = next(e for e in lines if e["event"] == "webhook.accepted")
+    assert (accepted["status"], accepted["remote"]) == (202, "127.0.0.1")
+    assert isinstance(accepted["duration_ms"], float) and accepted["duration_ms"] >= 0
+    access = [e for e in service.logs() if e["event"] == "http.access"]
+    assert [e for e in access if e["path"] == "/webhooks/github"] == []
+    # a request the app does not log itself keeps gunicorn's line, in the same JSON format
+    assert requests.get(service.url + "/no-such-page", timeout=5).status_code == 404
+    service.wait_for(lambda logs: any(e.get("event") == "http.access" for e in logs))
+    page = service.events("http.access")[-1]
+    assert ({k: page[k] for k in ("method", "path", "status")}
+            == {"method": "GET", "path": "(other)", "status": 404})
+    assert {"ts", "level", "duration_ms", "remote"} <= set(page)
+    # CloudWatch metrics ride on the same lines (Embedded Metric Format)
     assert (accepted["Deliveries"], accepted["outcome"]) == (1, "accepted")
     assert accepted["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["provider", "outcome"]]
     assert (summary["CompareApiCalls"], summary["compare_api_calls"]) == (1, 1)

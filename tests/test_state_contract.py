@@ -115,6 +115,35 @@ def test_concurrent_claims_hand_each_delivery_to_one_owner(store: StateStore) ->
     assert sorted(claimed) == sorted(f"d{i}" for i in range(20))
 
 
+def test_concurrent_recordings_accept_each_delivery_once_and_keep_every_one(
+        store: StateStore) -> None:
+    # 8 threads record the same 30 ids at once (SQLite writes concurrent recordings in one
+    # transaction): each id is accepted by exactly one caller, and every id is stored
+    ids = [f"c{i}" for i in range(30)]
+    accepted: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def record(offset: int) -> None:
+        barrier.wait()
+        for k in range(len(ids)):
+            delivery_id = ids[(k + offset) % len(ids)]
+            if store.record_delivery(delivery(delivery_id, branch=delivery_id), float(k)):
+                with lock:
+                    accepted.append(delivery_id)
+
+    threads = [threading.Thread(target=record, args=(i * 4,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(accepted) == sorted(ids)
+    claimed = []
+    while (d := store.claim_delivery("w", 600, 100.0)) is not None:
+        claimed.append(d.delivery_id)
+    assert sorted(claimed) == sorted(ids)
+
+
 def test_baseline_is_created_then_advanced_by_compare_and_set(store: StateStore) -> None:
     empty = Baseline("github:acme/mono", "main", "p1")
     assert store.baselines("github:acme/mono", "main") == {}

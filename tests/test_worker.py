@@ -1,4 +1,5 @@
-"""The background worker: leases kept alive while a slow delivery is processed."""
+"""The background worker: leases kept alive while a slow delivery is processed, and
+processing deferred while the process is answering requests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from receiver.config import ProcessingConfig
 from receiver.events import Delivery, PushEvent
 from receiver.logging import configure
 from receiver.state.sqlite import SQLiteStore
-from receiver.worker import Worker
+from receiver.worker import MAX_DEFER_SECONDS, Activity, Worker
 
 
 class SlowProcessor:
@@ -62,3 +63,76 @@ def test_worker_with_nothing_to_do_reports_idle(tmp_path: Path) -> None:
     store.init()
     worker = Worker(SlowProcessor(0), store, ProcessingConfig())  # type: ignore[arg-type]
     assert worker.run_once() is False
+
+
+def _record(store: SQLiteStore, delivery_id: str) -> None:
+    event = PushEvent("github", "acme/mono", "branch", delivery_id, "a" * 40, "b" * 40)
+    store.record_delivery(Delivery(delivery_id, "github", "acme/mono", (event,)), time.time())
+
+
+def test_activity_is_quiet_once_no_request_has_been_in_flight_for_the_quiet_time() -> None:
+    activity = Activity()
+    stop = threading.Event()
+    activity.enter()
+    t0 = time.monotonic()
+    assert activity.wait_quiet(0.01, 0.2, stop) is False  # busy the whole time
+    assert time.monotonic() - t0 >= 0.2
+    activity.leave()
+    t0 = time.monotonic()
+    assert activity.wait_quiet(0.05, 2.0, stop) is True
+    assert 0.04 <= time.monotonic() - t0 < 1.0
+
+
+def test_activity_wait_ends_when_the_worker_is_stopped() -> None:
+    activity = Activity()
+    activity.enter()
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    t0 = time.monotonic()
+    assert activity.wait_quiet(0.01, 30.0, stop) is False
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_worker_defers_processing_while_requests_are_in_flight_but_never_stops(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    for i in range(3):
+        _record(store, f"d{i}")
+    processor = SlowProcessor(0)
+    activity = Activity()
+    activity.enter()  # a request in flight for the whole test: the process is never quiet
+    worker = Worker(processor, store, ProcessingConfig(poll_seconds=0.05),  # type: ignore[arg-type]
+                    activity=activity)
+    worker.start()
+    try:
+        time.sleep(MAX_DEFER_SECONDS * 0.6)
+        assert processor.processed == []  # deferred: answers come first
+        deadline = time.monotonic() + 10 * MAX_DEFER_SECONDS
+        while len(processor.processed) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # still done, one delivery per MAX_DEFER_SECONDS at the least
+        assert sorted(processor.processed) == ["d0", "d1", "d2"]
+    finally:
+        worker.stop(timeout=5)
+
+
+def test_worker_processes_at_once_when_the_process_is_quiet(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    processor = SlowProcessor(0)
+    activity = Activity()
+    worker = Worker(processor, store, ProcessingConfig(poll_seconds=5.0),  # type: ignore[arg-type]
+                    activity=activity)
+    worker.start()
+    try:
+        time.sleep(0.05)
+        _record(store, "now")
+        t0 = time.monotonic()
+        worker.notify()
+        while not processor.processed and time.monotonic() - t0 < 5:
+            time.sleep(0.005)
+        assert processor.processed == ["now"]
+        assert time.monotonic() - t0 < MAX_DEFER_SECONDS
+    finally:
+        worker.stop(timeout=5)

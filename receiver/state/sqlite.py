@@ -3,6 +3,13 @@
 Each thread has its own connection (sqlite3 connections are not shared across threads);
 WAL lets readers run beside the one writer; ``BEGIN IMMEDIATE`` makes the read-then-write
 steps (claiming a delivery, taking over a failed start) atomic across processes.
+
+Deliveries recorded by concurrent request threads of one process share a transaction
+(group commit): the first thread to arrive writes every delivery queued so far in one
+``BEGIN IMMEDIATE ... COMMIT`` while the others wait for it, and hands the next batch to
+one of the threads that queued meanwhile. Each caller still returns only after its own
+delivery is committed; under load a commit (four B-tree leaf pages and the WAL frame
+headers) is paid once per batch instead of once per delivery.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +112,22 @@ CREATE TABLE IF NOT EXISTS starts (
 """
 
 
+_INSERT_DELIVERY = (
+    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key, events,"
+    " verified_by, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+@dataclass(eq=False)
+class _Queued:
+    """One delivery waiting for the group commit, and what became of it."""
+
+    row: tuple[Any, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # set by the writer of the previous batch: this thread writes next
+    inserted: bool = False
+    error: StateError | None = None
+
+
 class SQLiteStore:
     """StateStore over one SQLite file (see ``receiver.state.base`` for the contract)."""
 
@@ -118,6 +142,9 @@ class SQLiteStore:
         self._lock_fd: int | None = None
         self._lock_pid = 0
         self._finished = 0
+        self._queue_lock = threading.Lock()  # guards _queue and _writing
+        self._queue: list[_Queued] = []
+        self._writing = False
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -196,14 +223,45 @@ class SQLiteStore:
         self._query("SELECT 1 FROM deliveries LIMIT 1")
 
     def record_delivery(self, delivery: Delivery, now: float) -> bool:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key,"
-                " events, verified_by, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (delivery.delivery_id, delivery.provider, delivery.repository, delivery.ref_key,
-                 delivery.events_json(), delivery.verified_by, now),
-            )
-            return cur.rowcount == 1
+        item = _Queued((delivery.delivery_id, delivery.provider, delivery.repository,
+                        delivery.ref_key, delivery.events_json(), delivery.verified_by, now))
+        with self._queue_lock:
+            self._queue.append(item)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            item.done.wait()
+            lead = item.lead  # the previous writer handed this thread the next batch
+        if lead:
+            self._write_queued()
+        if item.error is not None:
+            raise item.error
+        return item.inserted
+
+    def _write_queued(self) -> None:
+        """Insert every queued delivery in one transaction, then wake their threads; pass
+        the next batch (deliveries queued meanwhile) to the first of them still waiting."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            with self._tx() as conn:
+                for item in batch:
+                    item.inserted = conn.execute(_INSERT_DELIVERY, item.row).rowcount == 1
+        except StateError as exc:
+            for item in batch:
+                item.error = exc
+        except Exception as exc:  # every waiter must wake, whatever went wrong
+            for item in batch:
+                item.error = StateError(f"sqlite {self.path}: {type(exc).__name__}: {exc}")
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].done.set()
+                else:
+                    self._writing = False
+            for item in batch:
+                item.done.set()
 
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
         for _ in range(3):

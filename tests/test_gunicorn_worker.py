@@ -1,0 +1,97 @@
+"""The gunicorn worker class (receiver/gunicorn_ext.py): connections spread over the workers.
+
+gthread accepts whatever it is woken for, so a burst of connects (an ALB opening its pool)
+could all land on one worker while the other idles, and the GIL would hold that task to one
+core. Driven over real sockets against ``webhook-receiver serve``; which worker holds which
+connection is read from /proc, as ``ss -p`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Service
+
+THREADS = 4  # receiver/gunicorn_conf.py's default, what `serve` runs with here
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    config = {
+        "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
+        "launcher": {"backend": "log"},
+        "repositories": [{
+            "provider": "github", "name": "acme/mono", "api_url": "http://127.0.0.1:9",
+            "webhook_secrets": ["env:GW_SECRET"], "branches": ["main"],
+            "pipelines": [{"name": "app", "paths": ["app/**"]}],
+        }],
+    }
+    svc = Service(config, tmp_path, env={"GW_SECRET": "s", "RECEIVER_THREADS": str(THREADS)},
+                  workers=2)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def _workers(master: int) -> list[int]:
+    pids: list[int] = []
+    for task in Path(f"/proc/{master}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Socket inodes of established TCP connections whose local (server) port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":  # 01 = ESTABLISHED
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _connections_per_worker(workers: list[int], port: int) -> Counter[int]:
+    wanted = _established_inodes(port)
+    held: Counter[int] = Counter()
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in wanted:
+                    held[pid] += 1
+    return held
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(service: Service) -> None:
+    assert service.proc is not None
+    deadline = time.monotonic() + 20
+    while len(workers := _workers(service.proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # /healthz answers as soon as the first worker is up
+    assert len(workers) == 2
+    # eight clients connect at once and have not sent their request yet: each connection
+    # holds a thread of the worker that took it (gunicorn waits up to 5 s for its data)
+    clients = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(2 * THREADS)]
+    try:
+        deadline = time.monotonic() + 3
+        while True:
+            held = _connections_per_worker(workers, service.port)
+            if sum(held.values()) == 2 * THREADS or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        # no worker took more connections than it has threads: both have their share
+        assert sorted(held.values()) == [THREADS, THREADS], held
+    finally:
+        for c in clients:
+            c.close()

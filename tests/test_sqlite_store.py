@@ -1,12 +1,16 @@
 """SQLite specifics beyond the shared contract: retention (DynamoDB uses TTL instead) and
-the group commit of concurrent recordings."""
+how a recording waits for the database."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from receiver.errors import StateError
 from receiver.events import Delivery, PushEvent
@@ -56,56 +60,49 @@ def test_decision_records_expire_after_their_retention(tmp_path: Path) -> None:
     assert store.history(pipeline="p") == [] and store.history(delivery_id="d") == []
 
 
-def _record_in_threads(store: SQLiteStore, ids: list[str]) -> dict[str, object]:
-    """Record each id from its own thread while the test holds the store's write lock, so
-    they queue into one group commit; return each id's result (True/False or the error)."""
-    results: dict[str, object] = {}
-
-    def record(delivery_id: str) -> None:
-        try:
-            results[delivery_id] = store.record_delivery(delivery(delivery_id), 1.0)
-        except StateError as exc:
-            results[delivery_id] = exc
-
-    threads = [threading.Thread(target=record, args=(i,)) for i in ids]
-    with store._write_lock:  # the first caller writes and waits here; the rest queue
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 5
-        while len(store._queue) < len(ids) - 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    for t in threads:
-        t.join(10)
-        assert not t.is_alive(), "a recording never returned"
-    return results
+@contextlib.contextmanager
+def _writer_holding(path: Path, seconds: float) -> Iterator[None]:
+    """Another connection holds SQLite's write lock for ``seconds`` (from a thread)."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        other.close()
 
 
-def test_queued_recordings_are_written_together_and_each_told_its_own_result(
+def test_a_recording_waits_for_a_writer_holding_the_database(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    with _writer_holding(tmp_path / "s.db", 0.3):
+        t0 = time.monotonic()
+        assert store.record_delivery(delivery("waited"), 1.0) is True
+        assert time.monotonic() - t0 >= 0.25
+    assert store.record_delivery(delivery("waited"), 2.0) is False
+
+
+def test_a_recording_gives_up_with_a_state_error_when_the_database_stays_locked(
         tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "s.db"))
     store.init()
-    store.record_delivery(delivery("seen"), 0.0)
-    results = _record_in_threads(store, ["seen", "new-1", "new-2", "new-3", "new-4"])
-    assert results == {"seen": False, "new-1": True, "new-2": True, "new-3": True,
-                       "new-4": True}
-    assert store.pending_count() == 5
+    store.record_timeout = 0.3
+    with _writer_holding(tmp_path / "s.db", 2.0):
+        t0 = time.monotonic()
+        with pytest.raises(StateError, match="locked"):
+            store.record_delivery(delivery("refused"), 1.0)
+        assert 0.2 <= time.monotonic() - t0 < 1.5
+    assert store.record_delivery(delivery("refused"), 2.0) is True  # nothing was recorded
 
 
-def test_every_queued_recording_gets_the_error_when_the_commit_fails_and_none_hangs(
-        tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = SQLiteStore(str(path))
+def test_a_recording_into_a_broken_database_fails_at_once(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
     store.init()
-    ids = [f"d{i}" for i in range(6)]
-
-    results: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: results.update(_record_in_threads(store, ids)))
-    with sqlite3.connect(path) as other:
+    with sqlite3.connect(tmp_path / "s.db") as other:
         other.execute("DROP TABLE deliveries")
-    runner.start()
-    runner.join(20)
-    assert not runner.is_alive()
-    assert sorted(results) == ids
-    assert all(isinstance(r, StateError) and "deliveries" in str(r) for r in results.values())
-    store.init()  # the table is back: recording works again, nothing is left stuck
-    assert store.record_delivery(delivery("after"), 2.0) is True
+    t0 = time.monotonic()
+    with pytest.raises(StateError, match="deliveries"):
+        store.record_delivery(delivery("lost"), 1.0)
+    assert time.monotonic() - t0 < 1.0  # not retried: only a locked database is waited for

@@ -117,8 +117,8 @@ def test_concurrent_claims_hand_each_delivery_to_one_owner(store: StateStore) ->
 
 def test_concurrent_recordings_accept_each_delivery_once_and_keep_every_one(
         store: StateStore) -> None:
-    # 8 threads record the same 30 ids at once (SQLite writes concurrent recordings in one
-    # transaction): each id is accepted by exactly one caller, and every id is stored
+    # 8 threads record the same 30 ids at once: each id is accepted by exactly one caller,
+    # and every id is stored
     ids = [f"c{i}" for i in range(30)]
     accepted: list[str] = []
     lock = threading.Lock()

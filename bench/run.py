@@ -62,6 +62,7 @@ ENV = {
 WORKERS = int(gunicorn_conf.workers)
 THREADS = int(gunicorn_conf.threads)
 
+DRAIN_SECONDS = 15.0  # benchmark 1: how long the backlog's processing is watched after wrk
 PUSH_FIXTURE = "github/go-playground-push.json"  # a real push, 1 commit, ~8 KB
 FORCED_FIXTURE = "github/packit-push-forced-existing-branch.json"  # a real force push
 APP_FILES = ["app/models/user.rb", "config/routes.rb", "public/index.html", "README.md"]
@@ -228,7 +229,7 @@ def rss_mb(pid: int) -> float:
 
 def pending(db: Path) -> int:
     """Deliveries recorded and not yet processed."""
-    return _count(db, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+    return _count(db, "SELECT COUNT(*) FROM deliveries WHERE status != 'done'")
 
 
 def recorded(db: Path) -> int:
@@ -282,6 +283,7 @@ class Ctx:
     warmup: float
     connections: int
     memory_deliveries: int
+    rounds: int = 3
 
 
 def drive(url: str, script: Path, ctx: Ctx) -> wrk.WrkResult:
@@ -302,15 +304,17 @@ def bench_ack(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
     push = fixture_bytes(PUSH_FIXTURE)
     repo = json.loads(push)["repository"]["full_name"]
     print(f"  payload: {PUSH_FIXTURE} ({len(push)} bytes), wrk -t1 -c{ctx.connections}, "
-          f"{ctx.warmup:g} s warm-up + {ctx.seconds:g} s, gunicorn {WORKERS} workers x "
-          f"{THREADS} threads ({gunicorn_conf.worker_class})")
+          f"{ctx.warmup:g} s warm-up + {ctx.seconds:g} s per run, gunicorn {WORKERS} workers x "
+          f"{THREADS} threads ({gunicorn_conf.worker_class}); {ctx.rounds} rounds of floor, "
+          f"service, service with a new head each, so a change in the machine's speed "
+          f"during the run touches all three alike")
     script = wrk.write_script(ctx.tmp / "ack.lua", url_path="/webhooks/github",
                               bodies=[push], secret=SECRET)
     hook_script = wrk.write_script(ctx.tmp / "adnanh.lua", url_path="/hooks/bench",
                                    bodies=[push], secret=SECRET)
     heads_script = wrk.write_script(ctx.tmp / "heads.lua", url_path="/webhooks/github",
                                     bodies=push_heads(256), secret=SECRET)
-    results: dict[str, wrk.WrkResult] = {}
+    runs: dict[str, list[wrk.WrkResult]] = {"floor": [], "svc": [], "heads": []}
 
     def run_floor(label: str) -> wrk.WrkResult:
         floor, url = start_floor(ctx.tmp)
@@ -321,41 +325,49 @@ def bench_ack(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
             floor_rss[:] = [rss_mb(p) for p in all_workers(floor.proc.pid, WORKERS)]
         finally:
             floor.stop()
-        print(f"  (a) bare Flask floor {label} {res.summary()}")
+        print(f"  {label} bare Flask floor      {res.summary()}")
         return res
 
-    first_floor = run_floor("  ")
+    def run_service(label: str, title: str, name: str, lua: Path,
+                    api: fakes.FakeGitHub) -> wrk.WrkResult:
+        svc = start_service(ctx.tmp, name, [repo_entry(repo, api.url, APP_PIPELINES)])
+        try:
+            check(post(svc.url + "/webhooks/github", push, f"probe-{name}"), 202, "service")
+            wrk.run(svc.url + "/webhooks/github", lua, seconds=ctx.warmup,
+                    connections=ctx.connections)
+            offset = svc.log_path.stat().st_size
+            calls0 = api.count()
+            res = wrk.run(svc.url + "/webhooks/github", lua, seconds=ctx.seconds,
+                          connections=ctx.connections)
+            accepted = log_count(svc.log_path, offset, "webhook.accepted")
+            backlog = pending(svc.workdir / "state.db")
+            # the answers came first; the work they recorded goes on at full speed now
+            t0 = time.monotonic()
+            while pending(svc.workdir / "state.db") and time.monotonic() - t0 < DRAIN_SECONDS:
+                time.sleep(0.2)
+            drained = time.monotonic() - t0
+            done = backlog - pending(svc.workdir / "state.db")
+        finally:
+            svc.stop()
+        print(f"  {label} {title:<22}{res.summary()}")
+        print(f"  {' ' * len(label)} {'':<22}{accepted} webhook.accepted in the window, "
+              f"{backlog} not yet processed when wrk stopped; {done} processed in the "
+              f"{drained:.1f} s after ({done / max(drained, 1e-9):,.0f}/s); "
+              f"{api.count() - calls0} compare calls")
+        return res
 
     api = fakes.FakeGitHub(APP_FILES)
     try:
-        svc = start_service(ctx.tmp, "ack", [repo_entry(repo, api.url, APP_PIPELINES)])
-        try:
-            check(post(svc.url + "/webhooks/github", push, "probe-1"), 202, "service")
-            wrk.run(svc.url + "/webhooks/github", script, seconds=ctx.warmup,
-                    connections=ctx.connections)
-            offset = svc.log_path.stat().st_size
-            results["svc"] = wrk.run(svc.url + "/webhooks/github", script, seconds=ctx.seconds,
-                                     connections=ctx.connections)
-            accepted = log_count(svc.log_path, offset, "webhook.accepted")
-            dupes = log_count(svc.log_path, offset, "webhook.duplicate")
-        finally:
-            svc.stop()
-        print(f"      service             {results['svc'].summary()}")
-        print(f"      service log: {accepted} webhook.accepted, {dupes} webhook.duplicate in "
-              f"the measured window; {api.count()} compare calls in all (the same head: "
-              f"after the first delivery the rest are already contained)")
-
-        svc = start_service(ctx.tmp, "ack-heads", [repo_entry(repo, api.url, APP_PIPELINES)])
-        try:
-            calls0 = api.count()
-            results["heads"] = drive(svc.url + "/webhooks/github", heads_script, ctx)
-            backlog = pending(svc.workdir / "state.db")
-        finally:
-            svc.stop()
-        print(f"      service, new head   {results['heads'].summary()}")
-        print(f"      (every delivery a new head commit: {api.count() - calls0} compare calls "
-              f"and a start of each changed pipeline in the background; {backlog} deliveries "
-              f"still queued when wrk stopped)")
+        for r in range(1, ctx.rounds + 1):
+            label = f"[{r}/{ctx.rounds}]"
+            runs["floor"].append(run_floor(label))
+            runs["svc"].append(run_service(label, "service", f"ack-{r}", script, api))
+            runs["heads"].append(run_service(label, "service, new head each", f"heads-{r}",
+                                             heads_script, api))
+            floor_rps = runs["floor"][-1].rps
+            print(f"  {' ' * len(label)} this round: service "
+                  f"{runs['svc'][-1].rps / floor_rps:.3f}x the floor, new head each "
+                  f"{runs['heads'][-1].rps / floor_rps:.3f}x")
     finally:
         api.close()
 
@@ -365,19 +377,19 @@ def bench_ack(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
         refused = post(url, push + b" ", "probe-2", signed=push)
         if refused.status_code < 400:  # webhook 2.8 answers a bad signature 500, not 401
             raise RuntimeError(f"adnanh/webhook accepted a changed body: {refused.text}")
-        results["adnanh"] = drive(url, hook_script, ctx)
+        adnanh = drive(url, hook_script, ctx)
     finally:
         hook.stop()
-    print(f"  (b) adnanh/webhook      {results['adnanh'].summary()}")
-    # the floor again: on a shared machine, a change of load during the run shows here
-    last_floor = run_floor("(again)")
-    results["floor"] = _mean(first_floor, last_floor)
-    spread = abs(first_floor.rps - last_floor.rps) / max(first_floor.rps, last_floor.rps)
-    print(f"  reference = mean of the two floor runs: {results['floor'].rps:.1f} req/s, "
-          f"p50 {results['floor'].p50:.2f} ms, p99 {results['floor'].p99:.2f} ms"
-          + (f"  WARNING: the floor runs differ by {spread:.0%}: the machine's load changed"
-             if spread > 0.15 else ""))
+    print(f"  (b) adnanh/webhook        {adnanh.summary()}")
 
+    results = {name: _mean(res) for name, res in runs.items()}
+    results["adnanh"] = adnanh
+    rates = [f.rps for f in runs["floor"]]
+    spread = (max(rates) - min(rates)) / max(rates)
+    print(f"  means over the rounds: floor {results['floor'].rps:.1f} req/s, "
+          f"service {results['svc'].rps:.1f}, new head each {results['heads'].rps:.1f}"
+          + (f"  (the floor runs differ by {spread:.0%}: the machine's speed changed)"
+             if spread > 0.15 else ""))
     for name, res in results.items():
         if res.non_2xx or res.socket_errors:
             print(f"  WARNING: {name}: {res.non_2xx} non-2xx answers, "
@@ -399,13 +411,16 @@ def bench_ack(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
     ]
 
 
-def _mean(a: wrk.WrkResult, b: wrk.WrkResult) -> wrk.WrkResult:
+def _mean(runs: Sequence[wrk.WrkResult]) -> wrk.WrkResult:
+    """The runs' mean rate and mean percentiles (the worst max), their totals."""
+    n = len(runs)
     return wrk.WrkResult(
-        requests=a.requests + b.requests, seconds=a.seconds + b.seconds,
-        rps=(a.rps + b.rps) / 2, p50=(a.p50 + b.p50) / 2, p75=(a.p75 + b.p75) / 2,
-        p90=(a.p90 + b.p90) / 2, p99=(a.p99 + b.p99) / 2, max=max(a.max, b.max),
-        non_2xx=a.non_2xx + b.non_2xx, socket_errors=a.socket_errors + b.socket_errors,
-        raw=a.raw + b.raw)
+        requests=sum(r.requests for r in runs), seconds=sum(r.seconds for r in runs),
+        rps=sum(r.rps for r in runs) / n, p50=sum(r.p50 for r in runs) / n,
+        p75=sum(r.p75 for r in runs) / n, p90=sum(r.p90 for r in runs) / n,
+        p99=sum(r.p99 for r in runs) / n, max=max(r.max for r in runs),
+        non_2xx=sum(r.non_2xx for r in runs),
+        socket_errors=sum(r.socket_errors for r in runs), raw="".join(r.raw for r in runs))
 
 
 # --- 2. slow provider ----------------------------------------------------------------------
@@ -707,7 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="1,2,3,4,5", help="benchmarks to run, e.g. 1,3")
-    parser.add_argument("--seconds", type=float, default=15.0, help="wrk measurement time")
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="benchmark 1: rounds of floor, service, service with new heads")
     parser.add_argument("--warmup", type=float, default=3.0, help="wrk warm-up time")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--memory-deliveries", type=int, default=10_000)
@@ -720,7 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
-    ctx = Ctx(tmp, args.seconds, args.warmup, args.connections, args.memory_deliveries)
+    ctx = Ctx(tmp, args.seconds, args.warmup, args.connections, args.memory_deliveries,
+              args.rounds)
     print(f"webhook-receiver benchmarks: {platform.node()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, {_version(['wrk', '-v'])}, "
           f"{_version(['webhook', '-version'])}; scratch {tmp} ({_fstype(tmp)}); "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -80,17 +79,23 @@ def create_app(config: Config, *, store: StateStore | None = None,
         repos = config.repositories_for(provider_name)
         if provider is None or not repos:
             raise NotFound("unknown provider path")
-        if request.mimetype not in provider.content_types:
+        # request.mimetype, without parsing the parameters nobody reads (per request)
+        mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        if mimetype not in provider.content_types:
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
         body = _read_body(config.server.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        with contextlib.suppress(RequestError):
+        try:
             # logged (validated, unverified) so a rejected delivery can be traced too
-            request.environ["receiver.delivery_id"] = provider.delivery_id(headers)
+            delivery_id: str | None = provider.delivery_id(headers)
+            request.environ["receiver.delivery_id"] = delivery_id
+        except RequestError:
+            delivery_id = None  # refused below, once the signature has been checked
         provider.preflight(headers, body)
         matched = verify_for(provider, headers, body, repos)
-        delivery_id = provider.delivery_id(headers)
+        if delivery_id is None:
+            delivery_id = provider.delivery_id(headers)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         request.environ["receiver.repository"] = events[0].repository

@@ -507,7 +507,7 @@ def _wait_processed(db: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with sqlite3.connect(db) as conn:
-            pending = conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'") \
+            pending = conn.execute("SELECT COUNT(*) FROM deliveries WHERE status != 'done'") \
                 .fetchone()[0]
         if not pending:
             return

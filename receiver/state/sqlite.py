@@ -10,7 +10,11 @@ one C call. Every multi-statement transaction instead holds the lock across seve
 and between them the thread may wait for the GIL for milliseconds while every other
 process's writer waits too; measured under load, that left a fifth of the CPU idle. When
 the insert finds the database locked it retries after 50 µs, doubling to 1 ms, rather than
-in SQLite's busy handler, whose first sleeps are 1, 2 and 5 ms.
+in SQLite's busy handler, whose first sleeps are 1, 2 and 5 ms. The row is written as
+``status = 'new'``, outside every secondary index (they are partial), so the insert
+touches two B-trees instead of four; the background worker admits new rows (``'new'`` ->
+``'pending'``) in one statement before it claims, when the webhook answers are not
+waiting on the lock (receiver/worker.py defers it while requests are in flight).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def _ref_free(outer: str) -> str:
 
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
 RECORD_TIMEOUT_SECONDS = 30.0  # how long a recording waits for a locked database: then 503
+FULL_ADMIT_SECONDS = 60.0  # how often _admit looks at the whole table, not only its end
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -70,9 +75,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (provider, delivery_id)
 );
 -- indexes
+-- partial: a delivery enters them when it is admitted ('new' -> 'pending', in the
+-- background), so recording one writes only the table and its key (see record_delivery)
 DROP INDEX IF EXISTS deliveries_pending;
-CREATE INDEX IF NOT EXISTS deliveries_by_status_age ON deliveries (status, received_at);
-CREATE INDEX IF NOT EXISTS deliveries_by_ref ON deliveries (ref_key, status, lease_until);
+DROP INDEX IF EXISTS deliveries_by_status_age;
+DROP INDEX IF EXISTS deliveries_by_ref;
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_age ON deliveries (received_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_ref ON deliveries (ref_key, lease_until)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_done_by_age ON deliveries (finished_at)
+    WHERE status = 'done';
 CREATE TABLE IF NOT EXISTS baselines (
     repository TEXT NOT NULL,
     branch TEXT NOT NULL,
@@ -116,7 +129,7 @@ CREATE TABLE IF NOT EXISTS starts (
 
 _INSERT_DELIVERY = (
     "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key, events,"
-    " verified_by, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    " verified_by, received_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'new')")
 
 
 class SQLiteStore:
@@ -134,6 +147,8 @@ class SQLiteStore:
         self._lock_pid = 0
         self._finished = 0
         self.record_timeout = RECORD_TIMEOUT_SECONDS
+        self._admitted = 0  # the highest row id this process has admitted (see _admit)
+        self._full_admit_due = 0.0
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -244,7 +259,25 @@ class SQLiteStore:
             self._local.record_conn = conn
         return conn
 
+    def _admit(self) -> None:
+        """Make recorded ('new') deliveries claimable ('pending'): every row after the last
+        one this process admitted, and every row once a minute, in case a purge emptied
+        the end of the table and row ids started again below that mark."""
+        top = self._query("SELECT max(rowid) FROM deliveries")[0][0] or 0
+        full = top < self._admitted or time.monotonic() >= self._full_admit_due
+        if top == self._admitted and not full:
+            return
+        with self._tx() as conn:
+            top = conn.execute("SELECT max(rowid) FROM deliveries").fetchone()[0] or 0
+            conn.execute("UPDATE deliveries SET status = 'pending'"
+                         " WHERE rowid > ? AND rowid <= ? AND status = 'new'",
+                         (0 if full else self._admitted, top))
+            self._admitted = top
+        if full:
+            self._full_admit_due = time.monotonic() + FULL_ADMIT_SECONDS
+
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
+        self._admit()
         for _ in range(3):
             # found outside the write lock (a WAL read blocks nobody), then taken with the
             # same conditions re-checked under it: the search can be long when one ref has
@@ -321,7 +354,7 @@ class SQLiteStore:
 
     def pending_count(self) -> int:
         """How many deliveries are not finished (for tests and readiness detail)."""
-        return int(self._query("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM deliveries WHERE status != 'done'")[0][0])
 
     def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
         rows = self._query(

@@ -163,7 +163,9 @@ class SQLiteStore:
                 # last commits, and production state is DynamoDB
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=30000")
-                conn.execute("PRAGMA cache_size=-2048")  # 2 MiB per connection at most
+                # at most 512 KiB per connection: every write by another connection (another
+                # thread or process) empties the cache, so a larger one buys little
+                conn.execute("PRAGMA cache_size=-512")
             except (sqlite3.Error, OSError) as exc:
                 raise StateError(f"sqlite {self.path}: {exc}") from None
             self._local.conn = conn
@@ -253,7 +255,9 @@ class SQLiteStore:
             try:
                 conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA cache_size=-2048")
+                # an insert reads a few pages, and a write by any other connection empties
+                # this cache anyway: a small one saves memory per thread, not time
+                conn.execute("PRAGMA cache_size=-256")
             except sqlite3.Error as exc:
                 raise StateError(f"sqlite {self.path}: {exc}") from None
             self._local.record_conn = conn
@@ -264,17 +268,27 @@ class SQLiteStore:
         one this process admitted, and every row once a minute, in case a purge emptied
         the end of the table and row ids started again below that mark."""
         top = self._query("SELECT max(rowid) FROM deliveries")[0][0] or 0
-        full = top < self._admitted or time.monotonic() >= self._full_admit_due
-        if top == self._admitted and not full:
+        if top < self._admitted or time.monotonic() >= self._full_admit_due:
+            # the whole table is read outside the write lock (webhook answers wait on
+            # that lock), and only the rows found are written under it
+            stray = [r[0] for r in self._query(
+                "SELECT rowid FROM deliveries WHERE status = 'new' AND rowid <= ?",
+                (min(top, self._admitted),))]
+            for start in range(0, len(stray), 500):
+                chunk = stray[start:start + 500]
+                with self._tx() as conn:
+                    conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'new'"
+                                 f" AND rowid IN ({','.join('?' * len(chunk))})", chunk)
+            self._admitted = min(top, self._admitted)
+            self._full_admit_due = time.monotonic() + FULL_ADMIT_SECONDS
+        if top == self._admitted:
             return
-        with self._tx() as conn:
+        with self._tx() as conn:  # the rows recorded since: a range of the row id key
             top = conn.execute("SELECT max(rowid) FROM deliveries").fetchone()[0] or 0
             conn.execute("UPDATE deliveries SET status = 'pending'"
                          " WHERE rowid > ? AND rowid <= ? AND status = 'new'",
-                         (0 if full else self._admitted, top))
+                         (self._admitted, top))
             self._admitted = top
-        if full:
-            self._full_admit_due = time.monotonic() + FULL_ADMIT_SECONDS
 
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
         self._admit()

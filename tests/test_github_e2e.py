@@ -186,7 +186,11 @@ def test_bad_signature_answers_401_and_changes_nothing(
     assert deliver(service, body, "forged-1").status_code == 202
     processed(service, 1)
     rejected = service.events("webhook.rejected")
-    assert [(e["reason"], e["provider"]) for e in rejected] == [("unauthorized", "github")]
+    assert [(e["reason"], e["provider"], e["status"], e["remote"]) for e in rejected] == \
+        [("unauthorized", "github", 401, "127.0.0.1")]
+    assert rejected[0]["duration_ms"] >= 0
+    # its one line is that webhook.rejected: no separate access line at the default level
+    assert not [e for e in service.events("http.access") if e["path"] == "/webhooks/github"]
     assert len(world.compare_calls()) == 1
 
 

@@ -1,4 +1,5 @@
-"""The gunicorn worker class (receiver/gunicorn_ext.py): connections spread over the workers.
+"""The gunicorn extensions (receiver/gunicorn_ext.py): connections spread over the workers,
+and the access line of a webhook request left to debug level.
 
 gthread accepts whatever it is woken for, so a burst of connects (an ALB opening its pool)
 could all land on one worker while the other idles, and the GIL would hold that task to one
@@ -17,15 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.harness import Service
 
 THREADS = 4  # receiver/gunicorn_conf.py's default, what `serve` runs with here
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    config = {
+def _config(tmp_path: Path) -> dict[str, object]:
+    return {
         "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
         "launcher": {"backend": "log"},
         "repositories": [{
@@ -34,7 +35,11 @@ def service(tmp_path: Path) -> Iterator[Service]:
             "pipelines": [{"name": "app", "paths": ["app/**"]}],
         }],
     }
-    svc = Service(config, tmp_path, env={"GW_SECRET": "s", "RECEIVER_THREADS": str(THREADS)},
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    svc = Service(_config(tmp_path), tmp_path, env={"GW_SECRET": "s", "RECEIVER_THREADS": str(THREADS)},
                   workers=2)
     svc.start()
     yield svc
@@ -95,3 +100,26 @@ def test_a_burst_of_connections_is_spread_over_the_workers(service: Service) -> 
     finally:
         for c in clients:
             c.close()
+
+
+def test_the_access_line_of_a_webhook_request_is_written_at_debug_level_only(
+        tmp_path: Path) -> None:
+    svc = Service(_config(tmp_path), tmp_path, env={"GW_SECRET": "s",
+                                                    "RECEIVER_LOG_LEVEL": "DEBUG"})
+    svc.start()
+    try:
+        answer = requests.post(svc.url + "/webhooks/github", data=b"{}", timeout=5, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": "unsigned-1"})
+        assert answer.status_code == 401
+        lines = svc.wait_for(lambda logs: any(
+            e.get("event") == "http.access" and e.get("path") == "/webhooks/github"
+            for e in logs))
+    finally:
+        svc.stop()
+    (rejected,) = [e for e in lines if e.get("event") == "webhook.rejected"]
+    (access,) = [e for e in lines if e.get("event") == "http.access"
+                 and e.get("path") == "/webhooks/github"]
+    assert (rejected["level"], rejected["status"], rejected["delivery_id"]) == \
+        ("info", 401, "unsigned-1")
+    assert (access["level"], access["status"]) == ("debug", 401)

@@ -392,6 +392,15 @@ class HttpProvider:
     def _client(self, repo: RepositoryConfig) -> ApiClient:
         return self._clients.get(repo)
 
+    def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
+        """JSON, with the repository's API token as a Bearer token (GitLab personal, project,
+        group and OAuth tokens, where PRIVATE-TOKEN would refuse OAuth ones; Bitbucket Data
+        Center HTTP access tokens). Providers with another scheme override this."""
+        headers = {"Accept": "application/json"}
+        if repo.api_token is not None:
+            headers["Authorization"] = f"Bearer {repo.api_token.value()}"
+        return headers
+
 
 def _path_only(url: str) -> str:
     # keep hosts and query strings out of error messages and logs

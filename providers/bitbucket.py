@@ -100,8 +100,7 @@ class BitbucketProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
-    @staticmethod
-    def _headers(repo: RepositoryConfig) -> dict[str, str]:
+    def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if repo.api_token is None:
             return headers

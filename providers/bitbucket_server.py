@@ -149,14 +149,6 @@ class BitbucketServerProvider(HttpProvider):
         return Diff(status, paths, reason, client.calls - start)
 
     @staticmethod
-    def _headers(repo: RepositoryConfig) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if repo.api_token is not None:
-            # HTTP access tokens (personal, project or repository) are sent as Bearer tokens
-            headers["Authorization"] = f"Bearer {repo.api_token.value()}"
-        return headers
-
-    @staticmethod
     def _url(repo: RepositoryConfig, tail: str) -> str:
         key, _, slug = repo.name.partition("/")
         return (f"{repo.api_url}/rest/api/1.0/projects/{quote(key, safe='')}"

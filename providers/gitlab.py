@@ -201,15 +201,6 @@ class GitLabProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
-    @staticmethod
-    def _headers(repo: RepositoryConfig) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if repo.api_token is not None:
-            # Bearer is accepted for personal, project and group access tokens as well as
-            # OAuth tokens; PRIVATE-TOKEN would refuse OAuth tokens
-            headers["Authorization"] = f"Bearer {repo.api_token.value()}"
-        return headers
-
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
         """Tree difference base→head from one straight compare (two calls in one rare case)."""
         client = self._client(repo)

@@ -132,42 +132,36 @@ def test_a_recorded_delivery_stays_out_of_the_queue_indexes_until_a_claim_admits
     assert _statuses(tmp_path / "s.db") == {"first": "pending", "second": "pending"}
 
 
-def test_deliveries_recorded_after_a_purge_emptied_the_table_are_still_admitted(
-        tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
+def _emptied_by_a_purge(path: Path, recorded: int) -> SQLiteStore:
+    """A store that recorded, admitted and finished ``recorded`` deliveries, all since
+    purged: its admitted mark is ``recorded`` while the table is empty."""
+    store = SQLiteStore(str(path))
     store.init()
-    for i in range(5):
+    for i in range(recorded):
         store.record_delivery(delivery(f"old-{i}"), float(i))
     while (claimed := store.claim_delivery("w", 60, 100.0)) is not None:
         store.finish_delivery(claimed, "w", "processed", 100.0)
     store.purge(100.0 + DELIVERY_RETENTION_SECONDS + DAY)
-    assert _statuses(tmp_path / "s.db") == {}
+    assert _statuses(path) == {}
+    return store
+
+
+def test_deliveries_recorded_after_a_purge_emptied_the_table_are_still_admitted(
+        tmp_path: Path) -> None:
+    store = _emptied_by_a_purge(tmp_path / "s.db", 5)
     # row ids start again at 1, below the last one this store admitted
     store.record_delivery(delivery("after-1"), 200.0)
-    assert [d.delivery_id for d in [store.claim_delivery("w", 60, 300.0)] if d] == ["after-1"]
+    assert _claim_all(store, 300.0) == ["after-1"]
 
 
 def test_rows_that_reused_ids_below_the_admitted_mark_are_admitted_by_the_periodic_sweep(
         tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    for i in range(3):
-        store.record_delivery(delivery(f"old-{i}"), float(i))
-    while (claimed := store.claim_delivery("w", 60, 100.0)) is not None:
-        store.finish_delivery(claimed, "w", "processed", 100.0)
-    store.purge(100.0 + DELIVERY_RETENTION_SECONDS + DAY)
+    store = _emptied_by_a_purge(tmp_path / "s.db", 3)
     # more deliveries than the old mark arrive before this store claims again: ids 1..5
     for i in range(5):
         store.record_delivery(Delivery(f"new-{i}", "github", "acme/mono", (
             PushEvent("github", "acme/mono", "branch", f"b{i}", "a" * 40, "b" * 40),)),
             200.0 + i)
-    first = sorted(d for d in iter(lambda: _one(store), None))
-    assert first == ["new-3", "new-4"]  # above the old mark: admitted at once
+    assert sorted(_claim_all(store, 300.0)) == ["new-3", "new-4"]  # above the old mark
     store._full_admit_due = 0.0  # a minute later
-    rest = sorted(d for d in iter(lambda: _one(store), None))
-    assert rest == ["new-0", "new-1", "new-2"]
-
-
-def _one(store: SQLiteStore) -> str | None:
-    claimed = store.claim_delivery("w", 600, 300.0)
-    return claimed.delivery_id if claimed else None
+    assert sorted(_claim_all(store, 300.0)) == ["new-0", "new-1", "new-2"]

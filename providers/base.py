@@ -385,7 +385,6 @@ class HttpProvider:
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:
-        self._sleep = sleep
         self._clock = clock
         self._clients = ApiClients(sleep=sleep, clock=clock)
 

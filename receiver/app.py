@@ -18,6 +18,7 @@ from receiver.errors import (
     NotFound,
     PayloadTooLarge,
     RequestError,
+    ServiceUnavailable,
     StateError,
     UnsupportedMediaType,
 )
@@ -117,10 +118,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
         try:
             recorded = store.record_delivery(delivery, time.time())
         except StateError as exc:
-            canonical(log.error, "webhook.rejected", 503, reason="unavailable",
-                      detail="state store unavailable", error=str(exc), **fields)
-            return answer(503, error="unavailable",
-                          message="the delivery could not be recorded; retry later")
+            raise ServiceUnavailable("the delivery could not be recorded; retry later",
+                                     cause=str(exc)) from None
         if not recorded:
             canonical(log.info, "webhook.duplicate", 200, **fields)
             return answer(200, status="duplicate", delivery_id=delivery_id)
@@ -132,8 +131,11 @@ def create_app(config: Config, *, store: StateStore | None = None,
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> tuple[Response, int]:
-        canonical(log.info, "webhook.rejected", exc.status, reason=exc.code,
-                  detail=exc.message, **_request_fields())
+        # a 5xx is ours, not the client's: at error level, with what failed
+        cause = {"error": exc.cause} if isinstance(exc, ServiceUnavailable) else {}
+        canonical(log.error if exc.status >= 500 else log.info, "webhook.rejected",
+                  exc.status, reason=exc.code, detail=exc.message, **cause,
+                  **_request_fields())
         return answer(exc.status, error=exc.code, message=exc.message)
 
     @app.errorhandler(Ignored)

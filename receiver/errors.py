@@ -75,10 +75,16 @@ class UnsupportedMediaType(RequestError):
 
 
 class ServiceUnavailable(RequestError):
-    """The state store cannot record the delivery (503), so a provider that retries will."""
+    """The state store cannot record the delivery (503), so a provider that retries will.
+
+    ``cause`` is the store's own error, for the log line only (never in the answer)."""
 
     status = 503
     code = "unavailable"
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class Ignored(ReceiverError):

@@ -178,6 +178,11 @@ def test_dynamodb_down_makes_readyz_and_webhooks_answer_503(tmp_path: Path) -> N
             "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": sig})
         assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
         assert answer.elapsed.total_seconds() < 10  # inside the providers' time-out
+        # one line, at error level, saying what failed; the answer does not say it
+        svc.wait_for(lambda logs: any(e.get("event") == "webhook.rejected" for e in logs))
+        (line,) = svc.events("webhook.rejected")
+        assert (line["level"], line["status"], line["reason"]) == ("error", 503, "unavailable")
+        assert line["error"] and line["error"] not in answer.text
         assert secret not in svc.log_path.read_text()
     finally:
         svc.stop()

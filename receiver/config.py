@@ -135,18 +135,29 @@ class Config:
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     source: str = ""
+    # both looked up on every webhook request: indexed once, not scanned per request
+    _by_name: Mapping[tuple[str, str], RepositoryConfig] = field(
+        init=False, repr=False, compare=False)
+    _by_provider: Mapping[str, tuple[RepositoryConfig, ...]] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_provider: dict[str, tuple[RepositoryConfig, ...]] = {}
+        for repo in self.repositories:
+            by_provider[repo.provider] = (*by_provider.get(repo.provider, ()), repo)
+        # the first of two names that fold alike wins, as the scan this replaces did
+        # (validation refuses such a pair anyway)
+        by_name = {(r.provider, r.name.casefold()): r for r in reversed(self.repositories)}
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_provider", by_provider)
 
     def repository(self, provider: str, name: str) -> RepositoryConfig | None:
         """The configured repository, or None. GitHub/Bitbucket names compare case-insensitively."""
-        folded = name.casefold()
-        for repo in self.repositories:
-            if repo.provider == provider and repo.name.casefold() == folded:
-                return repo
-        return None
+        return self._by_name.get((provider, name.casefold()))
 
     def repositories_for(self, provider: str) -> tuple[RepositoryConfig, ...]:
-        """Every repository configured for ``provider``."""
-        return tuple(r for r in self.repositories if r.provider == provider)
+        """Every repository configured for ``provider``, in configuration order."""
+        return self._by_provider.get(provider, ())
 
 
 class _Checker:

@@ -154,6 +154,21 @@ def test_require_signed_is_only_for_gitlab() -> None:
         parse(mutate("repositories[0].require_signed", True))
 
 
+def test_repositories_are_found_by_provider_and_by_name_in_any_case() -> None:
+    raw = valid()
+    for provider, name in (("gitlab", "acme/mono"), ("github", "acme/other")):
+        raw["repositories"].append({**copy.deepcopy(raw["repositories"][0]),
+                                    "provider": provider, "name": name})
+    cfg = parse(raw)
+    assert [r.name for r in cfg.repositories_for("github")] == ["acme/mono", "acme/other"]
+    assert [r.key for r in cfg.repositories_for("gitlab")] == ["gitlab:acme/mono"]
+    assert cfg.repositories_for("bitbucket") == ()
+    assert cfg.repository("github", "ACME/Mono") is cfg.repositories[0]
+    assert cfg.repository("gitlab", "acme/mono") is cfg.repositories[1]
+    assert cfg.repository("github", "acme/missing") is None
+    assert cfg.repository("bitbucket", "acme/mono") is None
+
+
 def test_same_repository_twice_is_refused() -> None:
     raw = valid()
     raw["repositories"].append(copy.deepcopy(raw["repositories"][0]))

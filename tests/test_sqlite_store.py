@@ -1,10 +1,12 @@
-"""SQLite specifics beyond the shared contract: retention (DynamoDB uses TTL instead) and
-how a recording waits for the database."""
+"""SQLite specifics beyond the shared contract: retention (DynamoDB uses TTL instead), how
+a recording waits for the database, and the recording statement that keeps the GIL."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,8 @@ import pytest
 
 from receiver.errors import StateError
 from receiver.events import Delivery, PushEvent
+from receiver.state import sqlite as sqlite_mod
+from receiver.state import sqlite_insert
 from receiver.state.base import DELIVERY_RETENTION_SECONDS, HISTORY_RETENTION_SECONDS
 from receiver.state.sqlite import SQLiteStore
 
@@ -165,3 +169,90 @@ def test_rows_that_reused_ids_below_the_admitted_mark_are_admitted_by_the_period
     assert sorted(_claim_all(store, 300.0)) == ["new-3", "new-4"]  # above the old mark
     store._full_admit_due = 0.0  # a minute later
     assert sorted(_claim_all(store, 300.0)) == ["new-0", "new-1", "new-2"]
+
+
+# --- the recording statement that keeps the GIL (receiver/state/sqlite_insert.py) ------
+
+
+def _other_thread_progress_while_recording_a_large_row(store: SQLiteStore) -> int:
+    """How often another thread got the GIL while this one recorded a 20 MB delivery (tens
+    of milliseconds inside SQLite). That thread wakes every half millisecond and wants the
+    GIL only briefly; it is never forced onto this one (switch interval 1 s)."""
+    stop = threading.Event()
+    progress = [0]
+
+    def tick() -> None:
+        while not stop.is_set():
+            time.sleep(0.0005)
+            progress[0] += 1
+
+    event = PushEvent("github", "acme/mono", "branch", "x" * 20_000_000, "a" * 40, "b" * 40)
+    large = Delivery("large", "github", "acme/mono", (event,))
+    store.record_delivery(delivery("warm-up"), 0.0)  # the connection is open beforehand
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        time.sleep(0.01)
+        before = progress[0]
+        assert store.record_delivery(large, 1.0) is True
+        return progress[0] - before
+    finally:
+        stop.set()
+        sys.setswitchinterval(old_interval)
+        ticker.join()
+
+
+def test_a_recording_keeps_the_gil_so_request_threads_do_not_take_turns_inside_it(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    assert _other_thread_progress_while_recording_a_large_row(store) <= 1
+    assert store._insert is not None  # it was the GIL-keeping statement that recorded
+
+
+def test_the_sqlite3_module_s_recording_lets_other_threads_run_inside_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the control for the test above: the measurement sees the hand-overs it rules out
+    monkeypatch.setattr(sqlite_mod, "open_statement", lambda path, sql: None)
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    assert _other_thread_progress_while_recording_a_large_row(store) >= 5
+    assert store._insert is None
+
+
+def test_without_a_shareable_sqlite_library_recording_falls_back_to_the_sqlite3_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_mod, "open_statement", lambda path, sql: None)
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    assert store.record_delivery(delivery("d"), 1.0) is True
+    assert store.record_delivery(delivery("d"), 2.0) is False
+    assert _statuses(tmp_path / "s.db") == {"d": "new"}
+
+
+def test_the_recording_statement_is_the_library_the_sqlite3_module_uses() -> None:
+    lib = sqlite_insert._library()
+    assert lib is not None, "no separate libsqlite3 mapped: recordings use the sqlite3 module"
+    assert lib.sqlite3_libversion().decode() == sqlite3.sqlite_version
+
+
+def test_a_forked_child_records_on_its_own_connection_and_leaves_the_parent_s_alone(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    assert store.record_delivery(delivery("parent-1"), 1.0) is True
+    inherited = store._insert
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if it recorded through a new statement
+        try:
+            ok = store.record_delivery(delivery("child"), 2.0) and store._insert is not inherited
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._insert is inherited
+    assert store.record_delivery(delivery("parent-2"), 3.0) is True
+    assert store.record_delivery(delivery("child"), 4.0) is False
+    assert set(_statuses(tmp_path / "s.db")) == {"parent-1", "child", "parent-2"}

@@ -256,3 +256,29 @@ def test_a_forked_child_records_on_its_own_connection_and_leaves_the_parent_s_al
     assert store.record_delivery(delivery("parent-2"), 3.0) is True
     assert store.record_delivery(delivery("child"), 4.0) is False
     assert set(_statuses(tmp_path / "s.db")) == {"parent-1", "child", "parent-2"}
+
+
+def _claim_steps_while_the_ref_is_busy(path: Path, queued: int) -> int:
+    """SQLite VM steps (in hundreds) of one claim while ``queued`` deliveries of one
+    branch wait behind the one being processed: that claim finds nothing to take."""
+    store = SQLiteStore(str(path))
+    store.init()
+    for i in range(queued + 1):
+        store.record_delivery(delivery(f"d{i}"), float(i))
+    assert store.claim_delivery("A", 600, 1000.0) is not None  # admits the rest too
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store._conn().set_progress_handler(count, 100)
+    assert store.claim_delivery("B", 600, 1000.0) is None
+    return steps[0]
+
+
+def test_a_claim_visits_refs_not_the_queue_behind_a_ref_being_processed(
+        tmp_path: Path) -> None:
+    short = _claim_steps_while_the_ref_is_busy(tmp_path / "short.db", 10)
+    long = _claim_steps_while_the_ref_is_busy(tmp_path / "long.db", 5000)
+    assert long <= short + 2, (short, long)

@@ -51,10 +51,11 @@ MIGRATIONS = (
 )
 
 
-def _ref_free(outer: str) -> str:
-    """SQL: no other delivery of ``outer``'s ref is being processed (a live lease) now."""
+def _ref_free(outer: str, now: str = "?") -> str:
+    """SQL: no other delivery of ``outer``'s ref is being processed (a live lease) at the
+    time bound to the parameter ``now``."""
     return (f"NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.ref_key = {outer}.ref_key"
-            " AND o.status = 'pending' AND o.lease_owner IS NOT NULL AND o.lease_until > ?)")
+            f" AND o.status = 'pending' AND o.lease_owner IS NOT NULL AND o.lease_until > {now})")
 
 
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
@@ -84,7 +85,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 DROP INDEX IF EXISTS deliveries_pending;
 DROP INDEX IF EXISTS deliveries_by_status_age;
 DROP INDEX IF EXISTS deliveries_by_ref;
-CREATE INDEX IF NOT EXISTS deliveries_pending_by_age ON deliveries (received_at)
+DROP INDEX IF EXISTS deliveries_pending_by_age;
+-- each ref's queue in age order: a claim visits the refs, not every queued row (_CLAIMABLE)
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_ref_age ON deliveries (ref_key, received_at)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_pending_by_ref ON deliveries (ref_key, lease_until)
     WHERE status = 'pending';
@@ -130,6 +133,27 @@ CREATE TABLE IF NOT EXISTS starts (
 );
 """
 
+
+# The oldest claimable delivery: pending, not waiting for a retry (lease_until <= now), of a
+# ref with none being processed (_ref_free). Found per ref, as the oldest such row of each
+# ref that has pending rows, then the oldest of those: a search of every queued row in age
+# order instead reads the whole queue of a ref that is being processed (measured 15 ms per
+# claim with 30,000 deliveries of one branch queued, on every claim the other worker made).
+# The refs are listed by skipping through the index from one ref_key to the next.
+_CLAIMABLE = f"""
+WITH RECURSIVE refs(ref_key) AS (
+    SELECT (SELECT min(ref_key) FROM deliveries WHERE status = 'pending')
+    UNION ALL
+    SELECT (SELECT min(ref_key) FROM deliveries WHERE status = 'pending'
+            AND ref_key > refs.ref_key)
+    FROM refs WHERE refs.ref_key IS NOT NULL
+)
+SELECT d.provider, d.delivery_id FROM refs JOIN deliveries d ON d.rowid = (
+    SELECT rowid FROM deliveries WHERE status = 'pending' AND ref_key = refs.ref_key
+    AND lease_until <= ?1 ORDER BY received_at LIMIT 1)
+WHERE {_ref_free('refs', '?2')}
+ORDER BY d.received_at LIMIT 1
+"""
 
 _INSERT_DELIVERY = (
     "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key, events,"
@@ -330,10 +354,7 @@ class SQLiteStore:
             # found outside the write lock (a WAL read blocks nobody), then taken with the
             # same conditions re-checked under it: the search can be long when one ref has
             # a deep queue, and webhook answers wait on that lock
-            found = self._query(
-                "SELECT provider, delivery_id FROM deliveries d WHERE status = 'pending'"
-                f" AND lease_until <= ? AND {_ref_free('d')} ORDER BY received_at LIMIT 1",
-                (now, now))
+            found = self._query(_CLAIMABLE, (now, now))
             if not found:
                 return None
             claimed = self._take(found[0], owner, lease_seconds, now)

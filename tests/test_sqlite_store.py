@@ -282,3 +282,19 @@ def test_a_claim_visits_refs_not_the_queue_behind_a_ref_being_processed(
     short = _claim_steps_while_the_ref_is_busy(tmp_path / "short.db", 10)
     long = _claim_steps_while_the_ref_is_busy(tmp_path / "long.db", 5000)
     assert long <= short + 2, (short, long)
+
+
+
+def test_a_backlog_is_admitted_in_chunks_each_its_own_write(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    total = sqlite_mod.ADMIT_CHUNK * 2 + 5
+    for i in range(total):
+        store.record_delivery(delivery(f"d{i:04d}"), float(i))
+    writes: list[str] = []
+    store._conn().set_trace_callback(writes.append)
+    assert store.claim_delivery("A", 600, 1000.0).delivery_id == "d0000"  # type: ignore[union-attr]
+    admissions = [w for w in writes if w.startswith("UPDATE deliveries SET status = 'pending'")]
+    assert len(admissions) == 3  # autocommit statements, no BEGIN around them
+    assert not any(w.startswith("BEGIN") for w in writes[:writes.index(admissions[-1])])
+    assert set(_statuses(tmp_path / "s.db").values()) == {"pending"}

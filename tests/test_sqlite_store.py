@@ -298,3 +298,32 @@ def test_a_backlog_is_admitted_in_chunks_each_its_own_write(tmp_path: Path) -> N
     assert len(admissions) == 3  # autocommit statements, no BEGIN around them
     assert not any(w.startswith("BEGIN") for w in writes[:writes.index(admissions[-1])])
     assert set(_statuses(tmp_path / "s.db").values()) == {"pending"}
+
+
+def test_the_recording_statement_binds_text_numbers_and_null(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (a TEXT, b REAL, c TEXT)")
+    statement = sqlite_insert.open_statement(path, "INSERT INTO t VALUES (?, ?, ?)")
+    assert statement is not None
+    assert statement.run(("ünï\x00code", 1.5, None)) == 1
+    statement.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT a, b, c FROM t").fetchall() == [("ünï\x00code", 1.5, None)]
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, 261, 517, sqlite3.SQLITE_LOCKED])
+def test_a_busy_code_extended_or_not_is_waited_out(tmp_path: Path, code: int) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    calls = []
+
+    def write() -> bool:
+        calls.append(1)
+        if len(calls) < 3:
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = code  # type: ignore[attr-defined]
+            raise error
+        return True
+
+    assert store._when_unlocked(write) is True
+    assert len(calls) == 3

@@ -281,8 +281,9 @@ class SQLiteStore:
             try:
                 return write()
             except sqlite3.Error as exc:
-                busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY,
-                                                                   sqlite3.SQLITE_LOCKED)
+                # the primary code: an extended one (SQLITE_BUSY_RECOVERY...) is busy too
+                code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+                busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
                 if not busy or time.monotonic() + pause > deadline:
                     raise StateError(f"sqlite {self.path}: {exc}") from None
             time.sleep(pause)

@@ -62,6 +62,7 @@ def _loaded_library() -> ctypes.PyDLL | None:
         "sqlite3_prepare_v2": ([p, s, i, ctypes.POINTER(p), p], i),
         "sqlite3_bind_text": ([p, i, s, i, p], i),
         "sqlite3_bind_double": ([p, i, ctypes.c_double], i),
+        "sqlite3_bind_null": ([p, i], i),
         "sqlite3_step": ([p], i),
         "sqlite3_reset": ([p], i),
         "sqlite3_finalize": ([p], i),
@@ -127,8 +128,8 @@ class InsertStatement:
         error.sqlite_errorcode = self._lib.sqlite3_extended_errcode(self._db)
         raise error
 
-    def run(self, values: tuple[str | float, ...]) -> int:
-        """Bind ``values`` (str or float) in order, run the statement and return the rows it
+    def run(self, values: tuple[str | float | None, ...]) -> int:
+        """Bind ``values`` (str, float or None) in order, run the statement and return the rows it
         changed. Raises sqlite3.OperationalError (``sqlite_errorcode`` set, e.g. SQLITE_BUSY
         when another connection holds the write lock: it does not wait)."""
         lib, stmt = self._lib, self._stmt
@@ -138,8 +139,10 @@ class InsertStatement:
                     if isinstance(value, str):
                         data = value.encode()
                         rc = lib.sqlite3_bind_text(stmt, index, data, len(data), _TRANSIENT)
+                    elif value is None:
+                        rc = lib.sqlite3_bind_null(stmt, index)
                     else:
-                        rc = lib.sqlite3_bind_double(stmt, index, value)
+                        rc = lib.sqlite3_bind_double(stmt, index, float(value))
                     self._check(rc)
                 if lib.sqlite3_step(stmt) != _DONE:
                     self._raise()

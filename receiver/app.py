@@ -75,22 +75,23 @@ def create_app(config: Config, *, store: StateStore | None = None,
     @app.post("/webhooks/<provider_name>")
     def webhook(provider_name: str) -> tuple[Response, int]:
         provider = providers.get(provider_name)
+        environ = request.environ  # once: each `request.` attribute is a context lookup
         # an unknown path is logged as 'unknown': a URL must not mint log or metric values
-        request.environ["receiver.provider"] = provider_name if provider else "unknown"
+        environ["receiver.provider"] = provider_name if provider else "unknown"
         repos = config.repositories_for(provider_name)
         if provider is None or not repos:
             raise NotFound("unknown provider path")
         # request.mimetype, without parsing the parameters nobody reads (per request)
-        mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         if mimetype not in provider.content_types:
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
         body = _read_body(config.server.max_body_bytes)
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        headers = lower_case_headers(environ)
         try:
             # logged (validated, unverified) so a rejected delivery can be traced too
             delivery_id: str | None = provider.delivery_id(headers)
-            request.environ["receiver.delivery_id"] = delivery_id
+            environ["receiver.delivery_id"] = delivery_id
         except RequestError:
             delivery_id = None  # refused below, once the signature has been checked
         provider.preflight(headers, body)
@@ -99,7 +100,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
             delivery_id = provider.delivery_id(headers)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
-        request.environ["receiver.repository"] = events[0].repository
+        environ["receiver.repository"] = events[0].repository
         if repo is None:
             raise NotFound("repository not configured")
         # the payload names the repository only after verification: its own secrets must be
@@ -188,6 +189,22 @@ def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any
            duration_ms=round((time.perf_counter() - started) * 1000, 2)
            if started is not None else None, **fields)
     env["receiver.logged"] = True
+
+
+def lower_case_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The request's header fields by lower-case name (``x-github-event``), as providers
+    read them: what ``request.headers`` gives, without building its objects per field."""
+    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
+               if key.startswith("HTTP_") and key not in _HTTP_BODY_HEADERS}
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        if environ.get(key):
+            headers[name] = environ[key]
+    return headers
+
+
+# the body's type and length come from CONTENT_TYPE / CONTENT_LENGTH, never from HTTP_*
+# copies of them (as Werkzeug's request.headers does)
+_HTTP_BODY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
 
 
 def _read_body(limit: int) -> bytes:

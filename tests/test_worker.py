@@ -133,6 +133,6 @@ def test_worker_processes_at_once_when_the_process_is_quiet(tmp_path: Path) -> N
         while not processor.processed and time.monotonic() - t0 < 5:
             time.sleep(0.005)
         assert processor.processed == ["now"]
-        assert time.monotonic() - t0 < MAX_DEFER_SECONDS
+        assert time.monotonic() - t0 < 0.2  # not held back: nothing else is in flight
     finally:
         worker.stop(timeout=5)

@@ -87,7 +87,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
         body = _read_body(config.server.max_body_bytes)
-        headers = lower_case_headers(environ)
+        headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             # logged (validated, unverified) so a rejected delivery can be traced too
             delivery_id: str | None = provider.delivery_id(headers)
@@ -189,22 +189,6 @@ def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any
            duration_ms=round((time.perf_counter() - started) * 1000, 2)
            if started is not None else None, **fields)
     env["receiver.logged"] = True
-
-
-def lower_case_headers(environ: Mapping[str, Any]) -> dict[str, str]:
-    """The request's header fields by lower-case name (``x-github-event``), as providers
-    read them: what ``request.headers`` gives, without building its objects per field."""
-    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
-               if key.startswith("HTTP_") and key not in _HTTP_BODY_HEADERS}
-    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
-        if environ.get(key):
-            headers[name] = environ[key]
-    return headers
-
-
-# the body's type and length come from CONTENT_TYPE / CONTENT_LENGTH, never from HTTP_*
-# copies of them (as Werkzeug's request.headers does)
-_HTTP_BODY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
 
 
 def _read_body(limit: int) -> bytes:

@@ -515,20 +515,3 @@ def test_service_answers_github_delivery(service: Service, case: HttpCase) -> No
                 if e.get("delivery_id") == delivery]
     assert SECRET not in Path(service.log_path).read_text(errors="replace")
 
-
-@pytest.mark.parametrize("environ", [
-    {"HTTP_X_GITHUB_EVENT": "push", "HTTP_X_HUB_SIGNATURE_256": "sha256=ab",
-     "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "12", "REQUEST_METHOD": "POST"},
-    # a client's own copies of the body headers lose to the server's
-    {"HTTP_CONTENT_TYPE": "text/plain", "CONTENT_TYPE": "application/json",
-     "HTTP_CONTENT_LENGTH": "1", "CONTENT_LENGTH": "12"},
-    # no body: an empty CONTENT_LENGTH is no header at all
-    {"HTTP_X_GITHUB_DELIVERY": "d-1", "CONTENT_TYPE": "", "CONTENT_LENGTH": ""},
-])
-def test_the_route_reads_the_same_header_fields_as_werkzeug(environ: dict[str, str]) -> None:
-    from werkzeug.datastructures import EnvironHeaders
-
-    from receiver.app import lower_case_headers
-
-    expected = {k.lower(): v for k, v in EnvironHeaders(environ).items()}
-    assert lower_case_headers(environ) == expected

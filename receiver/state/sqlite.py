@@ -13,8 +13,8 @@ the insert finds the database locked it retries after 50 µs, doubling to 1 ms, 
 in SQLite's busy handler, whose first sleeps are 1, 2 and 5 ms. The row is written as
 ``status = 'new'``, outside every secondary index (they are partial), so the insert
 touches two B-trees instead of four; the background worker admits new rows (``'new'`` ->
-``'pending'``) in one statement before it claims, when the webhook answers are not
-waiting on the lock (receiver/worker.py defers it while requests are in flight). The
+``'pending'``) before it claims, ADMIT_CHUNK rows per autocommit UPDATE, and only when
+the webhook answers let it (receiver/worker.py defers it while requests are in flight). The
 insert runs on one connection per process through ``receiver/state/sqlite_insert.py``,
 which keeps the GIL for the few microseconds SQLite takes instead of handing it to
 another request thread twice per insert (each hand-over costs context switches).
@@ -368,8 +368,7 @@ class SQLiteStore:
         self._admit()
         for _ in range(3):
             # found outside the write lock (a WAL read blocks nobody), then taken with the
-            # same conditions re-checked under it: the search can be long when one ref has
-            # a deep queue, and webhook answers wait on that lock
+            # same conditions re-checked under it: another worker may have been faster
             found = self._query(_CLAIMABLE, (now, now))
             if not found:
                 return None

@@ -23,6 +23,7 @@ SQLite is linked into ``_sqlite3`` itself.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sqlite3
 import threading
@@ -34,7 +35,8 @@ _OK, _DONE = 0, 101
 _TRANSIENT = ctypes.c_void_p(-1)  # SQLITE_TRANSIENT: SQLite copies the bound bytes
 
 
-def _loaded_library() -> ctypes.PyDLL | None:
+@functools.cache
+def _library() -> ctypes.PyDLL | None:
     """The libsqlite3 that the sqlite3 module is linked against, loaded so that calls keep
     the GIL; None when this process has no separate libsqlite3 mapped (or no /proc)."""
     import _sqlite3  # noqa: F401  (maps the library this process must share)
@@ -75,19 +77,6 @@ def _loaded_library() -> ctypes.PyDLL | None:
         function.argtypes = args
         function.restype = result
     return lib
-
-
-_lib: ctypes.PyDLL | None = None
-_lib_lock = threading.Lock()
-_lib_loaded = False
-
-
-def _library() -> ctypes.PyDLL | None:
-    global _lib, _lib_loaded
-    with _lib_lock:
-        if not _lib_loaded:
-            _lib, _lib_loaded = _loaded_library(), True
-        return _lib
 
 
 class InsertStatement:

@@ -59,7 +59,7 @@ def configure(level: str | None = None) -> None:
             emf,
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=_StdoutLogger,
         cache_logger_on_first_use=True,
     )

@@ -727,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="1,2,3,4,5", help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="benchmark 1: rounds of floor, service, service with new heads")
+                        help="benchmarks 1 and 2: interleaved rounds of each variant")
     parser.add_argument("--warmup", type=float, default=3.0, help="wrk warm-up time")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--memory-deliveries", type=int, default=10_000)

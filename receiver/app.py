@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+import orjson
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from providers import Provider, build_providers
@@ -57,7 +58,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
     app.extensions["receiver"] = {"config": config, "store": store, "worker": worker}
 
     def answer(http_status: int, **body: Any) -> tuple[Response, int]:
-        return jsonify(body), http_status
+        # orjson rather than jsonify's json module: every answer is built here
+        return Response(orjson.dumps(body) + b"\n", mimetype="application/json"), http_status
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

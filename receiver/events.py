@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from typing import Literal
+
+import orjson
 
 RefType = Literal["branch", "tag"]
 Change = Literal["created", "updated", "deleted"]
@@ -62,13 +63,13 @@ class Delivery:
     def events_json(self) -> str:
         """The events as a JSON array (the stored form)."""
         # not dataclasses.asdict: it deep-copies every value, and this runs per delivery
-        return json.dumps([{name: getattr(e, name) for name in _EVENT_FIELDS}
-                           for e in self.events], separators=(",", ":"))
+        return orjson.dumps([{name: getattr(e, name) for name in _EVENT_FIELDS}
+                             for e in self.events]).decode()
 
     @staticmethod
     def events_from_json(text: str) -> tuple[PushEvent, ...]:
         """Inverse of :meth:`events_json`."""
-        return tuple(PushEvent(**item) for item in json.loads(text))
+        return tuple(PushEvent(**item) for item in orjson.loads(text))
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(PushEvent))

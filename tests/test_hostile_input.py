@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 import requests
 
-from providers.base import MAX_JSON_DEPTH
+from providers.base import MAX_JSON_DEPTH, load_json_object
+from receiver.errors import BadRequest
 from tests.harness import FakeAPI, Recorded, Service, fixture_bytes
 
 PROVIDERS = ("github", "gitlab", "bitbucket", "bitbucket-server")
@@ -400,6 +401,15 @@ def test_signed_body_nested_twelve_thousand_levels_is_400_not_a_crash(rig: Rig, 
                                                               SECRETS[provider]))
     assert answer.status_code == 400
     assert rig.svc.events("request.error") == []
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["bytes", "form_field_text"])
+def test_well_formed_json_nested_a_million_levels_is_refused_not_a_crash(as_text: bool) -> None:
+    # 2 MB, within the default body limit, and well-formed, so the parser has to descend
+    # all the way (an old orjson overflowed its stack here and killed the worker)
+    data = b"[" * 1_000_000 + b"]" * 1_000_000
+    with pytest.raises(BadRequest, match=f"nests deeper than {MAX_JSON_DEPTH} levels"):
+        load_json_object(data.decode() if as_text else data)
 
 
 def raw_http(rig: Rig, data: bytes) -> tuple[int, bytes]:

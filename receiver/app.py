@@ -196,15 +196,25 @@ def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any
 def _read_body(limit: int) -> bytes:
     """The request body, at most ``limit`` bytes: PayloadTooLarge beyond, BadRequest if unreadable.
 
-    Flask's MAX_CONTENT_LENGTH refuses a Content-Length over the limit, but it silently cuts
-    a chunked body (no Content-Length) at the limit, so such a body is read here, from the
-    server's own terminated stream, up to one byte past the limit.
+    A body with a Content-Length is read in one call from the server's stream, which
+    PEP 3333 keeps to that length (werkzeug's ``get_data`` would copy it through a
+    LimitedStream in 8 KB pieces, 6-10 µs a request). A chunked body (no Content-Length)
+    is read from the server's own terminated stream up to one byte past the limit:
+    Flask's MAX_CONTENT_LENGTH would silently cut it at the limit instead.
     """
+    environ = request.environ
+    length = request.content_length
+    stream = environ["wsgi.input"]
     try:
-        if request.content_length is not None or \
-                not request.environ.get("wsgi.input_terminated"):
-            return request.get_data(cache=False)
-        stream = request.environ["wsgi.input"]
+        if length is not None:
+            if length > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            body: bytes = stream.read(length)
+            if len(body) != length:
+                raise BadRequest("the request body ended before its Content-Length")
+            return body
+        if not environ.get("wsgi.input_terminated"):
+            return request.get_data(cache=False)  # werkzeug's safe fallback: empty
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -213,11 +223,11 @@ def _read_body(limit: int) -> bytes:
                 break
             chunks.append(chunk)
             size += len(chunk)
-    except HTTPException:
-        raise  # 413 for a Content-Length over the limit, 400 for a client that went away
+    except (HTTPException, RequestError):
+        raise  # 413 and 400 above, and werkzeug's own
     except Exception:
-        # the server's chunked-framing errors (bad chunk size, missing terminator) surface
-        # here as its own exception types: they are the client's malformed request
+        # the server's framing errors (bad chunk size, missing terminator, a client gone
+        # mid-body) surface here as its own exception types: the client's malformed request
         raise BadRequest("the request body could not be read (malformed framing)") from None
     if size > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")

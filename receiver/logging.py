@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import structlog
 
-from receiver.metrics import emf
+from receiver.metrics import EmbeddedMetrics
 
 _configured = False
 _level = logging.INFO
@@ -58,7 +58,7 @@ def configure(level: str | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
             _leading_keys,
-            emf,
+            EmbeddedMetrics.from_environ(),
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_level),

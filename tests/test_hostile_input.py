@@ -438,6 +438,7 @@ FRAMING = {
     "two_content_lengths": (b"Content-Length: 2\r\nContent-Length: 2\r\n", b"{}"),
     "negative_content_length": (b"Content-Length: -1\r\n", b""),
     "nul_in_a_header": (b"X-Event-Key: repo\x00push\r\nContent-Length: 2\r\n", b"{}"),
+    "body_shorter_than_content_length": (b"Content-Length: 100\r\n", b'{"ref": "refs/h'),
 }
 
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from receiver.metrics import emf
+from receiver.metrics import EmbeddedMetrics
+
+emf = EmbeddedMetrics()
 
 
 def directives(line: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
@@ -54,4 +56,13 @@ def test_other_events_carry_no_metric() -> None:
 
 def test_metrics_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECEIVER_METRICS", "off")
-    assert "_aws" not in emf(None, "info", {"event": "webhook.accepted", "provider": "github"})
+    off = EmbeddedMetrics.from_environ()
+    assert "_aws" not in off(None, "info", {"event": "webhook.accepted", "provider": "github"})
+
+
+def test_namespace_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_METRICS_NAMESPACE", "Team/Webhooks")
+    line = EmbeddedMetrics.from_environ()(None, "info", {"event": "pipeline.started",
+                                                          "provider": "github"})
+    assert line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Team/Webhooks"
+

@@ -3,8 +3,9 @@
 A few log events carry a metric. For those, this structlog processor adds the ``_aws``
 block and the metric values to the same JSON line, so CloudWatch Logs extracts the metrics
 and ops keep one stream. Namespace ``WebhookReceiver`` (env RECEIVER_METRICS_NAMESPACE);
-RECEIVER_METRICS=off turns it off (both read at start-up). Dimensions are only ever the provider (one of the four
-known names, else ``unknown``: a URL must not mint metric dimensions) and a fixed outcome.
+RECEIVER_METRICS=off turns it off (both read at start-up). Dimensions are only ever the
+provider (one of the four known names, else ``unknown``: a URL must not mint metric
+dimensions) and a fixed outcome.
 
 | metric | unit | dimensions | from event |
 |---|---|---|---|

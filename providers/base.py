@@ -235,6 +235,7 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
         # does), so no body can exhaust the stack
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        # worded 'recursion depth exceeded' or 'depth limit exceeded', by version
         if "depth" in str(exc):
             raise BadRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
         raise BadRequest("body is not valid JSON") from None

@@ -1,8 +1,10 @@
 """The floor for this stack: Flask under the same gunicorn settings, HMAC check and JSON parse only.
 
 ``gunicorn -c python:receiver.gunicorn_conf --pythonpath bench bare_app:app`` with the secret
-in BENCH_WEBHOOK_SECRET. No state, no logging, no background work: whatever the service
-spends beyond this is its own.
+in BENCH_WEBHOOK_SECRET. No state, no logging by the app (gunicorn's own access line, as
+configured, is written for each request), no background work: whatever the service spends
+beyond this is its own. It parses with Python's json module, as a bare app would (the
+service uses orjson, 7 µs instead of 18 µs for this push).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
     providers = providers if providers is not None else build_providers()
     activity = Activity()
     worker = Worker(Processor(config, store, launcher, providers), store, config.processing,
-                    activity=activity)
+                    activity=activity, warm_up=launcher.warm)
     if start_worker:
         worker.start()
 

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from receiver import aws
 from receiver.config import LauncherConfig
 from receiver.errors import LaunchError
 
@@ -60,6 +61,11 @@ class Launcher(Protocol):
         """Start the pipeline; return the execution id. Raises LaunchError (``code`` = AWS code)."""
         ...
 
+    def warm(self) -> None:
+        """Do now, off the answer path, the set-up the first start would pay for (no
+        network). Raises nothing a caller must handle beyond logging it."""
+        ...
+
 
 class LogLauncher:
     """Dry run: starts nothing; the caller logs and records as if it had."""
@@ -69,6 +75,9 @@ class LogLauncher:
     def start(self, request: StartRequest) -> str:
         """A deterministic fake execution id."""
         return f"dry-run-{request.client_request_token[:16]}"
+
+    def warm(self) -> None:
+        """Nothing to prepare."""
 
 
 class CodePipelineLauncher:
@@ -84,10 +93,9 @@ class CodePipelineLauncher:
     def _get_client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import boto3
                 from botocore.config import Config
 
-                self._client = boto3.client(
+                self._client = aws.client(
                     "codepipeline", region_name=self.config.region,
                     endpoint_url=self.config.endpoint_url,
                     config=Config(retries={"mode": "standard", "total_max_attempts": 3},
@@ -95,6 +103,12 @@ class CodePipelineLauncher:
                                   connect_timeout=5, read_timeout=15),
                 )
             return self._client
+
+    def warm(self) -> None:
+        """Import boto3, make the client and load the operation's model: 130-200 ms that
+        the first push after a deploy would otherwise wait for before its first start.
+        Credentials are resolved at the first start, as before (that may need the network)."""
+        self._get_client().meta.service_model.operation_model("StartPipelineExecution")
 
     def start(self, request: StartRequest) -> str:
         """Start one execution; botocore errors are translated into LaunchError.

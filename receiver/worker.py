@@ -85,12 +85,14 @@ class Worker:
 
     def __init__(self, processor: Processor, store: StateStore, config: ProcessingConfig,
                  clock: Callable[[], float] = time.time,
-                 activity: Activity | None = None) -> None:
+                 activity: Activity | None = None,
+                 warm_up: Callable[[], None] | None = None) -> None:
         self.processor = processor
         self.store = store
         self.config = config
         self.clock = clock
         self.activity = activity
+        self.warm_up = warm_up
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = get_logger()
         self._wake = threading.Event()
@@ -117,6 +119,11 @@ class Worker:
             self.log.info("worker.stopped", finished=not self._thread.is_alive())
 
     def _loop(self) -> None:
+        if self.warm_up is not None:
+            try:
+                self.warm_up()
+            except Exception as exc:  # the first start pays for it instead, and says why
+                self.log.warning("worker.warm_up_failed", error=f"{type(exc).__name__}: {exc}")
         while not self._stop.is_set():
             if self.activity is not None:
                 self.activity.wait_quiet(QUIET_SECONDS, MAX_DEFER_SECONDS, self._stop)

@@ -131,6 +131,22 @@ def test_starts_one_execution_and_returns_its_id(
         {"name": v["name"], "resolvedValue": v["value"]} for v in sent_variables or []]
 
 
+def test_warm_makes_the_client_without_the_network_and_the_first_start_uses_it(
+        moto: MotoServer, sent: list[dict[str, Any]]) -> None:
+    # nothing listens on port 9: a warm-up that called AWS would fail here
+    offline = CodePipelineLauncher(LauncherConfig(backend="codepipeline", region="us-east-1",
+                                                  endpoint_url="http://127.0.0.1:9"))
+    offline.warm()
+    assert offline._client is not None
+    create_pipelines(moto.url, [API])
+    launcher = launcher_for(moto)
+    launcher.warm()
+    warmed = launcher._client
+    launcher.start(StartRequest(API, HEAD, BRANCH, REPO))
+    assert launcher._client is warmed
+    assert len(sent) == 1
+
+
 def test_client_request_token_is_stable_for_a_commit_and_differs_for_another(
         moto: MotoServer, sent: list[dict[str, Any]]) -> None:
     create_pipelines(moto.url, [API])

@@ -3,10 +3,13 @@ processing deferred while the process is answering requests."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from receiver.config import ProcessingConfig
 from receiver.events import Delivery, PushEvent
@@ -136,3 +139,54 @@ def test_worker_processes_at_once_when_the_process_is_quiet(tmp_path: Path) -> N
         assert time.monotonic() - t0 < 0.2  # not held back: nothing else is in flight
     finally:
         worker.stop(timeout=5)
+
+
+def test_the_warm_up_runs_once_in_the_background_before_the_first_claim(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    order: list[str] = []
+
+    class Noting(SlowProcessor):
+        def process(self, delivery: Delivery) -> None:
+            order.append(f"process {delivery.delivery_id}")
+
+    _record(store, "d1")
+    caller: list[threading.Thread] = []
+    worker = Worker(Noting(0), store, ProcessingConfig(poll_seconds=0.05),  # type: ignore[arg-type]
+                    warm_up=lambda: (order.append("warm"), caller.append(threading.current_thread())))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while "process d1" not in order and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert order == ["warm", "process d1"]
+    assert caller[0] is not threading.main_thread()
+
+
+def test_a_failed_warm_up_is_logged_and_deliveries_are_still_processed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configure()
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    processor = SlowProcessor(0)
+
+    def broken() -> None:
+        raise RuntimeError("no region")
+
+    _record(store, "d1")
+    worker = Worker(processor, store, ProcessingConfig(poll_seconds=0.05),  # type: ignore[arg-type]
+                    warm_up=broken)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not processor.processed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert processor.processed == ["d1"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [doc["error"] for doc in lines if doc["event"] == "worker.warm_up_failed"] \
+        == ["RuntimeError: no region"]

@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from receiver import aws
 from receiver.config import StateConfig
 from receiver.errors import StateError
 from receiver.events import Delivery
@@ -123,10 +124,9 @@ class DynamoDBStore:
         # one client per process: a client created before gunicorn forks is not reused after
         with self._lock:
             if self._client is None or self._pid != os.getpid():
-                import boto3
                 from botocore.config import Config
 
-                self._client = boto3.client(
+                self._client = aws.client(
                     "dynamodb", region_name=self.config.region,
                     endpoint_url=self.config.endpoint_url,
                     # bounded: a webhook answer must not wait long on a failing table

@@ -214,7 +214,9 @@ def _read_body(limit: int) -> bytes:
                 raise BadRequest("the request body ended before its Content-Length")
             return body
         if not environ.get("wsgi.input_terminated"):
-            return request.get_data(cache=False)  # werkzeug's safe fallback: empty
+            # neither a length nor a stream the server ends: nothing can be read safely
+            # (werkzeug's get_data answers the same empty body)
+            return b""
         chunks: list[bytes] = []
         size = 0
         while size <= limit:

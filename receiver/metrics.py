@@ -33,16 +33,15 @@ _OUTCOMES = {
 }
 
 
-# (name, unit, dimension keys) of the metrics each event carries
-_METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
-    **{event: (("Deliveries", "Count", ("provider", "outcome")),) for event in _OUTCOMES},
-    "pipeline.started": (("PipelinesStarted", "Count", ("provider",)),),
-    "pipeline.start_failed": (("PipelineStartFailures", "Count", ("provider",)),),
-    "delivery.processed": (("ProcessingTime", "Milliseconds", ("provider",)),
-                           ("CompareApiCalls", "Count", ("provider",))),
+# (name, unit, dimension keys, the event field holding the value or None for a count of one)
+# of the metrics each event carries
+_METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = {
+    **{event: (("Deliveries", "Count", ("provider", "outcome"), None),) for event in _OUTCOMES},
+    "pipeline.started": (("PipelinesStarted", "Count", ("provider",), None),),
+    "pipeline.start_failed": (("PipelineStartFailures", "Count", ("provider",), None),),
+    "delivery.processed": (("ProcessingTime", "Milliseconds", ("provider",), "duration_ms"),
+                           ("CompareApiCalls", "Count", ("provider",), "compare_api_calls")),
 }
-# where a metric's value comes from, when not a count of one
-_VALUE_FIELDS = {"ProcessingTime": "duration_ms", "CompareApiCalls": "compare_api_calls"}
 
 
 class EmbeddedMetrics:
@@ -57,7 +56,8 @@ class EmbeddedMetrics:
         # renderer only reads them
         self._directives = {
             event: [{"Namespace": namespace, "Dimensions": [list(dims)],
-                     "Metrics": [{"Name": name, "Unit": unit}]} for name, unit, dims in metrics]
+                     "Metrics": [{"Name": name, "Unit": unit}]}
+                    for name, unit, dims, _field in metrics]
             for event, metrics in _METRICS.items()}
 
     @classmethod
@@ -68,17 +68,16 @@ class EmbeddedMetrics:
 
     def __call__(self, _logger: Any, _name: str,
                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        name = event.get("event")
-        if not self.enabled or name not in _METRICS:
+        name = str(event.get("event"))
+        metrics = _METRICS.get(name)
+        if not self.enabled or metrics is None:
             return event
         if event.get("provider") not in KNOWN_PROVIDERS:
             event["provider"] = "unknown"
-        outcome = _OUTCOMES.get(str(name))
-        if outcome is not None:
-            event["outcome"] = outcome
-        for metric, _unit, _dims in _METRICS[str(name)]:
-            field = _VALUE_FIELDS.get(metric)
+        if name in _OUTCOMES:
+            event["outcome"] = _OUTCOMES[name]
+        for metric, _unit, _dims, field in metrics:
             event[metric] = 1 if field is None else float(event.get(field, 0))
         event["_aws"] = {"Timestamp": int(time.time() * 1000),
-                         "CloudWatchMetrics": self._directives[str(name)]}
+                         "CloudWatchMetrics": self._directives[name]}
         return event

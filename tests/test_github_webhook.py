@@ -514,4 +514,3 @@ def test_service_answers_github_delivery(service: Service, case: HttpCase) -> No
     assert not [e for e in service.events("webhook.accepted")
                 if e.get("delivery_id") == delivery]
     assert SECRET not in Path(service.log_path).read_text(errors="replace")
-

@@ -284,7 +284,6 @@ def test_a_claim_visits_refs_not_the_queue_behind_a_ref_being_processed(
     assert long <= short + 2, (short, long)
 
 
-
 def test_a_backlog_is_admitted_in_chunks_each_its_own_write(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "s.db"))
     store.init()

@@ -58,9 +58,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Dry run: changed paths between two commits, matching rules, what would start."""
+    """Dry run: changed paths between two commits, matching rules, what would start.
+
+    The verdicts come from :func:`receiver.decide.decide`, the function the service uses.
+    """
     from providers import build_providers
-    from receiver.matcher import match
+    from receiver.decide import decide, needs_diff
 
     cfg = _load(args.config)
     candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
@@ -71,39 +74,44 @@ def cmd_explain(args: argparse.Namespace) -> int:
               + ("; add --provider" if candidates else ""), file=sys.stderr)
         return 2
     repo = candidates[0]
-    provider = build_providers()[repo.provider]
-    diff = provider.changed_files(repo, args.from_sha, args.to_sha)
+    diff = None
+    if needs_diff(args.from_sha, args.to_sha):
+        diff = build_providers()[repo.provider].changed_files(repo, args.from_sha, args.to_sha)
+    decisions = decide({p.name: p.paths for p in repo.pipelines}, args.from_sha, args.to_sha,
+                       diff, new_branch=repo.new_branch)
     names = [p.name for p in repo.pipelines]
-    report: dict[str, Any] = {"repository": repo.name, "provider": repo.provider,
-                              "from": args.from_sha, "to": args.to_sha, "compare": diff.status,
-                              "api_calls": diff.api_calls}
-    if diff.contained:
-        report.update(complete=True, changed_paths={}, would_start=[], unchanged=names,
-                      note="the 'to' commit is already contained in 'from': nothing starts")
-    elif diff.paths is None:
-        report.update(complete=False, reason=diff.reason, changed_paths={}, would_start=names,
-                      unchanged=[], note="difference incomplete: every pipeline counts as changed")
-    else:
-        matched = match(sorted(diff.paths), {p.name: p.paths for p in repo.pipelines})
-        per_path: dict[str, list[dict[str, str]]] = {path: [] for path in sorted(diff.paths)}
-        for pipeline, hits in matched.items():
-            for hit in hits:
-                per_path[hit.path].append({"pipeline": pipeline, "rule": hit.glob})
-        report.update(complete=True, changed_paths=per_path,
-                      would_start=[n for n in names if n in matched],
-                      unchanged=[n for n in names if n not in matched])
+    would_start = [n for n in names if decisions[n].verdict == "changed"]
+    paths = sorted(diff.paths) if diff is not None and diff.paths is not None else []
+    per_path: dict[str, list[dict[str, str]]] = {path: [] for path in paths}
+    for name in would_start:
+        for hit in decisions[name].matches:
+            per_path[hit.path].append({"pipeline": name, "rule": hit.glob})
+    complete = all(d.complete for d in decisions.values())
+    report: dict[str, Any] = {
+        "repository": repo.name, "provider": repo.provider, "from": args.from_sha,
+        "to": args.to_sha, "compare": diff.status if diff is not None else "identical",
+        "api_calls": diff.api_calls if diff is not None else 0, "complete": complete,
+        "changed_paths": per_path, "would_start": would_start,
+        "unchanged": [n for n in names if n not in would_start],
+    }
+    if diff is None or diff.contained:
+        report["note"] = "the 'to' commit is already contained in 'from': nothing starts"
+    elif not complete:
+        report.update(reason=diff.reason,
+                      note="difference incomplete: every pipeline counts as changed")
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{repo.provider} {repo.name}: {args.from_sha} -> {args.to_sha}")
-    print(f"compare: {diff.status}, {len(report['changed_paths'])} changed paths, "
-          f"{diff.api_calls} API calls")
+    print(f"compare: {report['compare']}, {len(per_path)} changed paths, "
+          f"{report['api_calls']} API calls")
     if "note" in report:
-        print(f"note: {report['note']}" + (f" ({diff.reason})" if diff.reason else ""))
-    for path, hits in report["changed_paths"].items():
+        print(f"note: {report['note']}" + (f" ({report['reason']})" if report.get("reason")
+                                           else ""))
+    for path, hits in per_path.items():
         rules = ", ".join(f"{h['pipeline']} ({h['rule']})" for h in hits) or "no pipeline"
         print(f"  {path}  ->  {rules}")
-    print("would start: " + (", ".join(report["would_start"]) or "nothing"))
+    print("would start: " + (", ".join(would_start) or "nothing"))
     print("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
     return 0
 

@@ -1,11 +1,10 @@
-"""Background processing of one recorded delivery: baselines, compare, match, start, advance.
+"""Background processing of one recorded delivery: baselines, compare, decide, start, advance.
 
 State semantics (DESIGN.md): a pipeline's baseline is the last commit at which it was
-started or found unchanged. For a push with head H, pipelines are grouped by baseline and
-each distinct baseline costs one compare (usually one for the whole push). A head already
-contained in the baseline starts nothing and moves nothing; an incomplete difference treats
-every pipeline of the group as changed. Starts go through a start intent keyed by
-(pipeline, head) so that no pipeline starts twice for one commit; baselines move by
+started or found unchanged. For a push with head H, pipelines are grouped by base and each
+distinct base costs one compare (usually one for the whole push); :func:`receiver.decide.decide`
+turns the difference into a verdict per pipeline. Starts go through a start intent keyed
+by (pipeline, head) so that no pipeline starts twice for one commit; baselines move by
 compare-and-set, and a lost race re-evaluates against the new baseline.
 """
 
@@ -20,32 +19,42 @@ from typing import Any, Literal
 
 from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
+from receiver.decide import Base, Decision, NoBase, decide, needs_diff
 from receiver.errors import LaunchError, ProviderError
 from receiver.events import Delivery, PushEvent
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
-from receiver.matcher import RuleMatch, match
+from receiver.matcher import RuleMatch
 from receiver.state.base import Baseline, StateStore
 
-# A baseline row whose commit is unknown: the pipeline's first start failed on a new branch,
-# so nothing is known to be deployed and everything counts as changed.
+# The commit stored in a baseline row when nothing is known to be deployed (the pipeline's
+# first start failed on a new branch): the next push counts the pipeline as changed.
 NOTHING_DEPLOYED = ""
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
+MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
 
-Verdict = Literal["changed", "unchanged", "contained"]
+# How a start attempt ended: started (now or by an earlier attempt), in_flight (another
+# delivery owns the start), failed (final) or retry (the delivery will be redone).
+StartState = Literal["started", "in_flight", "failed", "retry"]
 
 
 class RetryLater(Exception):
     """Processing must be retried later (the delivery is released with back-off)."""
 
 
-MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one start attempt ended (see ``StartState``)."""
+
+    state: StartState
+    execution_id: str | None = None
+    error: str | None = None
 
 
 @dataclass
 class PushSummary:
-    """What processing a delivery did (feeds ``delivery.processed`` and the decision records)."""
+    """What processing a delivery did (feeds ``delivery.processed``)."""
 
     changed_files: int = 0
     api_calls: int = 0
@@ -53,29 +62,49 @@ class PushSummary:
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     retry: bool = False
+
+    def tally(self, name: str, outcome: Outcome) -> None:
+        """Count one start attempt."""
+        if outcome.state == "started":
+            self.started.append(name)
+        elif outcome.state in ("failed", "retry"):
+            self.failed.append(name)
+            self.retry = self.retry or outcome.state == "retry"
+
+
+@dataclass
+class Push:
+    """One ref of one delivery being processed: everything its steps need."""
+
+    repo: RepositoryConfig
+    event: PushEvent
+    head: str
+    delivery: Delivery
+    final: bool  # the delivery's last attempt: nothing is retried after it
+    summary: PushSummary
     trace: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def record(self, name: str, verdict: str, decision: Decision,
+               outcome: Outcome | None = None) -> None:
+        """Keep what happened to pipeline ``name`` for the decision record."""
+        self.trace[name] = {
+            "pipeline": name, "verdict": verdict, "baseline": decision.base,
+            "diff": decision.source, "complete": decision.complete, "reason": decision.reason,
+            "matched": [[m.path, m.glob] for m in decision.matches[:MATCHES_KEPT]],
+            "matched_count": len(decision.matches),
+            "execution_id": outcome.execution_id if outcome else None,
+            "error": outcome.error if outcome else None,
+        }
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a start attempt ended: ``started`` (now or earlier), ``in_flight`` (another
-    delivery owns the start), ``failed`` (final) or ``retry`` (the delivery will be redone)."""
-
-    state: str
-    execution_id: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The verdict for one pipeline and why."""
-
-    verdict: Verdict
-    base: str | None
-    matches: tuple[RuleMatch, ...] = ()
-    reason: str | None = None
-    source: str = "compare"  # where the verdict came from (the "why" record says it)
-    complete: bool = True
+    def decision_record(self, now: float) -> dict[str, Any]:
+        """The "why" record of this push: what each pipeline was compared from and did."""
+        return {
+            "delivery_id": self.delivery.delivery_id, "provider": self.delivery.provider,
+            "repository": self.delivery.repository, "ref_type": self.event.ref_type,
+            "ref": self.event.ref_name, "before": self.event.before, "head": self.head,
+            "recorded_at": now, "attempt": self.delivery.attempts,
+            "pipelines": [self.trace[name] for name in sorted(self.trace)],
+        }
 
 
 class Processor:
@@ -105,12 +134,14 @@ class Processor:
                 return
             summary = PushSummary()
             for event in delivery.events:
-                summary.trace = {}
+                if event.after is None:  # a deletion: the route never records one
+                    continue
+                push = Push(repo, event, event.after, delivery, final, summary)
                 if event.ref_type == "tag":
-                    self._tag(repo, event, delivery, summary, final)
+                    self._tag(push)
                 else:
-                    self._branch(repo, event, delivery, summary, final)
-                self.store.record_decision(self._decision_record(delivery, event, summary))
+                    self._branch(push)
+                self.store.record_decision(push.decision_record(self.clock()))
             self.log.info(
                 "delivery.processed",
                 branch=",".join(e.ref_name for e in delivery.events),
@@ -126,157 +157,107 @@ class Processor:
             if summary.retry:
                 raise RetryLater("a pipeline start failed with a retryable error")
 
-    def _decision_record(self, delivery: Delivery, event: PushEvent,
-                         summary: PushSummary) -> dict[str, Any]:
-        """The "why" record of one push: what each pipeline was compared from and what happened."""
-        return {
-            "delivery_id": delivery.delivery_id, "provider": delivery.provider,
-            "repository": delivery.repository, "ref_type": event.ref_type,
-            "ref": event.ref_name, "before": event.before, "head": event.after,
-            "recorded_at": self.clock(), "attempt": delivery.attempts,
-            "pipelines": [summary.trace[name] for name in sorted(summary.trace)],
-        }
-
-    def _trace(self, summary: PushSummary, name: str, verdict: str, decision: Decision,
-               outcome: Outcome | None = None) -> None:
-        summary.trace[name] = {
-            "pipeline": name, "verdict": verdict, "baseline": decision.base,
-            "diff": decision.source, "complete": decision.complete, "reason": decision.reason,
-            "matched": [[m.path, m.glob] for m in decision.matches[:MATCHES_KEPT]],
-            "matched_count": len(decision.matches),
-            "execution_id": outcome.execution_id if outcome else None,
-            "error": outcome.error if outcome else None,
-        }
-
-    # --- tags ----------------------------------------------------------------------------
-
-    def _tag(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
-             summary: PushSummary, final: bool) -> None:
-        if event.after is None:
-            return
+    def _tag(self, push: Push) -> None:
+        """A tag push starts every pipeline whose ``tags`` rule selects the tag."""
         decision = Decision("changed", None, reason="tag rule matched", source="tag")
-        for pipeline in repo.tag_pipelines(event.ref_name):
-            outcome = self._launch(repo, event, pipeline, (), delivery, final)
-            _tally(summary, pipeline.name, outcome)
-            self._trace(summary, pipeline.name, outcome.state, decision, outcome)
+        pipelines = {p.name: p for p in push.repo.tag_pipelines(push.event.ref_name)}
+        outcomes = self._launch_all(push, pipelines, dict.fromkeys(pipelines, decision))
+        for name, outcome in outcomes.items():
+            push.summary.tally(name, outcome)
+            push.record(name, outcome.state, decision, outcome)
 
-    # --- branches ------------------------------------------------------------------------
-
-    def _branch(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
-                summary: PushSummary, final: bool) -> None:
-        head = event.after
-        if head is None:
-            return
-        pending = {p.name: p for p in repo.pipelines}
+    def _branch(self, push: Push) -> None:
+        """Decide every pipeline of the branch against its base, start what changed, and
+        move the baselines; pipelines that lost a baseline race are decided again."""
+        pending = {p.name: p for p in push.repo.pipelines}
         for _ in range(MAX_ROUNDS):
             if not pending:
                 return
-            baselines = self.store.baselines(repo.key, event.ref_name)
-            groups: dict[str | None, list[PipelineConfig]] = {}
-            for p in pending.values():
-                base: str | None
-                if p.name in baselines:
-                    base = baselines[p.name].commit or NOTHING_DEPLOYED
-                else:
-                    base = event.before
-                groups.setdefault(base, []).append(p)
+            baselines = self.store.baselines(push.repo.key, push.event.ref_name)
+            groups: dict[Base, dict[str, PipelineConfig]] = {}
+            for name, pipeline in pending.items():
+                groups.setdefault(self._base(push, baselines.get(name)), {})[name] = pipeline
             decisions: dict[str, Decision] = {}
             for base, group in groups.items():
-                decisions.update(self._decide(repo, event, base, head, group, summary, final))
-            lost = self._act(repo, event, delivery, pending, baselines, decisions, summary, final)
+                decisions.update(self._decide(push, base, group))
+            lost = self._act(push, pending, baselines, decisions)
             pending = {name: pending[name] for name in lost}
         if pending:
             self.log.warning("baseline.contended", pipelines=sorted(pending),
                              reason=f"lost {MAX_ROUNDS} compare-and-set rounds")
-            summary.retry = True
+            push.summary.retry = True
 
-    def _decide(self, repo: RepositoryConfig, event: PushEvent, base: str | None, head: str,
-                group: list[PipelineConfig], summary: PushSummary,
-                final: bool) -> dict[str, Decision]:
-        names = [p.name for p in group]
-        if base == NOTHING_DEPLOYED or (base is None and repo.new_branch == "all"):
-            why = ("new branch with no baseline" if base is None else
-                   "no deployed commit is known (an earlier first start failed)")
-            self.log.info("changes.all", reason=why, pipelines=names, head=head)
-            source = "new-branch" if base is None else "nothing-deployed"
-            return {n: Decision("changed", None, reason=why, source=source, complete=False)
-                    for n in names}
-        if base is None:
-            return {n: Decision("unchanged", None, reason="new branch (new_branch: none)",
-                                source="new-branch", complete=False) for n in names}
-        if base == head:
-            return {n: Decision("contained", base, reason="head is the baseline",
-                                source="identical") for n in names}
-        diff = self._diff(repo, base, head, final)
-        summary.api_calls += diff.api_calls
-        if diff.contained:
-            return {n: Decision("contained", base, reason=f"head is {diff.status} the baseline")
-                    for n in names}
-        if diff.paths is None:
-            self.log.warning("changes.incomplete", reason=diff.reason, base=base, head=head,
-                             pipelines=names)
-            return {n: Decision("changed", base, reason=diff.reason, complete=False)
-                    for n in names}
-        summary.changed_files = max(summary.changed_files, len(diff.paths))
-        matched = match(sorted(diff.paths), {p.name: p.paths for p in group})
-        return {n: Decision("changed", base, matched[n]) if n in matched
-                else Decision("unchanged", base) for n in names}
+    @staticmethod
+    def _base(push: Push, baseline: Baseline | None) -> Base:
+        """Where a pipeline is compared from: its baseline, else the push's ``before``."""
+        if baseline is not None:
+            return baseline.commit or NoBase.NOTHING_DEPLOYED
+        return push.event.before or NoBase.NEW_BRANCH
 
-    def _diff(self, repo: RepositoryConfig, base: str, head: str, final: bool) -> Diff:
-        provider = self.providers[repo.provider]
+    def _decide(self, push: Push, base: Base,
+                group: Mapping[str, PipelineConfig]) -> dict[str, Decision]:
+        """:func:`decide` for one group of pipelines sharing ``base``, after the compare it
+        needs; says in the log when every pipeline counts as changed, and why."""
+        diff: Diff | None = None
+        if needs_diff(base, push.head):
+            assert isinstance(base, str)
+            diff = self._diff(push, base)
+            push.summary.api_calls += diff.api_calls
+            if diff.paths is not None and not diff.contained:
+                push.summary.changed_files = max(push.summary.changed_files, len(diff.paths))
+        decisions = decide({name: p.paths for name, p in group.items()}, base, push.head, diff,
+                           new_branch=push.repo.new_branch)
+        reasons = {d.reason for d in decisions.values()
+                   if d.verdict == "changed" and not d.complete}
+        if reasons:
+            if diff is None:  # nothing to compare from
+                self.log.info("changes.all", reason=reasons.pop(), head=push.head,
+                              pipelines=sorted(group))
+            else:
+                self.log.warning("changes.incomplete", reason=reasons.pop(), base=base,
+                                 head=push.head, pipelines=sorted(group))
+        return decisions
+
+    def _diff(self, push: Push, base: str) -> Diff:
+        provider = self.providers[push.repo.provider]
         try:
-            return provider.changed_files(repo, base, head)
+            return provider.changed_files(push.repo, base, push.head)
         except ProviderError as exc:
-            if not final:
+            if not push.final:
                 raise RetryLater(str(exc)) from exc
             # out of attempts: a missed deployment is worse than an extra one
             return Diff("diverged", None, f"provider API failed on the last attempt: {exc}")
 
-    def _act(self, repo: RepositoryConfig, event: PushEvent, delivery: Delivery,
-             pending: dict[str, PipelineConfig], baselines: dict[str, Baseline],
-             decisions: dict[str, Decision], summary: PushSummary, final: bool) -> list[str]:
+    def _act(self, push: Push, pending: Mapping[str, PipelineConfig],
+             baselines: Mapping[str, Baseline], decisions: Mapping[str, Decision]) -> list[str]:
         """Start what changed (in parallel), advance baselines; return those that lost a race."""
-        assert event.after is not None
-        head = event.after
-        changed = [name for name, d in decisions.items() if d.verdict == "changed"]
-        outcomes: dict[str, Outcome] = {}
-        if changed:
-            futures = {
-                name: self._starts.submit(contextvars.copy_context().run, self._launch, repo,
-                                          event, pending[name], decisions[name].matches,
-                                          delivery, final)
-                for name in changed
-            }
-            outcomes = {name: fut.result() for name, fut in futures.items()}
+        changed = {name: pending[name] for name, d in decisions.items() if d.verdict == "changed"}
+        outcomes = self._launch_all(push, changed, decisions)
         lost: list[str] = []
         now = self.clock()
         for name, decision in decisions.items():
-            expected = baselines.get(name) or Baseline(repo.key, event.ref_name, name)
+            expected = baselines.get(name) or Baseline(push.repo.key, push.event.ref_name, name)
             if decision.verdict == "contained":
-                summary.unchanged.append(name)
-                self._trace(summary, name, "contained", decision)
-                continue
-            if decision.verdict == "unchanged":
-                if self._advance(expected, head, now, None):
-                    summary.unchanged.append(name)
-                    self._trace(summary, name, "unchanged", decision)
+                push.summary.unchanged.append(name)
+                push.record(name, "contained", decision)
+            elif decision.verdict == "unchanged":
+                if self._advance(expected, push.head, now, None):
+                    push.summary.unchanged.append(name)
+                    push.record(name, "unchanged", decision)
                 else:
                     lost.append(name)
-                continue
-            outcome = outcomes[name]
-            if outcome.state == "started":
-                if self._advance(expected, head, now, outcome.execution_id):
-                    _tally(summary, name, outcome)
-                    self._trace(summary, name, "started", decision, outcome)
-                else:
+            else:
+                outcome = outcomes[name]
+                if outcome.state == "started" and not self._advance(
+                        expected, push.head, now, outcome.execution_id):
                     lost.append(name)
-                continue
-            if outcome.state in ("failed", "retry") and expected.version == 0:
-                # pin what this push was compared from, or its change would be lost: the
-                # next push would otherwise compare from its own 'before'
-                self.store.advance_baseline(expected, decision.base or NOTHING_DEPLOYED, now)
-            _tally(summary, name, outcome)
-            self._trace(summary, name, outcome.state, decision, outcome)
+                    continue
+                if outcome.state in ("failed", "retry") and expected.version == 0:
+                    # pin what this push was compared from, or its change would be lost: the
+                    # next push would otherwise compare from its own 'before'
+                    self.store.advance_baseline(expected, decision.base or NOTHING_DEPLOYED, now)
+                push.summary.tally(name, outcome)
+                push.record(name, outcome.state, decision, outcome)
         return lost
 
     def _advance(self, expected: Baseline, head: str, now: float,
@@ -288,13 +269,21 @@ class Processor:
                            started=execution_id is not None)
         return moved
 
-    def _launch(self, repo: RepositoryConfig, event: PushEvent, pipeline: PipelineConfig,
-                matches: tuple[RuleMatch, ...], delivery: Delivery,
-                final: bool) -> Outcome:
+    def _launch_all(self, push: Push, pipelines: Mapping[str, PipelineConfig],
+                    decisions: Mapping[str, Decision]) -> dict[str, Outcome]:
+        """Start ``pipelines`` at the head, all at once; their outcomes by name."""
+        futures = {
+            name: self._starts.submit(contextvars.copy_context().run, self._launch, push,
+                                      pipeline, decisions[name].matches)
+            for name, pipeline in pipelines.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+    def _launch(self, push: Push, pipeline: PipelineConfig,
+                matches: tuple[RuleMatch, ...]) -> Outcome:
         """Start ``pipeline`` at the head, at most once per (pipeline, head)."""
-        assert event.after is not None
-        head = event.after
-        owner, attempt = delivery.delivery_id, delivery.attempts
+        head, branch, repository = push.head, push.event.ref_name, push.repo.name
+        owner, attempt = push.delivery.delivery_id, push.delivery.attempts
         record = self.store.begin_start(pipeline.name, head, owner, attempt, self.clock())
         if record.state == "started":
             return Outcome("started", record.execution_id)
@@ -302,35 +291,26 @@ class Processor:
             self.log.info("pipeline.in_flight", pipeline=pipeline.name, commit=head,
                           owner=record.owner)
             return Outcome("in_flight")
-        changed_paths = [m.path for m in matches]
         request = StartRequest(
-            pipeline=pipeline.name, commit=head, branch=event.ref_name,
-            repository=repo.name, source_action=pipeline.source_action,
-            variables=render_variables(pipeline.variables, commit=head, branch=event.ref_name,
-                                       repository=repo.name, changed_paths=changed_paths),
+            pipeline=pipeline.name, commit=head, branch=branch, repository=repository,
+            source_action=pipeline.source_action,
+            variables=render_variables(pipeline.variables, commit=head, branch=branch,
+                                       repository=repository,
+                                       changed_paths=[m.path for m in matches]),
         )
         try:
             execution_id = self.launcher.start(request)
         except LaunchError as exc:
             self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                     error=str(exc))
-            retry = exc.retryable and not final
+            retry = exc.retryable and not push.final
             self.log.error("pipeline.start_failed", pipeline=pipeline.name, commit=head,
                            error=str(exc), will_retry=retry)
             return Outcome("retry" if retry else "failed", error=str(exc))
         self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                 execution_id=execution_id)
         self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
-                      execution_id=execution_id, branch=event.ref_name,
-                      matched_files=len(matches), dry_run=self.launcher.dry_run,
+                      execution_id=execution_id, branch=branch, matched_files=len(matches),
+                      dry_run=self.launcher.dry_run,
                       **({"matched": [m.path for m in matches[:5]]} if matches else {}))
         return Outcome("started", execution_id)
-
-
-def _tally(summary: PushSummary, name: str, outcome: Outcome) -> None:
-    state = outcome.state
-    if state == "started":
-        summary.started.append(name)
-    elif state in ("failed", "retry"):
-        summary.failed.append(name)
-        summary.retry = summary.retry or state == "retry"

@@ -7,6 +7,7 @@ in-memory Git history (tests/gitmodel.py); the store, matcher and processor are 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,23 @@ def test_tag_push_starts_only_pipelines_whose_tag_rule_matches(world: World) -> 
     world.push(None, world.root, ref="v1.2.0", ref_type="tag")
     assert world.launcher.names() == ["web"]
     assert world.store.baselines(KEY, "main") == {}
+
+
+def test_tag_push_starts_its_pipelines_at_once_like_a_branch_push(tmp_path: Path) -> None:
+    world = World(tmp_path, pipelines=[
+        {"name": "web", "paths": ["web/**"], "tags": ["v*"]},
+        {"name": "api", "paths": ["api/**"], "tags": ["v*"]},
+    ])
+    both_in_flight = threading.Barrier(2, timeout=5)
+    real_start = world.launcher.start
+
+    def start(request: StartRequest) -> str:
+        both_in_flight.wait()  # one start at a time would break the barrier after 5 s
+        return real_start(request)
+
+    world.launcher.start = start  # type: ignore[method-assign]
+    world.push(None, world.root, ref="v2.0.0", ref_type="tag")
+    assert world.launcher.names() == ["api", "web"]
 
 
 def test_lost_compare_and_set_is_re_evaluated_against_the_new_baseline(world: World) -> None:

@@ -11,7 +11,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from providers import Provider, build_providers
-from providers.base import verify_for
+from providers.base import constant_time_equal, load_json_object, verify_for
 from receiver.config import Config
 from receiver.errors import (
     BadRequest,
@@ -21,11 +21,14 @@ from receiver.errors import (
     RequestError,
     ServiceUnavailable,
     StateError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from receiver.events import Delivery
 from receiver.launcher import Launcher, build_launcher
+from receiver.leased import LeasedLoop
 from receiver.logging import client_address, configure, get_logger
+from receiver.outcomes import parse_event, poll_outcomes
 from receiver.processor import Processor
 from receiver.state import StateStore, open_store
 from receiver.worker import Activity, Worker
@@ -47,15 +50,27 @@ def create_app(config: Config, *, store: StateStore | None = None,
     launcher = launcher if launcher is not None else build_launcher(config.launcher)
     providers = providers if providers is not None else build_providers()
     activity = Activity()
-    worker = Worker(Processor(config, store, launcher, providers), store, config.processing,
-                    activity=activity, warm_up=launcher.warm)
+    processor = Processor(config, store, launcher, providers)
+    worker = Worker(processor, store, config.processing, activity=activity,
+                    warm_up=launcher.warm)
+    recorder = processor.outcomes
+
+    def poll(now: float) -> None:
+        poll_outcomes(recorder, launcher, config.outcomes.poll_seconds, now)
+
+    poller = LeasedLoop("outcomes-poll", config.outcomes.poll_seconds, store, worker.owner,
+                        poll, run_at_start=False)
+
     if start_worker:
         worker.start()
+        if not launcher.dry_run:  # a dry-run start is Succeeded at once: nothing to poll
+            poller.start()
 
     app = Flask("receiver")
     app.wsgi_app = _counted(app.wsgi_app, activity)  # type: ignore[method-assign,assignment]
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
-    app.extensions["receiver"] = {"config": config, "store": store, "worker": worker}
+    app.extensions["receiver"] = {"config": config, "store": store, "worker": worker,
+                                  "poller": poller}
 
     def answer(http_status: int, **body: Any) -> tuple[Response, int]:
         # orjson rather than jsonify's json module: every answer is built here
@@ -132,26 +147,60 @@ def create_app(config: Config, *, store: StateStore | None = None,
                   head=relevant[0].after, **fields)
         return answer(202, status="accepted", delivery_id=delivery_id)
 
+    @app.post("/events/codepipeline")
+    def codepipeline_event() -> tuple[Response, int]:
+        """EventBridge's pipeline-execution state changes, through an API destination."""
+        environ = request.environ
+        keys = config.outcomes.api_keys
+        if not keys:
+            raise NotFound("execution events are not configured (outcomes.api_keys)")
+        mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        if mimetype != "application/json":
+            raise UnsupportedMediaType("content type must be application/json")
+        body = _read_body(config.server.max_body_bytes)
+        given = request.headers.get("x-api-key", "")
+        if not given:
+            raise Unauthorized("missing x-api-key")
+        # every key compared, so timing does not tell which one is close
+        matches = [constant_time_equal(given, value) for ref in keys for value in ref.values()]
+        if not any(matches):
+            raise Unauthorized("x-api-key does not match")
+        seen = parse_event(load_json_object(body))
+        try:
+            result = recorder.observe(seen, time.time())
+        except StateError as exc:
+            raise ServiceUnavailable("the outcome could not be recorded; retry later",
+                                     cause=str(exc)) from None
+        fields = {"pipeline": seen.pipeline, "execution_id": seen.execution_id,
+                  "state": seen.status, "attempt": seen.attempt}
+        if result != "accepted":
+            reason = ("an execution this service did not start" if result == "unknown"
+                      else "a replay, or older than what is recorded")
+            canonical(log.info, "outcome.ignored", 200, reason=reason, **fields)
+            return answer(200, status="ignored", reason=reason)
+        canonical(log.info, "outcome.accepted", 202, **fields)
+        return answer(202, status="accepted")
+
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> tuple[Response, int]:
         # a 5xx is ours, not the client's: at error level, with what failed
         cause = {"error": exc.cause} if isinstance(exc, ServiceUnavailable) else {}
-        canonical(log.error if exc.status >= 500 else log.info, "webhook.rejected",
+        canonical(log.error if exc.status >= 500 else log.info, _event("rejected"),
                   exc.status, reason=exc.code, detail=exc.message, **cause,
                   **_request_fields())
         return answer(exc.status, error=exc.code, message=exc.message)
 
     @app.errorhandler(Ignored)
     def ignored(exc: Ignored) -> tuple[Response, int]:
-        canonical(log.info, "webhook.ignored", 200, reason=exc.reason, **_request_fields())
+        canonical(log.info, _event("ignored"), 200, reason=exc.reason, **_request_fields())
         return answer(200, status="ignored", reason=exc.reason)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "error")
-        if request.path.startswith("/webhooks/"):
-            canonical(log.info, "webhook.rejected", status, reason=code, **_request_fields())
+        if request.path.startswith(("/webhooks/", "/events/")):
+            canonical(log.info, _event("rejected"), status, reason=code, **_request_fields())
         return answer(status, error=code, message=exc.description or code)
 
     @app.errorhandler(Exception)
@@ -234,6 +283,12 @@ def _read_body(limit: int) -> bytes:
     if size > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     return b"".join(chunks)
+
+
+def _event(outcome: str) -> str:
+    """The log event of a request's outcome: ``webhook.*``, or ``outcome.*`` for the
+    execution-event route."""
+    return f"{'outcome' if request.path.startswith('/events/') else 'webhook'}.{outcome}"
 
 
 def _fields(delivery_id: str | None, provider: str | None,

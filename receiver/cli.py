@@ -133,6 +133,8 @@ def cmd_state(args: argparse.Namespace) -> int:
             "repository": b.repository, "branch": b.branch, "pipeline": b.pipeline,
             "baseline_commit": b.commit or None, "last_started_commit": b.last_started_commit,
             "last_execution_id": b.last_execution_id,
+            "last_execution_status": b.last_execution_status,
+            "deployed_commit": b.deployed_commit,
             "updated_at": datetime.fromtimestamp(b.updated_at, UTC).isoformat(),
         }))
     return 0

@@ -65,6 +65,15 @@ class ProcessingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomesConfig:
+    """How execution outcomes are learnt: EventBridge events (with ``api_keys``) and a poll
+    every ``poll_seconds`` of executions with no final status."""
+
+    api_keys: tuple[SecretRef, ...] = ()
+    poll_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Limits applied to every webhook request before any work."""
 
@@ -110,6 +119,8 @@ class RepositoryConfig:
     api_username: str | None = None
     require_signed: bool = False
     signature_tolerance_seconds: float = 300.0
+    baseline: str = "succeeded"
+    commit_status: bool = False
 
     @property
     def key(self) -> str:
@@ -134,6 +145,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
     source: str = ""
     # both looked up on every webhook request: indexed once, not scanned per request
     _by_name: Mapping[tuple[str, str], RepositoryConfig] = field(
@@ -154,6 +166,11 @@ class Config:
     def repository(self, provider: str, name: str) -> RepositoryConfig | None:
         """The configured repository, or None. GitHub/Bitbucket names compare case-insensitively."""
         return self._by_name.get((provider, name.casefold()))
+
+    def repository_by_key(self, key: str) -> RepositoryConfig | None:
+        """The repository whose state ``key`` (provider:name) this is, or None."""
+        provider, _, name = key.partition(":")
+        return self.repository(provider, name)
 
     def repositories_for(self, provider: str) -> tuple[RepositoryConfig, ...]:
         """Every repository configured for ``provider``, in configuration order."""
@@ -256,11 +273,11 @@ class _Checker:
             return None
 
 
-_TOP = ("state", "launcher", "processing", "server", "repositories")
+_TOP = ("state", "launcher", "processing", "server", "outcomes", "repositories")
 _REPO = ("provider", "name", "api_url", "webhook_secrets", "api_token", "github_app", "branches",
          "pipelines", "new_branch", "max_compare_commits", "request_timeout_seconds",
          "max_rate_limit_wait_seconds", "api_username", "require_signed",
-         "signature_tolerance_seconds")
+         "signature_tolerance_seconds", "baseline", "commit_status")
 _PIPELINE = ("name", "paths", "tags", "variables", "source_action")
 
 
@@ -304,6 +321,21 @@ def parse(raw: Any, source: str = "<config>") -> Config:
                                lambda v: v > 0, "a whole number of bytes above 0"),
     )
 
+    orw = c.mapping(top.get("outcomes"), "outcomes", ("api_keys", "poll_seconds"))
+    keys_raw = orw.get("api_keys")
+    keys: list[SecretRef] = []
+    if keys_raw is not None:
+        if not isinstance(keys_raw, list) or not keys_raw:
+            c.error("outcomes.api_keys", f"must be a list of secret references ({ALLOWED_FORMS})")
+        else:
+            keys = [k for j, ref in enumerate(keys_raw)
+                    if (k := c.secret(ref, f"outcomes.api_keys[{j}]")) is not None]
+    outcomes = OutcomesConfig(
+        api_keys=tuple(keys),
+        poll_seconds=c.typed(orw, "poll_seconds", "outcomes", float, 60.0,
+                             lambda v: 1 <= v <= 3600, "a number of seconds from 1 to 3600"),
+    )
+
     repos_raw = top.get("repositories")
     repos: list[RepositoryConfig] = []
     if not isinstance(repos_raw, list) or not repos_raw:
@@ -323,7 +355,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return Config(repositories=tuple(repos), state=state, launcher=launcher,
-                  processing=processing, server=server, source=source)
+                  processing=processing, server=server, outcomes=outcomes, source=source)
 
 
 def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
@@ -384,6 +416,10 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         c.error(f"{path}.require_signed", "is only for provider gitlab (signed webhooks)")
     tolerance = c.typed(r, "signature_tolerance_seconds", path, float, 300.0,
                         lambda v: 0 < v <= 3600, "a number of seconds above 0 and at most 3600")
+    baseline = c.choice(r, "baseline", path, ("succeeded", "started"), "succeeded")
+    commit_status = r.get("commit_status", False)
+    if not isinstance(commit_status, bool):
+        c.error(f"{path}.commit_status", "must be true or false")
     pipelines_raw = r.get("pipelines")
     pipelines: list[PipelineConfig] = []
     if not isinstance(pipelines_raw, list) or not pipelines_raw:
@@ -406,7 +442,8 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         pipelines=tuple(pipelines), new_branch=new_branch, max_compare_commits=max_commits,
         request_timeout_seconds=timeout, max_rate_limit_wait_seconds=max_wait,
         api_username=username, require_signed=bool(require_signed),
-        signature_tolerance_seconds=tolerance,
+        signature_tolerance_seconds=tolerance, baseline=baseline,
+        commit_status=bool(commit_status),
     )
 
 

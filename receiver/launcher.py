@@ -66,6 +66,11 @@ class Launcher(Protocol):
         network). Raises nothing a caller must handle beyond logging it."""
         ...
 
+    def execution_status(self, pipeline: str, execution_id: str) -> str:
+        """The execution's status now (``GetPipelineExecution``: InProgress, Stopping,
+        Succeeded, Failed, Stopped, Cancelled, Superseded). Raises LaunchError."""
+        ...
+
 
 class LogLauncher:
     """Dry run: starts nothing; the caller logs and records as if it had."""
@@ -78,6 +83,10 @@ class LogLauncher:
 
     def warm(self) -> None:
         """Nothing to prepare."""
+
+    def execution_status(self, pipeline: str, execution_id: str) -> str:
+        """A dry-run start counts as Succeeded at once."""
+        return "Succeeded"
 
 
 class CodePipelineLauncher:
@@ -144,6 +153,25 @@ class CodePipelineLauncher:
         except BotoCoreError as exc:
             raise LaunchError(type(exc).__name__, str(exc)[:300], retryable=True) from None
         return str(answer["pipelineExecutionId"])
+
+
+    def execution_status(self, pipeline: str, execution_id: str) -> str:
+        """``GetPipelineExecution``'s status; botocore errors are translated into LaunchError."""
+        answer = self._call("get_pipeline_execution", pipelineName=pipeline,
+                            pipelineExecutionId=execution_id)
+        return str(answer["pipelineExecution"]["status"])
+
+    def _call(self, operation: str, **params: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._get_client(), operation)(**params)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+            message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+            raise LaunchError(code, message, retryable=code in RETRYABLE) from exc
+        except BotoCoreError as exc:
+            raise LaunchError(type(exc).__name__, str(exc)[:300], retryable=True) from exc
 
 
 def build_launcher(config: LauncherConfig) -> Launcher:

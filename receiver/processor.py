@@ -25,11 +25,9 @@ from receiver.events import Delivery, PushEvent
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch
-from receiver.state.base import Baseline, StateStore
+from receiver.outcomes import Observation, OutcomeRecorder
+from receiver.state.base import NOTHING_DEPLOYED, Baseline, Execution, StateStore
 
-# The commit stored in a baseline row when nothing is known to be deployed (the pipeline's
-# first start failed on a new branch): the next push counts the pipeline as changed.
-NOTHING_DEPLOYED = ""
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
 MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
@@ -119,6 +117,7 @@ class Processor:
         self.providers = providers
         self.clock = clock
         self.log = get_logger()
+        self.outcomes = OutcomeRecorder(store, _baseline_policy(config))
         # kept for the process's life: its threads keep their store connections
         self._starts = ThreadPoolExecutor(max_workers=START_PARALLELISM,
                                           thread_name_prefix="receiver-start")
@@ -180,6 +179,7 @@ class Processor:
             decisions: dict[str, Decision] = {}
             for base, group in groups.items():
                 decisions.update(self._decide(push, base, group))
+            self._keep_newer_starts(push, baselines, decisions)
             lost = self._act(push, pending, baselines, decisions)
             pending = {name: pending[name] for name in lost}
         if pending:
@@ -218,6 +218,27 @@ class Processor:
                                  head=push.head, pipelines=sorted(group))
         return decisions
 
+    def _keep_newer_starts(self, push: Push, baselines: Mapping[str, Baseline],
+                           decisions: dict[str, Decision]) -> None:
+        """A head contained in a pipeline's last started commit is not started again: an
+        older commit must not overtake a newer one (CodePipeline's SUPERSEDED mode goes by
+        start order). Only pipelines whose baseline fell back below their last start need
+        the extra compare; one per distinct last started commit."""
+        by_last: dict[str, list[str]] = {}
+        for name, decision in decisions.items():
+            last = baselines[name].last_started_commit if name in baselines else None
+            if decision.verdict == "changed" and last and last not in (decision.base,
+                                                                       push.head):
+                by_last.setdefault(last, []).append(name)
+        for last, names in by_last.items():
+            diff = self._diff(push, last)
+            push.summary.api_calls += diff.api_calls
+            if diff.contained:
+                for name in names:
+                    decisions[name] = Decision(
+                        "contained", decisions[name].base, source="compare",
+                        reason=f"head is contained in the last started commit {last[:12]}")
+
     def _diff(self, push: Push, base: str) -> Diff:
         provider = self.providers[push.repo.provider]
         try:
@@ -248,10 +269,12 @@ class Processor:
                     lost.append(name)
             else:
                 outcome = outcomes[name]
-                if outcome.state == "started" and not self._advance(
-                        expected, push.head, now, outcome.execution_id):
-                    lost.append(name)
-                    continue
+                if outcome.state == "started":
+                    assert outcome.execution_id is not None
+                    if not self._advance(expected, push.head, now, outcome.execution_id):
+                        lost.append(name)
+                        continue
+                    self._settle_start(name, outcome.execution_id)
                 if outcome.state in ("failed", "retry") and expected.version == 0:
                     # pin what this push was compared from, or its change would be lost: the
                     # next push would otherwise compare from its own 'before'
@@ -268,6 +291,18 @@ class Processor:
                            previous=expected.commit, commit=head, version=expected.version + 1,
                            started=execution_id is not None)
         return moved
+
+    def _settle_start(self, pipeline: str, execution_id: str) -> None:
+        """Once the baseline names the execution: a dry-run start counts as Succeeded at
+        once, and an outcome that arrived before the baseline moved is applied now."""
+        now = self.clock()
+        if self.launcher.dry_run:
+            self.outcomes.observe(Observation(pipeline, execution_id, "Succeeded", "dry-run"),
+                                  now)
+            return
+        execution = self.store.execution(pipeline, execution_id)
+        if execution is not None and execution.final:
+            self.outcomes.settle(execution, now)
 
     def _launch_all(self, push: Push, pipelines: Mapping[str, PipelineConfig],
                     decisions: Mapping[str, Decision]) -> dict[str, Outcome]:
@@ -286,6 +321,8 @@ class Processor:
         owner, attempt = push.delivery.delivery_id, push.delivery.attempts
         record = self.store.begin_start(pipeline.name, head, owner, attempt, self.clock())
         if record.state == "started":
+            assert record.execution_id is not None
+            self._record_execution(push, pipeline.name, record.execution_id)
             return Outcome("started", record.execution_id)
         if (record.owner, record.attempt) != (owner, attempt):
             self.log.info("pipeline.in_flight", pipeline=pipeline.name, commit=head,
@@ -309,8 +346,23 @@ class Processor:
             return Outcome("retry" if retry else "failed", error=str(exc))
         self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                 execution_id=execution_id)
+        self._record_execution(push, pipeline.name, execution_id)
         self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
                       execution_id=execution_id, branch=branch, matched_files=len(matches),
                       dry_run=self.launcher.dry_run,
                       **({"matched": [m.path for m in matches[:5]]} if matches else {}))
         return Outcome("started", execution_id)
+
+    def _record_execution(self, push: Push, pipeline: str, execution_id: str) -> None:
+        """Keep the execution so its outcome can be learnt (idempotent: a retried delivery
+        that finds the start already made records it again, harmlessly)."""
+        now = self.clock()
+        self.store.record_execution(Execution(
+            pipeline=pipeline, execution_id=execution_id, repository=push.repo.key,
+            branch=push.event.ref_name, commit=push.head, started_at=now, updated_at=now))
+
+
+def _baseline_policy(config: Config) -> Callable[[str], str]:
+    """Repository state key -> its ``baseline`` setting (``succeeded`` when unknown)."""
+    policies = {repo.key: repo.baseline for repo in config.repositories}
+    return lambda key: policies.get(key, "succeeded")

@@ -23,6 +23,13 @@ from typing import Any, Literal, Protocol
 from receiver.events import Delivery
 
 StartState = Literal["pending", "started", "failed"]
+# GetPipelineExecution's statuses of a pipeline execution
+ExecutionStatus = Literal["InProgress", "Stopping", "Succeeded", "Failed", "Stopped",
+                          "Cancelled", "Superseded"]
+FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped", "Cancelled", "Superseded"})
+# The baseline commit stored when nothing is known to be deployed (a first start failed, or
+# its execution did): the next push counts the pipeline as changed.
+NOTHING_DEPLOYED = ""
 ACTIVE_VERDICTS = frozenset({"started", "failed", "retry", "in_flight"})
 
 # How long each kind of record is kept (DynamoDB: TTL; SQLite: purged as it goes).
@@ -43,6 +50,33 @@ class Baseline:
     last_execution_id: str | None = None
     updated_at: float = 0.0
     version: int = 0
+    deployed_commit: str | None = None  # of the latest-started execution that Succeeded
+    deployed_started_at: float = 0.0  # when that execution was started
+    last_execution_status: str | None = None  # of last_execution_id, as last learnt
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """A pipeline execution this service started, and its status as last learnt.
+
+    ``repository`` is the repository's state key; ``attempt`` the execution's
+    ``pipeline-execution-attempt`` (a console retry keeps the id and counts up).
+    """
+
+    pipeline: str
+    execution_id: str
+    repository: str
+    branch: str
+    commit: str
+    started_at: float
+    status: str = "InProgress"
+    attempt: int = 1
+    updated_at: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        """Whether the execution has ended (a console retry may still start it again)."""
+        return self.status in FINAL_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +155,31 @@ class StateStore(Protocol):
         By ``pipeline``: the records in which that pipeline was started, failed, retried or
         in flight (an unchanged pipeline is found through its commit instead).
         """
+
+    def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:
+        """Write every field of ``updated`` if the row's version is still ``expected.version``
+        (an existing row: version >= 1); the version goes up by one. False on a lost race."""
+
+    def record_execution(self, execution: Execution) -> None:
+        """Keep an execution this service started (insert if absent; idempotent)."""
+
+    def execution(self, pipeline: str, execution_id: str) -> Execution | None:
+        """The recorded execution, or None for one this service did not start."""
+
+    def update_execution(self, expected: Execution, updated: Execution) -> bool:
+        """Set the status, attempt and ``updated_at`` of ``updated`` if the recorded status
+        and attempt are still ``expected``'s. False when another writer got there first."""
+
+    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
+        """Executions with no final status, started before ``started_before``, oldest first."""
+
+    def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
+        """Hold the lease ``name`` until ``until`` if it is free, expired (``until`` <= now)
+        or already ``owner``'s; False when another owner holds it. One replica at a time."""
+
+    def claim_status_write(self, key: str, now: float) -> bool:
+        """True exactly once per ``key`` (commit, status name and state): the caller then
+        writes that commit status; every later claim of the same key answers False."""
 
     def finish_start(self, pipeline: str, commit: str, owner: str, attempt: int, now: float,
                      execution_id: str | None = None, error: str | None = None) -> None:

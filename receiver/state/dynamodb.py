@@ -11,6 +11,11 @@ Single-table design (table name from ``state.table``; keys are strings):
   before the delivery.
 - baseline: pk ``BASELINE#{repository}#{branch}``, sk ``PIPELINE#{pipeline}``; ``version``
   for compare-and-set (one Query reads a whole branch).
+- execution: pk ``EXECUTION#{pipeline}#{execution_id}``, sk ``EXECUTION``; while it has no
+  final status it also carries ``gsi1pk = OPEN_EXECUTION`` and ``gsi1sk = started_at``, so
+  the outcome poll reads exactly the running ones from the same sparse GSI; TTL.
+- lease: pk ``LEASE#{name}``, sk ``LEASE``; (owner, until), taken by a conditional put.
+- status write: pk ``STATUS#{key}``, sk ``STATUS``; created once per commit status; TTL.
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
   only by its owner; TTL.
 - decision ("why") record, zlib-compressed JSON, written under three keys so each question
@@ -43,6 +48,7 @@ from receiver.state.base import (
     HISTORY_RETENTION_SECONDS,
     START_RETENTION_SECONDS,
     Baseline,
+    Execution,
     StartRecord,
 )
 
@@ -51,6 +57,7 @@ START_TTL_SECONDS = START_RETENTION_SECONDS
 HISTORY_TTL_SECONDS = HISTORY_RETENTION_SECONDS
 GSI = "gsi1"
 PENDING = "PENDING"
+OPEN_EXECUTION = "OPEN_EXECUTION"
 CLAIM_CANDIDATES = 25
 CLAIM_PAGES = 20
 
@@ -309,6 +316,9 @@ class DynamoDBStore:
             last_started_commit=_get_s(item, "last_started_commit"),
             last_execution_id=_get_s(item, "last_execution_id"),
             updated_at=_get_n(item, "updated_at"), version=int(_get_n(item, "version")),
+            deployed_commit=_get_s(item, "deployed_commit"),
+            deployed_started_at=_get_n(item, "deployed_started_at"),
+            last_execution_status=_get_s(item, "last_execution_status"),
         )
 
     def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
@@ -338,8 +348,10 @@ class DynamoDBStore:
                                   ":r": _s(expected.repository), ":b": _s(expected.branch),
                                   ":p": _s(expected.pipeline)}
         if execution_id is not None:
-            sets += ["last_started_commit = :c", "last_execution_id = :x"]
+            sets += ["last_started_commit = :c", "last_execution_id = :x",
+                     "last_execution_status = :running"]
             values[":x"] = _s(execution_id)
+            values[":running"] = _s("InProgress")
         if expected.version == 0:
             condition = "attribute_not_exists(pk)"
         else:
@@ -480,3 +492,105 @@ class DynamoDBStore:
                    ExpressionAttributeNames=names,
                    ExpressionAttributeValues={**values, ":o": _s(owner), ":a": _n(attempt),
                                               ":now": _n(now), ":pending": _s("pending")})
+
+    # --- execution outcomes, leases, status writes ---------------------------------------
+
+    def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:
+        key = {"pk": _s(f"BASELINE#{expected.repository}#{expected.branch}"),
+               "sk": _s(f"PIPELINE#{expected.pipeline}")}
+        fields = {"commit": updated.commit, "last_started_commit": updated.last_started_commit,
+                  "last_execution_id": updated.last_execution_id,
+                  "deployed_commit": updated.deployed_commit,
+                  "last_execution_status": updated.last_execution_status}
+        names = {f"#f{i}": name for i, name in enumerate(fields)}
+        values: dict[str, Any] = {f":f{i}": _s(v) if v is not None else {"NULL": True}
+                                  for i, v in enumerate(fields.values())}
+        values.update({":now": _n(updated.updated_at), ":d": _n(updated.deployed_started_at),
+                       ":v": _n(expected.version), ":next": _n(expected.version + 1)})
+        sets = [f"#f{i} = :f{i}" for i in range(len(fields))]
+        answer = self._call(
+            "update_item", TableName=self.table, Key=key,
+            UpdateExpression="SET " + ", ".join([*sets, "updated_at = :now",
+                                                 "deployed_started_at = :d",
+                                                 "version = :next"]),
+            ConditionExpression="version = :v", ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values)
+        return answer is not None
+
+    @staticmethod
+    def _execution_key(pipeline: str, execution_id: str) -> dict[str, Any]:
+        return {"pk": _s(f"EXECUTION#{pipeline}#{execution_id}"), "sk": _s("EXECUTION")}
+
+    def record_execution(self, execution: Execution) -> None:
+        x = execution
+        item = {**self._execution_key(x.pipeline, x.execution_id),
+                "pipeline": _s(x.pipeline), "execution_id": _s(x.execution_id),
+                "repository": _s(x.repository), "branch": _s(x.branch), "commit": _s(x.commit),
+                "started_at": _n(x.started_at), "status": _s(x.status), "attempt": _n(x.attempt),
+                "updated_at": _n(x.updated_at),
+                "expires_at": _n(int(x.started_at + START_TTL_SECONDS))}
+        if not x.final:
+            item.update(gsi1pk=_s(OPEN_EXECUTION), gsi1sk=_s(_sortable(x.started_at)))
+        self._call("put_item", TableName=self.table, Item=item,
+                   ConditionExpression="attribute_not_exists(pk)")
+
+    @staticmethod
+    def _execution(item: dict[str, Any]) -> Execution:
+        return Execution(
+            pipeline=str(_get_s(item, "pipeline")), execution_id=str(_get_s(item, "execution_id")),
+            repository=str(_get_s(item, "repository")), branch=str(_get_s(item, "branch")),
+            commit=str(_get_s(item, "commit")), started_at=_get_n(item, "started_at"),
+            status=str(_get_s(item, "status")), attempt=int(_get_n(item, "attempt", 1)),
+            updated_at=_get_n(item, "updated_at"))
+
+    def execution(self, pipeline: str, execution_id: str) -> Execution | None:
+        item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                          Key=self._execution_key(pipeline, execution_id)).get("Item")
+        return None if item is None else self._execution(item)
+
+    def update_execution(self, expected: Execution, updated: Execution) -> bool:
+        # a final status leaves the sparse index: the poll never asks about it again
+        index = "REMOVE gsi1pk, gsi1sk" if updated.final else ""
+        answer = self._call(
+            "update_item", TableName=self.table,
+            Key=self._execution_key(expected.pipeline, expected.execution_id),
+            UpdateExpression=f"SET #st = :s, attempt = :a, updated_at = :now {index}".strip(),
+            ConditionExpression="#st = :old AND attempt = :olda",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues={":s": _s(updated.status), ":a": _n(updated.attempt),
+                                       ":now": _n(updated.updated_at),
+                                       ":old": _s(expected.status),
+                                       ":olda": _n(expected.attempt)})
+        return answer is not None
+
+    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
+        page = self._call("query", TableName=self.table, IndexName=GSI,
+                          KeyConditionExpression="gsi1pk = :p AND gsi1sk < :t",
+                          ExpressionAttributeValues={":p": _s(OPEN_EXECUTION),
+                                                     ":t": _s(_sortable(started_before))},
+                          Limit=limit)
+        found = []
+        for key in page.get("Items", []):
+            item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                              Key={"pk": key["pk"], "sk": key["sk"]}).get("Item")
+            if item is not None:
+                found.append(self._execution(item))
+        return [x for x in found if not x.final]
+
+    def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
+        answer = self._call(
+            "put_item", TableName=self.table,
+            Item={"pk": _s(f"LEASE#{name}"), "sk": _s("LEASE"), "owner": _s(owner),
+                  "until": _n(until), "expires_at": _n(int(until + 86400))},
+            ConditionExpression="attribute_not_exists(pk) OR #o = :o OR #u <= :now",
+            ExpressionAttributeNames={"#o": "owner", "#u": "until"},
+            ExpressionAttributeValues={":o": _s(owner), ":now": _n(now)})
+        return answer is not None
+
+    def claim_status_write(self, key: str, now: float) -> bool:
+        answer = self._call(
+            "put_item", TableName=self.table,
+            Item={"pk": _s(f"STATUS#{key}"), "sk": _s("STATUS"), "claimed_at": _n(now),
+                  "expires_at": _n(int(now + START_TTL_SECONDS))},
+            ConditionExpression="attribute_not_exists(pk)")
+        return answer is not None

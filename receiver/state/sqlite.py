@@ -41,6 +41,7 @@ from receiver.state.base import (
     HISTORY_RETENTION_SECONDS,
     START_RETENTION_SECONDS,
     Baseline,
+    Execution,
     StartRecord,
 )
 from receiver.state.sqlite_insert import InsertStatement, open_statement
@@ -48,7 +49,15 @@ from receiver.state.sqlite_insert import InsertStatement, open_statement
 MIGRATIONS = (
     ("deliveries", "ref_key", "TEXT NOT NULL DEFAULT ''"),
     ("starts", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("baselines", "deployed_commit", "TEXT"),
+    ("baselines", "deployed_started_at", "REAL NOT NULL DEFAULT 0"),
+    ("baselines", "last_execution_status", "TEXT"),
 )
+_BASELINE_COLUMNS = ("repository, branch, pipeline, commit_sha, last_started_commit,"
+                     " last_execution_id, updated_at, version, deployed_commit,"
+                     " deployed_started_at, last_execution_status")
+_EXECUTION_COLUMNS = ("pipeline, execution_id, repository, branch, commit_sha, started_at,"
+                      " status, attempt, updated_at")
 
 
 def _ref_free(outer: str, now: str = "?") -> str:
@@ -106,7 +115,34 @@ CREATE TABLE IF NOT EXISTS baselines (
     last_execution_id TEXT,
     updated_at REAL NOT NULL,
     version INTEGER NOT NULL,
+    deployed_commit TEXT,
+    deployed_started_at REAL NOT NULL DEFAULT 0,
+    last_execution_status TEXT,
     PRIMARY KEY (repository, branch, pipeline)
+);
+CREATE TABLE IF NOT EXISTS executions (
+    pipeline TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    final INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, execution_id)
+);
+-- the executions still running (a handful): what the outcome poll asks about
+CREATE INDEX IF NOT EXISTS executions_open ON executions (started_at) WHERE final = 0;
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS status_writes (
+    key TEXT PRIMARY KEY,
+    claimed_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS decisions (
     delivery_id TEXT NOT NULL,
@@ -435,16 +471,18 @@ class SQLiteStore:
                          (now - HISTORY_RETENTION_SECONDS,))
             conn.execute("DELETE FROM decision_pipelines WHERE recorded_at < ?",
                          (now - HISTORY_RETENTION_SECONDS,))
+            conn.execute("DELETE FROM executions WHERE final = 1 AND updated_at < ?",
+                         (now - START_RETENTION_SECONDS,))
+            conn.execute("DELETE FROM status_writes WHERE claimed_at < ?",
+                         (now - START_RETENTION_SECONDS,))
 
     def pending_count(self) -> int:
         """How many deliveries are not finished (for tests and readiness detail)."""
         return int(self._query("SELECT COUNT(*) FROM deliveries WHERE status != 'done'")[0][0])
 
     def baselines(self, repository: str, branch: str) -> dict[str, Baseline]:
-        rows = self._query(
-            "SELECT repository, branch, pipeline, commit_sha, last_started_commit,"
-            " last_execution_id, updated_at, version FROM baselines"
-            " WHERE repository = ? AND branch = ?", (repository, branch))
+        rows = self._query(f"SELECT {_BASELINE_COLUMNS} FROM baselines"
+                           " WHERE repository = ? AND branch = ?", (repository, branch))
         return {row[2]: Baseline(*row) for row in rows}
 
     def advance_baseline(self, expected: Baseline, commit: str, now: float,
@@ -453,14 +491,16 @@ class SQLiteStore:
             if expected.version == 0:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO baselines (repository, branch, pipeline, commit_sha,"
-                    " last_started_commit, last_execution_id, updated_at, version)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    " last_started_commit, last_execution_id, updated_at, version,"
+                    " last_execution_status) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
                     (expected.repository, expected.branch, expected.pipeline, commit,
-                     commit if execution_id else None, execution_id, now))
+                     commit if execution_id else None, execution_id, now,
+                     "InProgress" if execution_id else None))
             elif execution_id is not None:
                 cur = conn.execute(
                     "UPDATE baselines SET commit_sha = ?, last_started_commit = ?,"
-                    " last_execution_id = ?, updated_at = ?, version = version + 1"
+                    " last_execution_id = ?, updated_at = ?, version = version + 1,"
+                    " last_execution_status = 'InProgress'"
                     " WHERE repository = ? AND branch = ? AND pipeline = ? AND version = ?",
                     (commit, commit, execution_id, now, expected.repository, expected.branch,
                      expected.pipeline, expected.version))
@@ -473,10 +513,8 @@ class SQLiteStore:
             return cur.rowcount == 1
 
     def all_baselines(self) -> Iterator[Baseline]:
-        rows = self._query(
-            "SELECT repository, branch, pipeline, commit_sha, last_started_commit,"
-            " last_execution_id, updated_at, version FROM baselines"
-            " ORDER BY repository, branch, pipeline")
+        rows = self._query(f"SELECT {_BASELINE_COLUMNS} FROM baselines"
+                           " ORDER BY repository, branch, pipeline")
         return (Baseline(*row) for row in rows)
 
     def record_decision(self, record: Mapping[str, Any]) -> None:
@@ -539,3 +577,60 @@ class SQLiteStore:
                 " WHERE pipeline = ? AND commit_sha = ? AND owner = ? AND attempt = ?"
                 " AND state = 'pending'",
                 (state, execution_id, error, now, pipeline, commit, owner, attempt))
+
+    def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE baselines SET commit_sha = ?, last_started_commit = ?,"
+                " last_execution_id = ?, updated_at = ?, version = version + 1,"
+                " deployed_commit = ?, deployed_started_at = ?, last_execution_status = ?"
+                " WHERE repository = ? AND branch = ? AND pipeline = ? AND version = ?",
+                (updated.commit, updated.last_started_commit, updated.last_execution_id,
+                 updated.updated_at, updated.deployed_commit, updated.deployed_started_at,
+                 updated.last_execution_status, expected.repository, expected.branch,
+                 expected.pipeline, expected.version))
+            return cur.rowcount == 1
+
+    def record_execution(self, execution: Execution) -> None:
+        x = execution
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT OR IGNORE INTO executions ({_EXECUTION_COLUMNS}, final)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (x.pipeline, x.execution_id, x.repository, x.branch, x.commit, x.started_at,
+                 x.status, x.attempt, x.updated_at, int(x.final)))
+
+    def execution(self, pipeline: str, execution_id: str) -> Execution | None:
+        rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions"
+                           " WHERE pipeline = ? AND execution_id = ?", (pipeline, execution_id))
+        return Execution(*rows[0]) if rows else None
+
+    def update_execution(self, expected: Execution, updated: Execution) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE executions SET status = ?, attempt = ?, updated_at = ?, final = ?"
+                " WHERE pipeline = ? AND execution_id = ? AND status = ? AND attempt = ?",
+                (updated.status, updated.attempt, updated.updated_at, int(updated.final),
+                 expected.pipeline, expected.execution_id, expected.status, expected.attempt))
+            return cur.rowcount == 1
+
+    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
+        rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE final = 0"
+                           " AND started_at < ? ORDER BY started_at LIMIT ?",
+                           (started_before, limit))
+        return [Execution(*row) for row in rows]
+
+    def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO leases (name, owner, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until"
+                " WHERE leases.owner = excluded.owner OR leases.until <= ?",
+                (name, owner, until, now))
+            return cur.rowcount == 1
+
+    def claim_status_write(self, key: str, now: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO status_writes (key, claimed_at)"
+                               " VALUES (?, ?)", (key, now))
+            return cur.rowcount == 1

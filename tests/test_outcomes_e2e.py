@@ -1,0 +1,264 @@
+"""End to end: baselines follow what was deployed (DESIGN.md "Execution outcomes").
+
+The service runs under gunicorn with a GitHub API stand-in over a Git model and a local
+CodePipeline stand-in whose execution states the test sets (tests/fake_codepipeline.py).
+Outcomes arrive as EventBridge events on ``POST /events/codepipeline``, or, with events
+switched off, from the service's own poll of GetPipelineExecution.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.fake_codepipeline import FakeCodePipeline
+from tests.harness import FakeAPI, Service
+from tests.test_github_e2e import REPO, GitHubWorld, deliver, push_body
+
+EVENTS_KEY = "events-api-key-value"
+SECRET = "e2e-webhook-secret-value"
+
+
+def config(tmp_path: Path, api_url: str, cp_url: str, *, events: bool) -> dict[str, Any]:
+    outcomes: dict[str, Any] = {"poll_seconds": 1}
+    if events:
+        outcomes["api_keys"] = ["env:E2E_EVENTS_KEY", "env:E2E_EVENTS_KEY_OLD"]
+    return {
+        "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
+        "launcher": {"backend": "codepipeline", "region": "us-east-1", "endpoint_url": cp_url},
+        "processing": {"lease_seconds": 3, "poll_seconds": 0.5},
+        "outcomes": outcomes,
+        "repositories": [{
+            "provider": "github", "name": REPO, "api_url": api_url,
+            "webhook_secrets": ["env:E2E_GH_SECRET"], "api_token": "env:E2E_GH_TOKEN",
+            "branches": ["master"],
+            "pipelines": [
+                {"name": "a-deploy", "paths": ["svc/a/**"]},
+                {"name": "b-deploy", "paths": ["svc/b/**"]},
+            ],
+        }],
+    }
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, api: FakeAPI, *, events: bool) -> None:
+        self.world = GitHubWorld(api)
+        git = self.world.git
+        self.c0 = git.commit(None, {"svc/a/x.py": "0", "svc/b/y.py": "0", "docs/r.md": "0"})
+        self.cp = FakeCodePipeline(["a-deploy", "b-deploy"])
+        self.svc = Service(config(tmp_path, api.url, self.cp.url, events=events), tmp_path,
+                           env={"E2E_GH_SECRET": SECRET, "E2E_GH_TOKEN": "t",
+                                "E2E_EVENTS_KEY": EVENTS_KEY, "E2E_EVENTS_KEY_OLD": "old-key"})
+        self.events = events
+        self.head = self.c0
+
+    def push(self, changes: dict[str, str]) -> str:
+        before = self.head
+        self.head = self.world.git.commit(before, changes)
+        answer = deliver(self.svc, push_body(before, self.head))
+        assert answer.status_code == 202, answer.text
+        self.svc.wait_for(lambda lines: any(
+            e.get("event") == "delivery.processed" and e.get("head") == self.head
+            for e in lines))
+        return self.head
+
+    def starts(self, pipeline: str) -> list[str]:
+        return [x.execution_id for x in self.cp.started(pipeline)]
+
+    def finish(self, execution_id: str, status: str, attempt: int = 1) -> None:
+        """The execution ends with ``status``: an event, or (events off) what the poll sees."""
+        self.cp.set_status(execution_id, status)
+        if self.events:
+            answer = send_event(self.svc, self.cp.executions[execution_id].pipeline,
+                                execution_id, status.upper(), attempt)
+            assert answer.status_code == 202, answer.text
+        else:
+            self.svc.wait_for(lambda lines: any(
+                e.get("event") == "execution.finished" and e.get("execution_id") == execution_id
+                and e.get("source") == "poll" for e in lines), timeout=15)
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        done = self.svc.cli("state")
+        assert done.returncode == 0, done.stderr
+        return {row["pipeline"]: row for row in map(json.loads, done.stdout.splitlines())}
+
+
+def event_body(pipeline: str, execution_id: str, state: str, attempt: int = 1) -> bytes:
+    return json.dumps({
+        "version": "0", "id": "e-1", "detail-type": "CodePipeline Pipeline Execution State Change",
+        "source": "aws.codepipeline", "account": "123456789012", "time": "2026-12-01T10:00:00Z",
+        "region": "us-east-1", "resources": [f"arn:aws:codepipeline:us-east-1:123456789012:{pipeline}"],
+        "detail": {"pipeline": pipeline, "execution-id": execution_id, "state": state,
+                   "version": 1, "pipeline-execution-attempt": attempt},
+    }).encode()
+
+
+def send_event(svc: Service, pipeline: str, execution_id: str, state: str, attempt: int = 1,
+               key: str | None = EVENTS_KEY) -> requests.Response:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["x-api-key"] = key
+    return requests.post(svc.url + "/events/codepipeline", timeout=10, headers=headers,
+                         data=event_body(pipeline, execution_id, state, attempt))
+
+
+@pytest.fixture(params=[True, False], ids=["events", "poll only"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path, fake_api: FakeAPI) -> Iterator[Rig]:
+    rig = Rig(tmp_path, fake_api, events=request.param)
+    rig.svc.start()
+    yield rig
+    rig.svc.stop()
+    rig.cp.close()
+
+
+def test_a_failed_execution_is_caught_up_by_the_next_push(rig: Rig) -> None:
+    # both modules deployed at c1
+    c1 = rig.push({"svc/a/x.py": "1", "svc/b/y.py": "1"})
+    (a1,), (b1,) = rig.starts("a-deploy"), rig.starts("b-deploy")
+    rig.finish(a1, "Succeeded")
+    rig.finish(b1, "Succeeded")
+    state = rig.state()
+    assert state["a-deploy"]["deployed_commit"] == c1 == state["b-deploy"]["deployed_commit"]
+
+    # a push touching a starts a; its execution fails: a's baseline falls back to c1
+    c2 = rig.push({"svc/a/x.py": "2"})
+    a2 = rig.starts("a-deploy")[-1]
+    assert len(rig.starts("b-deploy")) == 1
+    rig.finish(a2, "Failed")
+    state = rig.state()
+    assert state["a-deploy"]["baseline_commit"] == c1
+    assert state["a-deploy"]["last_started_commit"] == c2
+    assert state["a-deploy"]["last_execution_status"] == "Failed"
+
+    # the next push touches only b: it starts b and a again
+    c3 = rig.push({"svc/b/y.py": "3"})
+    assert len(rig.starts("a-deploy")) == 3 and len(rig.starts("b-deploy")) == 2
+    a3, b3 = rig.starts("a-deploy")[-1], rig.starts("b-deploy")[-1]
+    rig.finish(a3, "Succeeded")
+    rig.finish(b3, "Succeeded")
+    state = rig.state()
+    for name in ("a-deploy", "b-deploy"):
+        assert state[name]["baseline_commit"] == c3
+        assert state[name]["deployed_commit"] == c3
+        assert state[name]["last_execution_status"] == "Succeeded"
+
+    # a push touching neither starts nothing
+    rig.push({"docs/r.md": "4"})
+    assert len(rig.starts("a-deploy")) == 3 and len(rig.starts("b-deploy")) == 2
+
+
+def test_a_failure_with_nothing_deployed_counts_the_pipeline_as_changed(rig: Rig) -> None:
+    rig.push({"svc/a/x.py": "1"})
+    (a1,) = rig.starts("a-deploy")
+    rig.finish(a1, "Failed")
+    assert rig.state()["a-deploy"]["baseline_commit"] is None  # nothing deployed
+    rig.push({"docs/r.md": "2"})
+    assert len(rig.starts("a-deploy")) == 2
+
+
+def test_a_stopped_execution_that_was_superseded_moves_no_baseline(rig: Rig) -> None:
+    rig.push({"svc/a/x.py": "1"})
+    (a1,) = rig.starts("a-deploy")
+    c2 = rig.push({"svc/a/x.py": "2"})
+    rig.finish(a1, "Superseded")
+    assert rig.state()["a-deploy"]["baseline_commit"] == c2
+
+
+def test_a_late_delivery_of_an_older_commit_starts_nothing(rig: Rig) -> None:
+    c1 = rig.push({"svc/a/x.py": "1"})
+    c2 = rig.push({"svc/a/x.py": "2"})
+    rig.finish(rig.starts("a-deploy")[-1], "Failed")  # a falls back below c2
+    assert len(rig.starts("a-deploy")) == 2
+    answer = deliver(rig.svc, push_body(rig.c0, c1))  # c1's delivery, late
+    assert answer.status_code == 202
+    rig.svc.wait_for(lambda lines: sum(e.get("event") == "delivery.processed"
+                                       for e in lines) == 3)
+    assert len(rig.starts("a-deploy")) == 2
+    assert rig.state()["a-deploy"]["last_started_commit"] == c2
+
+
+@pytest.mark.parametrize("events", [True], ids=["events"])
+def test_replayed_and_reversed_events_give_the_same_final_state(tmp_path: Path,
+                                                                fake_api: FakeAPI,
+                                                                events: bool) -> None:
+    rig = Rig(tmp_path, fake_api, events=events)
+    rig.svc.start()
+    try:
+        c1 = rig.push({"svc/a/x.py": "1", "svc/b/y.py": "1"})
+        (a1,), (b1,) = rig.starts("a-deploy"), rig.starts("b-deploy")
+        sequence = [("a-deploy", a1, "STARTED"), ("a-deploy", a1, "FAILED"),
+                    ("b-deploy", b1, "STARTED"), ("b-deploy", b1, "SUCCEEDED")]
+        answers = []
+        for _ in range(3):
+            for pipeline, execution_id, state in reversed(sequence):
+                answers.append(send_event(rig.svc, pipeline, execution_id, state).status_code)
+        assert answers.count(202) == 2  # the two final states, once each
+        assert set(answers) == {200, 202}
+        state = rig.state()
+        assert state["a-deploy"]["baseline_commit"] is None
+        assert state["a-deploy"]["last_execution_status"] == "Failed"
+        assert state["b-deploy"]["deployed_commit"] == c1
+        # a console retry of the failed execution (same id, attempt 2) succeeds: it counts
+        assert send_event(rig.svc, "a-deploy", a1, "STARTED", 2).status_code == 202
+        assert send_event(rig.svc, "a-deploy", a1, "SUCCEEDED", 2).status_code == 202
+        assert send_event(rig.svc, "a-deploy", a1, "FAILED", 1).status_code == 200
+        state = rig.state()
+        assert state["a-deploy"]["baseline_commit"] == c1
+        assert state["a-deploy"]["deployed_commit"] == c1
+    finally:
+        rig.svc.stop()
+        rig.cp.close()
+
+
+def test_event_route_refuses_missing_or_wrong_keys_and_records_nothing(tmp_path: Path,
+                                                                      fake_api: FakeAPI) -> None:
+    rig = Rig(tmp_path, fake_api, events=True)
+    rig.svc.start()
+    try:
+        rig.push({"svc/a/x.py": "1"})
+        (a1,) = rig.starts("a-deploy")
+        for key in (None, "", "wrong-key", EVENTS_KEY + "x"):
+            answer = send_event(rig.svc, "a-deploy", a1, "FAILED", key=key)
+            assert answer.status_code == 401, (key, answer.text)
+        assert rig.state()["a-deploy"]["last_execution_status"] == "InProgress"
+        # the older key of a rotation still verifies
+        assert send_event(rig.svc, "a-deploy", a1, "FAILED", key="old-key").status_code == 202
+        # an execution this service did not start, and another detail-type, are ignored
+        other = send_event(rig.svc, "a-deploy", "not-ours", "FAILED")
+        assert (other.status_code, other.json()["status"]) == (200, "ignored")
+        body = json.loads(event_body("a-deploy", a1, "FAILED"))
+        body["detail-type"] = "CodePipeline Stage Execution State Change"
+        stage = requests.post(rig.svc.url + "/events/codepipeline", data=json.dumps(body),
+                              headers={"Content-Type": "application/json",
+                                       "x-api-key": EVENTS_KEY}, timeout=10)
+        assert (stage.status_code, stage.json()["status"]) == (200, "ignored")
+        assert not any(e.get("level") == "error" for e in rig.svc.logs())
+        assert EVENTS_KEY not in rig.svc.log_path.read_text()
+    finally:
+        rig.svc.stop()
+        rig.cp.close()
+
+
+def test_poll_asks_only_about_executions_without_a_final_state(tmp_path: Path,
+                                                               fake_api: FakeAPI) -> None:
+    rig = Rig(tmp_path, fake_api, events=False)
+    rig.svc.start()
+    try:
+        rig.push({"svc/a/x.py": "1", "svc/b/y.py": "1"})
+        (a1,), (b1,) = rig.starts("a-deploy"), rig.starts("b-deploy")
+        rig.finish(a1, "Succeeded")
+        asked_before = [p["pipelineExecutionId"] for op, p in rig.cp.calls
+                        if op == "GetPipelineExecution"]
+        time.sleep(2.5)  # two more poll passes
+        asked_after = [p["pipelineExecutionId"] for op, p in rig.cp.calls
+                       if op == "GetPipelineExecution"][len(asked_before):]
+        assert asked_after and set(asked_after) == {b1}
+    finally:
+        rig.svc.stop()
+        rig.cp.close()

@@ -361,3 +361,76 @@ def test_a_released_delivery_frees_its_ref_for_the_next(store: StateStore) -> No
     store.release_delivery(held, "w1", 100.0)  # d1 retries later; d2 need not wait for it
     nxt = store.claim_delivery("w2", 60, 11.0)
     assert nxt is not None and nxt.delivery_id == "d2"
+
+
+# --- execution outcomes, leases, status writes -------------------------------------------
+
+
+def execution(execution_id: str = "x1", started_at: float = 5.0, **changes: Any) -> Any:
+    from receiver.state.base import Execution
+
+    fields = {"pipeline": "p", "execution_id": execution_id, "repository": "github:acme/mono",
+              "branch": "main", "commit": B, "started_at": started_at, "updated_at": started_at}
+    return Execution(**{**fields, **changes})
+
+
+def test_execution_is_recorded_once_and_read_back(store: StateStore) -> None:
+    store.record_execution(execution())
+    store.record_execution(execution(commit=C))  # a retried delivery records it again
+    assert store.execution("p", "x1") == execution()
+    assert store.execution("p", "unknown") is None
+    assert store.execution("other", "x1") is None
+
+
+def test_execution_update_is_compare_and_set_on_status_and_attempt(store: StateStore) -> None:
+    first = execution()
+    store.record_execution(first)
+    failed = execution(status="Failed", updated_at=9.0)
+    assert store.update_execution(first, failed) is True
+    assert store.update_execution(first, execution(status="Succeeded")) is False  # stale
+    assert store.execution("p", "x1") == failed
+    retried = execution(status="InProgress", attempt=2, updated_at=10.0)
+    assert store.update_execution(failed, retried) is True
+    assert store.execution("p", "x1") == retried
+
+
+def test_open_executions_are_the_unfinished_ones_started_before_a_time(
+        store: StateStore) -> None:
+    store.record_execution(execution("old", started_at=1.0))
+    store.record_execution(execution("new", started_at=50.0))
+    store.record_execution(execution("done", started_at=2.0))
+    store.update_execution(execution("done", started_at=2.0),
+                           execution("done", started_at=2.0, status="Succeeded"))
+    assert [x.execution_id for x in store.open_executions(started_before=10.0)] == ["old"]
+    assert [x.execution_id for x in store.open_executions(started_before=100.0)] == [
+        "old", "new"]
+
+
+def test_replace_baseline_writes_every_field_under_compare_and_set(store: StateStore) -> None:
+    store.advance_baseline(Baseline("github:acme/mono", "main", "p"), B, 1.0, execution_id="x1")
+    current = store.baselines("github:acme/mono", "main")["p"]
+    assert (current.last_execution_status, current.deployed_commit) == ("InProgress", None)
+    import dataclasses
+
+    updated = dataclasses.replace(current, commit=A, deployed_commit=A, deployed_started_at=3.5,
+                                  last_execution_status="Failed", updated_at=4.0)
+    assert store.replace_baseline(current, updated) is True
+    assert store.replace_baseline(current, updated) is False  # the version moved on
+    got = store.baselines("github:acme/mono", "main")["p"]
+    assert got == dataclasses.replace(updated, version=current.version + 1)
+    assert next(iter(store.all_baselines())) == got
+
+
+def test_a_lease_is_held_by_one_owner_until_it_expires(store: StateStore) -> None:
+    assert store.acquire_lease("poll", "w1", until=100.0, now=1.0) is True
+    assert store.acquire_lease("poll", "w2", until=101.0, now=2.0) is False
+    assert store.acquire_lease("poll", "w1", until=150.0, now=3.0) is True  # renewed
+    assert store.acquire_lease("poll", "w2", until=200.0, now=149.0) is False
+    assert store.acquire_lease("poll", "w2", until=300.0, now=150.0) is True  # expired
+    assert store.acquire_lease("other", "w1", until=100.0, now=150.0) is True
+
+
+def test_a_status_write_is_claimed_once(store: StateStore) -> None:
+    assert store.claim_status_write("k1", 1.0) is True
+    assert store.claim_status_write("k1", 2.0) is False
+    assert store.claim_status_write("k2", 2.0) is True

@@ -116,13 +116,91 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """``state seed``: set baselines and deployed commits when adopting the service, from
+    each pipeline's newest Succeeded execution or, with --pipeline and --commit, by hand."""
+    import dataclasses
+    import re
+    import time
+
+    from receiver.launcher import build_launcher
+    from receiver.state import open_store
+    from receiver.state.base import Baseline
+
+    if args.from_executions == bool(args.pipeline or args.commit) or \
+            bool(args.pipeline) != bool(args.commit):
+        print("error: give --from-executions, or both --pipeline and --commit",
+              file=sys.stderr)
+        return 2
+    if args.commit and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", args.commit):
+        print("error: --commit must be a full commit id (40 or 64 hex digits)", file=sys.stderr)
+        return 2
+    store = open_store(cfg.state)
+    if cfg.state.backend == "sqlite":
+        store.init()  # the embedded default needs no separate 'state init'
+    launcher = build_launcher(cfg.launcher)
+    seeded = 0
+    for repo in cfg.repositories:
+        branch = args.branch or _first_literal_branch(repo)
+        if branch is None:
+            print(f"error: {repo.provider} {repo.name}: no literal branch name in branches; "
+                  "give --branch", file=sys.stderr)
+            return 2
+        for pipeline in repo.pipelines:
+            if args.pipeline and pipeline.name != args.pipeline:
+                continue
+            commit, started_at, execution_id = args.commit, time.time(), None
+            if args.from_executions:
+                success = launcher.latest_success(pipeline.name)
+                revisions = dict(success.revisions) if success else {}
+                commit = revisions.get(pipeline.source_action or "") or next(
+                    (rev for rev in revisions.values()
+                     if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", rev)), None)
+                if success is None or commit is None:
+                    print(json.dumps({"repository": repo.name, "branch": branch,
+                                      "pipeline": pipeline.name, "seeded": False,
+                                      "reason": "no Succeeded execution with a commit id"}))
+                    continue
+                started_at, execution_id = success.started_at, success.execution_id
+            now = time.time()
+            for _ in range(10):  # compare-and-set against a running service
+                current = store.baselines(repo.key, branch).get(pipeline.name) or \
+                    Baseline(repo.key, branch, pipeline.name)
+                if current.version == 0:
+                    store.advance_baseline(current, commit, now)
+                    continue
+                updated = dataclasses.replace(
+                    current, commit=commit, deployed_commit=commit,
+                    deployed_started_at=started_at, updated_at=now,
+                    last_execution_status="Succeeded" if execution_id else
+                    current.last_execution_status)
+                if store.replace_baseline(current, updated):
+                    break
+            print(json.dumps({"repository": repo.name, "branch": branch,
+                              "pipeline": pipeline.name, "seeded": True, "commit": commit,
+                              "execution_id": execution_id}))
+            seeded += 1
+    if args.pipeline and not seeded:
+        print(f"error: no configured pipeline named {args.pipeline!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _first_literal_branch(repo: config_mod.RepositoryConfig) -> str | None:
+    """The repository's first branch rule without wildcards (``main`` of ``[main, release/*]``)."""
+    return next((b for b in repo.branches.includes if not set(b) & set("*?[")), None)
+
+
 def cmd_state(args: argparse.Namespace) -> int:
-    """Print one JSON line per baseline, or create the backend's tables with ``init``."""
+    """Print one JSON line per baseline, create the backend's tables (``init``), or set
+    baselines when adopting the service (``seed``)."""
     from datetime import UTC, datetime
 
     from receiver.state import open_store
 
     cfg = _load(args.config)
+    if args.action == "seed":
+        return cmd_seed(cfg, args)
     store = open_store(cfg.state)
     if args.action == "init":
         store.init()
@@ -224,9 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="one JSON record per line")
     history.set_defaults(func=cmd_history)
 
-    state = sub.add_parser("state", help="print baselines; 'state init' creates the backend")
-    state.add_argument("action", nargs="?", choices=["init"])
+    state = sub.add_parser("state", help="print baselines; 'state init' creates the backend; "
+                           "'state seed' sets baselines when adopting the service")
+    state.add_argument("action", nargs="?", choices=["init", "seed"])
     state.add_argument("--config")
+    state.add_argument("--branch", help="seed: the branch (default: the repository's first "
+                       "literal name in branches)")
+    state.add_argument("--from-executions", action="store_true",
+                       help="seed: from each pipeline's newest Succeeded execution")
+    state.add_argument("--pipeline", help="seed by hand: the pipeline")
+    state.add_argument("--commit", help="seed by hand: the deployed commit")
     state.set_defaults(func=cmd_state)
     return parser
 

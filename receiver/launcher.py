@@ -12,6 +12,7 @@ from receiver.config import LauncherConfig
 from receiver.errors import LaunchError
 
 _VALUE_LIMIT = 1000  # CodePipeline's cap on one variable value
+MAX_EXECUTION_PAGES = 10  # of 100 executions each, searched for the newest success
 
 # Codes a later attempt can succeed on; everything else is final for this push.
 # ConflictException is StartPipelineExecution's "pipeline is busy ... try again later".
@@ -52,6 +53,15 @@ def render_variables(templates: tuple[tuple[str, str], ...], *, commit: str, bra
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A pipeline's newest Succeeded execution: its source revisions by action name."""
+
+    execution_id: str
+    started_at: float  # UNIX seconds
+    revisions: tuple[tuple[str, str], ...]  # (source action name, revision id)
+
+
 class Launcher(Protocol):
     """Starts pipelines. ``dry_run`` is True when nothing is really started."""
 
@@ -71,6 +81,11 @@ class Launcher(Protocol):
         Succeeded, Failed, Stopped, Cancelled, Superseded). Raises LaunchError."""
         ...
 
+    def latest_success(self, pipeline: str) -> Success | None:
+        """The newest execution of ``pipeline`` that Succeeded (``ListPipelineExecutions``),
+        or None. Raises LaunchError."""
+        ...
+
 
 class LogLauncher:
     """Dry run: starts nothing; the caller logs and records as if it had."""
@@ -87,6 +102,10 @@ class LogLauncher:
     def execution_status(self, pipeline: str, execution_id: str) -> str:
         """A dry-run start counts as Succeeded at once."""
         return "Succeeded"
+
+    def latest_success(self, pipeline: str) -> Success | None:
+        """Nothing was ever started."""
+        return None
 
 
 class CodePipelineLauncher:
@@ -160,6 +179,26 @@ class CodePipelineLauncher:
         answer = self._call("get_pipeline_execution", pipelineName=pipeline,
                             pipelineExecutionId=execution_id)
         return str(answer["pipelineExecution"]["status"])
+
+    def latest_success(self, pipeline: str) -> Success | None:
+        """Newest first, page by page, until the first Succeeded execution."""
+        params: dict[str, Any] = {"pipelineName": pipeline, "maxResults": 100}
+        for _ in range(MAX_EXECUTION_PAGES):
+            answer = self._call("list_pipeline_executions", **params)
+            for summary in answer.get("pipelineExecutionSummaries", []):
+                if summary.get("status") == "Succeeded":
+                    started = summary.get("startTime")
+                    return Success(
+                        execution_id=str(summary["pipelineExecutionId"]),
+                        started_at=started.timestamp() if hasattr(started, "timestamp")
+                        else float(started or 0),
+                        revisions=tuple((str(r.get("actionName", "")), str(r["revisionId"]))
+                                        for r in summary.get("sourceRevisions", [])
+                                        if r.get("revisionId")))
+            if not answer.get("nextToken"):
+                return None
+            params["nextToken"] = answer["nextToken"]
+        return None
 
     def _call(self, operation: str, **params: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -5,7 +5,7 @@ block and the metric values to the same JSON line, so CloudWatch Logs extracts t
 and ops keep one stream. Namespace ``WebhookReceiver`` (env RECEIVER_METRICS_NAMESPACE);
 RECEIVER_METRICS=off turns it off (both read at start-up). Dimensions are only ever the
 provider (one of the four known names, else ``unknown``: a URL must not mint metric
-dimensions) and a fixed outcome.
+dimensions), a fixed outcome, and an execution's final status (one of CodePipeline's).
 
 | metric | unit | dimensions | from event |
 |---|---|---|---|
@@ -14,6 +14,7 @@ dimensions) and a fixed outcome.
 | PipelineStartFailures | Count | provider | pipeline.start_failed |
 | ProcessingTime | Milliseconds | provider | delivery.processed (duration_ms) |
 | CompareApiCalls | Count | provider | delivery.processed (compare_api_calls) |
+| ExecutionsFinished | Count | status | execution.finished |
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
     **{event: (("Deliveries", "Count", ("provider", "outcome"), None),) for event in _OUTCOMES},
     "pipeline.started": (("PipelinesStarted", "Count", ("provider",), None),),
     "pipeline.start_failed": (("PipelineStartFailures", "Count", ("provider",), None),),
+    "execution.finished": (("ExecutionsFinished", "Count", ("status",), None),),
     "delivery.processed": (("ProcessingTime", "Milliseconds", ("provider",), "duration_ms"),
                            ("CompareApiCalls", "Count", ("provider",), "compare_api_calls")),
 }
@@ -59,6 +61,8 @@ class EmbeddedMetrics:
                      "Metrics": [{"Name": name, "Unit": unit}]}
                     for name, unit, dims, _field in metrics]
             for event, metrics in _METRICS.items()}
+        self._dimensions = {event: {d for _n, _u, dims, _f in metrics for d in dims}
+                            for event, metrics in _METRICS.items()}
 
     @classmethod
     def from_environ(cls) -> EmbeddedMetrics:
@@ -72,7 +76,8 @@ class EmbeddedMetrics:
         metrics = _METRICS.get(name)
         if not self.enabled or metrics is None:
             return event
-        if event.get("provider") not in KNOWN_PROVIDERS:
+        if "provider" in self._dimensions[name] and \
+                event.get("provider") not in KNOWN_PROVIDERS:
             event["provider"] = "unknown"
         if name in _OUTCOMES:
             event["outcome"] = _OUTCOMES[name]

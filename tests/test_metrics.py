@@ -66,3 +66,14 @@ def test_namespace_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
                                                           "provider": "github"})
     assert line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Team/Webhooks"
 
+
+
+def test_execution_finished_counts_by_final_status_without_a_provider_dimension(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from receiver.metrics import EmbeddedMetrics
+
+    line = EmbeddedMetrics()(None, "info", {"event": "execution.finished", "status": "Failed"})
+    directives = line["_aws"]["CloudWatchMetrics"]
+    assert directives[0]["Dimensions"] == [["status"]]
+    assert directives[0]["Metrics"] == [{"Name": "ExecutionsFinished", "Unit": "Count"}]
+    assert line["ExecutionsFinished"] == 1 and "provider" not in line

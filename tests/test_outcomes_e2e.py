@@ -262,3 +262,35 @@ def test_poll_asks_only_about_executions_without_a_final_state(tmp_path: Path,
     finally:
         rig.svc.stop()
         rig.cp.close()
+
+
+def test_state_seed_sets_baselines_from_each_pipelines_newest_success(tmp_path: Path,
+                                                                      fake_api: FakeAPI) -> None:
+    import boto3
+
+    rig = Rig(tmp_path, fake_api, events=True)
+    try:
+        cp = boto3.client("codepipeline", endpoint_url=rig.cp.url, region_name="us-east-1")
+        old, new, failed = "1" * 40, "2" * 40, "3" * 40
+        for commit, status in ((old, "Succeeded"), (new, "Succeeded"), (failed, "Failed")):
+            started = cp.start_pipeline_execution(name="a-deploy", sourceRevisions=[{
+                "actionName": "Source", "revisionType": "COMMIT_ID", "revisionValue": commit}])
+            rig.cp.set_status(started["pipelineExecutionId"], status)
+            time.sleep(0.01)  # distinct start times
+        done = rig.svc.cli("state", "seed", "--from-executions")
+        assert done.returncode == 0, done.stderr
+        lines = {row["pipeline"]: row for row in map(json.loads, done.stdout.splitlines())}
+        assert lines["a-deploy"]["commit"] == new and lines["a-deploy"]["seeded"] is True
+        assert lines["b-deploy"]["seeded"] is False  # never succeeded: left alone
+        state = rig.state()
+        assert state["a-deploy"]["baseline_commit"] == new == state["a-deploy"]["deployed_commit"]
+        assert state["a-deploy"]["branch"] == "master"
+        assert "b-deploy" not in state
+
+        by_hand = rig.svc.cli("state", "seed", "--pipeline", "b-deploy", "--commit", old)
+        assert by_hand.returncode == 0, by_hand.stderr
+        assert rig.state()["b-deploy"]["deployed_commit"] == old
+        wrong = rig.svc.cli("state", "seed", "--pipeline", "nope", "--commit", old)
+        assert wrong.returncode == 2 and "nope" in wrong.stderr
+    finally:
+        rig.cp.close()

@@ -55,6 +55,36 @@ class Diff:
         return self.status in ("behind", "identical")
 
 
+StatusState = Literal["pending", "running", "success", "failure", "error"]
+HaltReason = Literal["stopped", "cancelled", "superseded"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStatus:
+    """One status on one commit, in provider-neutral terms (each provider maps it).
+
+    ``name`` identifies the status on the commit: a later write with the same name replaces
+    it (GitHub ``context``, GitLab ``name``, Bitbucket ``name`` and a ``key`` derived from
+    it), e.g. ``codepipeline/<pipeline>`` or ``webhook-receiver/config``. ``state``:
+    ``pending`` (queued), ``running``, ``success``, ``failure`` or ``error``; ``detail`` is
+    set only with ``error`` and says the run was halted rather than broken (stopped,
+    cancelled or superseded), which GitLab and Bitbucket show as cancelled/stopped.
+    ``url`` is the link target; ``description`` a short text, cut to each provider's limit.
+    """
+
+    name: str
+    state: StatusState
+    url: str
+    description: str
+    detail: HaltReason | None = None
+
+    def __post_init__(self) -> None:
+        if self.detail is not None and self.state != "error":
+            raise ValueError(f"detail {self.detail!r} needs state 'error', not {self.state!r}")
+        if not self.name:
+            raise ValueError("a commit status needs a name")
+
+
 class Provider(Protocol):
     """One Git hosting provider: verification, normalization and the compare API.
 
@@ -98,6 +128,18 @@ class Provider(Protocol):
         Missing commits or a difference too large to list give an incomplete Diff (never
         an exception). Raises ProviderError when the API is unreachable, failing or rate
         limited beyond the configured wait: a later retry may succeed.
+        """
+        ...
+
+    def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
+        """Create or replace the status named ``status.name`` on ``commit`` (40 or 64 hex).
+
+        One logical write: connection errors and 5xx are retried with ApiClient's bounded
+        back-off. Writing the state the status already has is a success, not an error
+        (GitLab refuses such a repeat with a 400; that answer counts as done). Raises
+        ProviderError (message in words, naming the repository and what the token needs,
+        never the token) for 401/403/404, any other refusal, a rate limit, or when the
+        retries run out; ValueError when ``commit`` is not a full lower-case commit id.
         """
         ...
 
@@ -293,10 +335,11 @@ class ApiClient:
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str],
                 params: Mapping[str, str | int] | None = None,
-                ok: Sequence[int] = (200,)) -> requests.Response:
+                ok: Sequence[int] = (200,), json: object = None) -> requests.Response:
         """Send one logical request; returns the response whose status is in ``ok`` or 404.
 
-        Raises ProviderError for anything else after the retries.
+        ``json``, when given, is sent as the JSON body. Raises ProviderError for anything
+        else after the retries.
         """
         waited = 0.0
         last = "no attempt"
@@ -305,7 +348,7 @@ class ApiClient:
             try:
                 resp = self.session.request(method, url, headers=dict(headers), params=params,
                                             timeout=(min(3.05, self.timeout), self.timeout),
-                                            allow_redirects=False)
+                                            allow_redirects=False, json=json)
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}"
                 self._backoff(attempt)
@@ -408,3 +451,93 @@ def _path_only(url: str) -> str:
     from urllib.parse import urlsplit
 
     return urlsplit(url).path
+
+
+# --- commit statuses -------------------------------------------------------------------
+
+# GitHub and GitLab answer 201, Bitbucket Cloud 200 or 201, Bitbucket Data Center 204
+STATUS_WRITTEN = (200, 201, 204)
+_STATUS_ANSWERS = (*STATUS_WRITTEN, *(code for code in range(400, 500) if code != 429))
+
+
+def status_commit(commit: str) -> str:
+    """``commit`` checked as a full lower-case commit id before it goes into a URL path."""
+    if not _SHA.fullmatch(commit):
+        raise ValueError("a commit status needs a full lower-case commit id")
+    return commit
+
+
+def fit_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters; an ellipsis marks a cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def status_key(name: str, limit: int) -> str:
+    """A key of at most ``limit`` characters that stands for the status ``name``.
+
+    The name itself when it fits; else its first characters, ``-`` and 12 hex digits of its
+    SHA-256, so the key is stable across writes and two long names sharing a prefix still
+    get different keys.
+    """
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+    return f"{name[:limit - len(digest) - 1]}-{digest}"
+
+
+def post_status(client: ApiClient, url: str, headers: Mapping[str, str],
+                body: Mapping[str, object]) -> requests.Response:
+    """POST one status write; the answer when it is written or a refusal (4xx but 429).
+
+    Connection errors and 5xx are retried by ``client`` and then raise ProviderError, as
+    does a 429 beyond the wait budget. Refusals are returned rather than raised so that
+    :func:`check_status_answer` can say in words what the token lacks or what the
+    provider refused; a rate-limited 403 is therefore not waited for here (status writes
+    are retried in the background and must not hold a worker).
+    """
+    return client.request("POST", url, headers=headers, json=dict(body), ok=_STATUS_ANSWERS)
+
+
+def check_status_answer(client: ApiClient, resp: requests.Response, *, repository: str,
+                        commit: str, needs: str) -> None:
+    """Return when ``resp`` says the status was written; else raise ProviderError in words.
+
+    ``needs`` says which token scope or permission a status write takes on this provider.
+    """
+    code = resp.status_code
+    if code in STATUS_WRITTEN:
+        return
+    if code == 401:
+        raise ProviderError(f"the token for {repository} was refused (HTTP 401) writing a "
+                            "commit status: it is missing, invalid, expired or revoked")
+    if code == 403 and client._rate_limit_wait(resp) is not None:
+        raise ProviderError(f"rate limited (HTTP 403) writing a commit status to {repository}; "
+                            "a later retry may succeed")
+    if code == 403:
+        raise ProviderError(f"the token cannot write commit statuses to {repository} "
+                            f"(HTTP 403): {needs}")
+    if code == 404:
+        raise ProviderError(f"{repository} or its commit {commit[:12]} was not found (HTTP 404), "
+                            f"or the token cannot see the repository: {needs}")
+    raise ProviderError(f"writing a commit status to {repository} answered HTTP {code}: "
+                        f"{error_message(resp)}")
+
+
+def error_message(resp: requests.Response) -> str:
+    """The provider's own short error text from a refusal (its ``message`` when JSON)."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        return printable(resp.text, 200) or "(no message)"
+    if isinstance(doc, dict):
+        # GitHub and GitLab: {"message": ...}; Bitbucket Cloud: {"error": {"message": ...}};
+        # Data Center: {"errors": [{"message": ...}]}
+        error = doc.get("error")
+        errors = doc.get("errors")
+        for candidate in (doc.get("message"),
+                          error.get("message") if isinstance(error, dict) else None,
+                          errors[0].get("message") if isinstance(errors, list) and errors
+                          and isinstance(errors[0], dict) else None):
+            if isinstance(candidate, str) and candidate:
+                return printable(candidate, 200)
+    return printable(orjson.dumps(doc).decode(), 200)

@@ -24,15 +24,21 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from providers.base import (
+    CommitStatus,
     CompareStatus,
     Diff,
     Headers,
     HttpProvider,
+    check_status_answer,
     checked_delivery_id,
     checked_sha,
+    fit_text,
     load_json_object,
+    post_status,
     printable,
     require_header,
+    status_commit,
+    status_key,
     verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
@@ -227,6 +233,29 @@ class BitbucketProvider(HttpProvider):
             url, params = nxt, None
         return None, f"diffstat has more than {MAX_DIFFSTAT_PAGES} pages"
 
+    # --- commit statuses ---------------------------------------------------------------
+
+    def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
+        """``POST /2.0/repositories/{workspace}/{repo_slug}/commit/{sha}/statuses/build``.
+
+        Checked against developer.atlassian.com "Bitbucket Cloud REST API: Commit statuses"
+        ("Create a build status for a commit": ``key``, ``state`` INPROGRESS, SUCCESSFUL,
+        FAILED or STOPPED, ``url``, ``name``, ``description``; a write with an existing key
+        overwrites that status). ``key`` is refused above 40 characters ("key: Ensure this
+        value has at most 40 characters", quoted in buildbot/buildbot#7049 and
+        NixOS/hydra#493), so a longer name gets a stable shortened key (:func:`status_key`).
+        Same credentials as compare (Bearer access token, or Basic with ``api_username``).
+        """
+        client = self._client(repo)
+        url = self._repo_url(repo, f"commit/{status_commit(commit)}/statuses/build")
+        body = {"key": status_key(status.name, BITBUCKET_KEY_MAX),
+                "state": bitbucket_state(status), "url": status.url,
+                "name": fit_text(status.name, BITBUCKET_TEXT_MAX),
+                "description": fit_text(status.description, BITBUCKET_TEXT_MAX)}
+        resp = post_status(client, url, self._headers(repo), body)
+        check_status_answer(client, resp, repository=repo.name, commit=commit,
+                            needs=BITBUCKET_STATUS_NEEDS)
+
 
 # --- payload helpers -------------------------------------------------------------------
 
@@ -299,3 +328,22 @@ def _same_api(api_url: str, link: str) -> bool:
     root = api.path.rstrip("/") + "/2.0/"
     return (target.scheme == api.scheme and target.netloc.lower() == api.netloc.lower()
             and target.path.startswith(root))
+
+
+# --- commit statuses -------------------------------------------------------------------
+
+BITBUCKET_KEY_MAX = 40
+# name and description: plugin authors report 255 characters for Cloud and Data Center
+# alike (jenkinsci/bitbucket-branch-source-plugin#928); url is limited to 450, which a
+# console link (pipeline names <= 100 characters) stays far below
+BITBUCKET_TEXT_MAX = 255
+BITBUCKET_STATUS_NEEDS = ("it needs access to the repository and the repository scope "
+                          "(read:repository:bitbucket for an Atlassian API token)")
+
+
+def bitbucket_state(status: CommitStatus) -> str:
+    """The Bitbucket Cloud state: a halted run (stopped, cancelled, superseded) is STOPPED."""
+    if status.state == "error":
+        return "STOPPED" if status.detail is not None else "FAILED"
+    return {"pending": "INPROGRESS", "running": "INPROGRESS", "success": "SUCCESSFUL",
+            "failure": "FAILED"}[status.state]

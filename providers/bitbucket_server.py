@@ -31,15 +31,21 @@ from typing import Any
 from urllib.parse import quote
 
 from providers.base import (
+    CommitStatus,
     CompareStatus,
     Diff,
     Headers,
     HttpProvider,
+    check_status_answer,
     checked_delivery_id,
     checked_sha,
+    fit_text,
     load_json_object,
+    post_status,
     printable,
     require_header,
+    status_commit,
+    status_key,
     verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
@@ -216,6 +222,30 @@ class BitbucketServerProvider(HttpProvider):
             start = next_start
         return None, f"changes needed more than {MAX_CHANGE_PAGES} pages"
 
+    # --- commit statuses ---------------------------------------------------------------
+
+    def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
+        """``POST /rest/api/latest/projects/{key}/repos/{slug}/commits/{sha}/builds``.
+
+        Checked against developer.atlassian.com "Updating build status for commits" (Data
+        Center): ``key``, ``state`` INPROGRESS, SUCCESSFUL, FAILED, CANCELLED or UNKNOWN,
+        ``url``, ``name``, ``description``; a write with an existing key replaces that
+        build status; the answer is 204. This repository-scoped resource exists from
+        Bitbucket 7.4; older servers only have the legacy ``POST
+        /rest/build-status/1.0/commits/{sha}`` (no CANCELLED state, not tied to a
+        repository), which is not used. The key is the status name (255 characters at
+        most, far above ``codepipeline/`` and a 100-character pipeline name).
+        """
+        client = self._client(repo)
+        url = _builds_url(repo, status_commit(commit))
+        body = {"key": status_key(status.name, SERVER_KEY_MAX),
+                "state": server_state(status), "url": status.url,
+                "name": fit_text(status.name, SERVER_TEXT_MAX),
+                "description": fit_text(status.description, SERVER_TEXT_MAX)}
+        resp = post_status(client, url, self._headers(repo), body)
+        check_status_answer(client, resp, repository=repo.name, commit=commit,
+                            needs=SERVER_STATUS_NEEDS)
+
 
 def _repository_name(repo: object) -> str:
     """``PROJECT/slug`` (``~user/slug`` for a personal repository)."""
@@ -287,3 +317,27 @@ def _path_string(path: object) -> str | None:
             isinstance(c, str) and c for c in components):
         return "/".join(components)
     return None
+
+
+# --- commit statuses -------------------------------------------------------------------
+
+# key, name and description: 255 characters each (BSERV-12804 reports the name's limit;
+# jenkinsci/bitbucket-branch-source-plugin#928 the name's and url's, 450, for Data Center)
+SERVER_KEY_MAX = 255
+SERVER_TEXT_MAX = 255
+SERVER_STATUS_NEEDS = ("it needs read permission (REPO_READ) on the repository; an HTTP "
+                       "access token needs at least repository read")
+
+
+def server_state(status: CommitStatus) -> str:
+    """The Data Center state: a halted run (stopped, cancelled, superseded) is CANCELLED."""
+    if status.state == "error":
+        return "CANCELLED" if status.detail is not None else "FAILED"
+    return {"pending": "INPROGRESS", "running": "INPROGRESS", "success": "SUCCESSFUL",
+            "failure": "FAILED"}[status.state]
+
+
+def _builds_url(repo: RepositoryConfig, commit: str) -> str:
+    key, _, slug = repo.name.partition("/")
+    return (f"{repo.api_url}/rest/api/latest/projects/{quote(key, safe='')}"
+            f"/repos/{quote(slug, safe='')}/commits/{quote(commit, safe='')}/builds")

@@ -24,15 +24,21 @@ import jwt
 
 from providers.base import (
     ApiClient,
+    CommitStatus,
     Diff,
     Headers,
     HttpProvider,
+    StatusState,
+    check_status_answer,
     checked_delivery_id,
     checked_sha,
+    fit_text,
     load_json_object,
+    post_status,
     printable,
     require_header,
     split_ref,
+    status_commit,
     verify_sha256_header,
 )
 from receiver.config import GitHubAppConfig, RepositoryConfig
@@ -291,6 +297,33 @@ class GitHubProvider(HttpProvider):
                 return frozenset(paths)
             page += 1
 
+    # --- commit statuses ---------------------------------------------------------------
+
+    def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
+        """``POST /repos/{owner}/{repo}/statuses/{sha}`` with ``context`` = ``status.name``.
+
+        Checked against docs.github.com "Create a commit status" as github/rest-api-description
+        models it (ReposCreateCommitStatusRequest): body ``state`` (error, failure, pending,
+        success), ``target_url``, ``description``, ``context``; a new status with the same
+        context replaces the one shown; at most 1,000 statuses per sha and context. A
+        description over 140 characters is refused with 422 "description is too long
+        (maximum is 140 characters)" (quoted in zalando/zappr#378), so it is cut to fit. A
+        revoked GitHub App installation token is replaced once, as for compare.
+        """
+        client = self._client(repo)
+        app = self._apps.get(repo.key)
+        url = self._url(repo, f"statuses/{status_commit(commit)}")
+        body = {"state": GITHUB_STATES[status.state], "target_url": status.url,
+                "description": fit_text(status.description, GITHUB_DESCRIPTION_MAX),
+                "context": status.name}
+        headers = self._headers(repo)
+        resp = post_status(client, url, headers, body)
+        if resp.status_code == 401 and app is not None:
+            app.invalidate(headers["Authorization"].removeprefix("Bearer "))
+            resp = post_status(client, url, self._headers(repo), body)
+        check_status_answer(client, resp, repository=repo.name, commit=commit,
+                            needs=GITHUB_STATUS_NEEDS)
+
 
 def _spec(base: str, head: str) -> str:
     # quoted: explain passes operator input here, not only validated commit ids
@@ -305,3 +338,15 @@ def _paths(files: list[Any]) -> frozenset[str]:
                 if isinstance(f.get(key), str):
                     out.add(f[key])
     return frozenset(out)
+
+
+# --- commit statuses -------------------------------------------------------------------
+
+GITHUB_DESCRIPTION_MAX = 140
+# GitHub has no running or cancelled state: a run in progress is pending, a halted one an error
+GITHUB_STATES: dict[StatusState, str] = {
+    "pending": "pending", "running": "pending", "success": "success", "failure": "failure",
+    "error": "error"}
+GITHUB_STATUS_NEEDS = ("a classic personal access token needs the repo:status (or repo) scope; "
+                       "a fine-grained token or a GitHub App installation needs the "
+                       "'Commit statuses' repository permission set to write")

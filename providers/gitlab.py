@@ -38,20 +38,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+import requests
+
 from providers.base import (
+    CommitStatus,
     CompareStatus,
     Diff,
     Headers,
     HttpProvider,
+    check_status_answer,
     checked_delivery_id,
     checked_sha,
     constant_time_equal,
+    fit_text,
     hmac_sha256,
     load_json_object,
     match_token,
+    post_status,
     printable,
     require_header,
     split_ref,
+    status_commit,
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
@@ -254,6 +261,36 @@ class GitLabProvider(HttpProvider):
         url = _project_url(repo, f"repository/commits/{quote(sha, safe='')}")
         return self._get(repo, url) is not None
 
+    # --- commit statuses ---------------------------------------------------------------
+
+    def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
+        """``POST /api/v4/projects/:id/statuses/:sha`` with ``name`` = ``status.name``.
+
+        Checked against GitLab's doc/api/commits.md ("Post the build status to a commit",
+        newer: "Set the pipeline status of a commit": ``state`` pending, running, success,
+        failed or canceled; ``name`` or ``context``; ``target_url``; ``description``) and
+        its Ci::CreateCommitStatusService: a write updates the pending or running status
+        of that name, so repeating ``running`` (or ``pending``) is refused with 400
+        "Cannot transition status via :run from :running"; that answer means the status
+        is already there and counts as written. A write after a final state starts a new
+        status (so a final write repeated shows twice: the caller writes each state once).
+        GenericCommitStatus limits ``target_url`` to 255 characters: a longer link is left
+        out rather than have the whole status refused. No ``ref`` is sent: GitLab then
+        files the status under a branch that contains the commit.
+        """
+        client = self._client(repo)
+        url = _project_url(repo, f"statuses/{status_commit(commit)}")
+        state = gitlab_state(status)
+        body = {"state": state, "name": status.name,
+                "description": fit_text(status.description, GITLAB_DESCRIPTION_MAX)}
+        if len(status.url) <= GITLAB_TARGET_URL_MAX:
+            body["target_url"] = status.url
+        resp = post_status(client, url, self._headers(repo), body)
+        if resp.status_code == 400 and _already_in(resp, state):
+            return
+        check_status_answer(client, resp, repository=repo.name, commit=commit,
+                            needs=GITLAB_STATUS_NEEDS)
+
 
 def _push(doc: dict[str, Any]) -> PushEvent:
     ref = doc.get("ref")
@@ -321,3 +358,31 @@ def _paths(diffs: list[Any]) -> frozenset[str]:
                 if isinstance(d.get(key), str) and d[key]:
                     out.add(d[key])
     return frozenset(out)
+
+
+# --- commit statuses -------------------------------------------------------------------
+
+GITLAB_TARGET_URL_MAX = 255  # GenericCommitStatus: validates :target_url, length maximum 255
+# the description has no documented limit; one as long as the link's keeps it modest
+GITLAB_DESCRIPTION_MAX = 255
+GITLAB_STATUS_NEEDS = ("it needs the api scope and at least the Developer role on the project")
+_TRANSITION_REFUSED = re.compile(r"Cannot transition status via :\w+ from :(\w+)")
+
+
+def gitlab_state(status: CommitStatus) -> str:
+    """The GitLab state for ``status``: a halted run (stopped, cancelled, superseded) is
+    canceled, any other error failed."""
+    if status.state == "error":
+        return "canceled" if status.detail is not None else "failed"
+    return {"pending": "pending", "running": "running", "success": "success",
+            "failure": "failed"}[status.state]
+
+
+def _already_in(resp: requests.Response, state: str) -> bool:
+    """Whether a 400 says the status already is in ``state`` (a same-state repeat)."""
+    try:
+        message = resp.json().get("message")
+    except (ValueError, AttributeError):
+        return False
+    match = _TRANSITION_REFUSED.search(message) if isinstance(message, str) else None
+    return match is not None and match.group(1) == state

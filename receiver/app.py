@@ -31,6 +31,7 @@ from receiver.logging import client_address, configure, get_logger
 from receiver.outcomes import parse_event, poll_outcomes
 from receiver.processor import Processor
 from receiver.state import StateStore, open_store
+from receiver.statuses import StatusWriter
 from receiver.worker import Activity, Worker
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
@@ -50,7 +51,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
     launcher = launcher if launcher is not None else build_launcher(config.launcher)
     providers = providers if providers is not None else build_providers()
     activity = Activity()
-    processor = Processor(config, store, launcher, providers)
+    processor = Processor(config, store, launcher, providers,
+                          statuses=StatusWriter(store, providers))
     worker = Worker(processor, store, config.processing, activity=activity,
                     warm_up=launcher.warm)
     recorder = processor.outcomes

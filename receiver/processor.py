@@ -11,6 +11,7 @@ compare-and-set, and a lost race re-evaluates against the new baseline.
 from __future__ import annotations
 
 import contextvars
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +21,14 @@ from typing import Any, Literal
 from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Base, Decision, NoBase, decide, needs_diff
-from receiver.errors import LaunchError, ProviderError
+from receiver.errors import LaunchError, ProviderError, StateError
 from receiver.events import Delivery, PushEvent
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch
-from receiver.outcomes import Observation, OutcomeRecorder
+from receiver.outcomes import Observation, OutcomeRecorder, Source
 from receiver.state.base import NOTHING_DEPLOYED, Baseline, Execution, StateStore
+from receiver.statuses import StatusJob, StatusWriter, console_url, status_for
 
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
@@ -110,14 +112,19 @@ class Processor:
 
     def __init__(self, config: Config, store: StateStore, launcher: Launcher,
                  providers: Mapping[str, Provider],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 statuses: StatusWriter | None = None) -> None:
         self.config = config
         self.store = store
         self.launcher = launcher
         self.providers = providers
         self.clock = clock
         self.log = get_logger()
-        self.outcomes = OutcomeRecorder(store, _baseline_policy(config))
+        self.statuses = statuses
+        self.outcomes = OutcomeRecorder(store, _baseline_policy(config),
+                                        on_change=self._status_of_outcome)
+        self.region = (config.launcher.region or os.environ.get("AWS_REGION")
+                       or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
         # kept for the process's life: its threads keep their store connections
         self._starts = ThreadPoolExecutor(max_workers=START_PARALLELISM,
                                           thread_name_prefix="receiver-start")
@@ -355,11 +362,37 @@ class Processor:
 
     def _record_execution(self, push: Push, pipeline: str, execution_id: str) -> None:
         """Keep the execution so its outcome can be learnt (idempotent: a retried delivery
-        that finds the start already made records it again, harmlessly)."""
+        that finds the start already made records it again, harmlessly), and put the
+        pending status on the commit."""
         now = self.clock()
-        self.store.record_execution(Execution(
+        execution = Execution(
             pipeline=pipeline, execution_id=execution_id, repository=push.repo.key,
-            branch=push.event.ref_name, commit=push.head, started_at=now, updated_at=now))
+            branch=push.event.ref_name, commit=push.head, started_at=now, updated_at=now)
+        self.store.record_execution(execution)
+        self._write_status(push.repo, execution, "InProgress")
+
+    def _status_of_outcome(self, execution: Execution, _source: Source) -> None:
+        """An execution's status changed: show it on its commit."""
+        repo = self.config.repository_by_key(execution.repository)
+        if repo is not None:
+            self._write_status(repo, execution, execution.status)
+
+    def _write_status(self, repo: RepositoryConfig, execution: Execution, status: str) -> None:
+        if self.statuses is None or not repo.commit_status:
+            return
+        url = console_url(self.region, execution.pipeline, execution.execution_id)
+
+        def still_running() -> bool:  # a pending status is not written over a final one
+            found = self.store.execution(execution.pipeline, execution.execution_id)
+            return found is None or not found.final
+
+        try:
+            self.statuses.submit(StatusJob(
+                repo, execution.commit, status_for(execution.pipeline, status, url),
+                still_running if status == "InProgress" else None))
+        except StateError as exc:  # a status never blocks or undoes a start
+            self.log.warning("status.failed", error=str(exc), pipeline=execution.pipeline,
+                             commit=execution.commit)
 
 
 def _baseline_policy(config: Config) -> Callable[[str], str]:

@@ -37,7 +37,7 @@ def config(tmp_path: Path, api_url: str, cp_url: str, *, events: bool) -> dict[s
         "repositories": [{
             "provider": "github", "name": REPO, "api_url": api_url,
             "webhook_secrets": ["env:E2E_GH_SECRET"], "api_token": "env:E2E_GH_TOKEN",
-            "branches": ["master"],
+            "branches": ["master"], "commit_status": True,
             "pipelines": [
                 {"name": "a-deploy", "paths": ["svc/a/**"]},
                 {"name": "b-deploy", "paths": ["svc/b/**"]},
@@ -57,6 +57,28 @@ class Rig:
                                 "E2E_EVENTS_KEY": EVENTS_KEY, "E2E_EVENTS_KEY_OLD": "old-key"})
         self.events = events
         self.head = self.c0
+        compare = self.world.api.routes.get
+        statuses_prefix = f"/repos/{REPO}/statuses/"
+
+        class Routes(dict[str, Any]):
+            def get(self, path: str, default: Any = None) -> Any:  # type: ignore[override]
+                if path.startswith(statuses_prefix):
+                    return lambda rec: (201, {"state": json.loads(rec.body)["state"]}, {})
+                return compare(path, default)
+
+        self.world.api.routes = Routes()
+
+    def statuses(self, commit: str, pipeline: str) -> list[str]:
+        """The states written on ``commit`` for ``pipeline``, in order."""
+        return [json.loads(r.body)["state"] for r in self.world.api.requests
+                if r.method == "POST" and r.path == f"/repos/{REPO}/statuses/{commit}"
+                and json.loads(r.body)["context"] == f"codepipeline/{pipeline}"]
+
+    def wait_statuses(self, commit: str, pipeline: str, expected: list[str]) -> None:
+        deadline = time.monotonic() + 15
+        while self.statuses(commit, pipeline) != expected:
+            assert time.monotonic() < deadline, self.statuses(commit, pipeline)
+            time.sleep(0.1)
 
     def push(self, changes: dict[str, str]) -> str:
         before = self.head
@@ -131,6 +153,7 @@ def test_a_failed_execution_is_caught_up_by_the_next_push(rig: Rig) -> None:
     a2 = rig.starts("a-deploy")[-1]
     assert len(rig.starts("b-deploy")) == 1
     rig.finish(a2, "Failed")
+    rig.wait_statuses(c2, "a-deploy", ["pending", "failure"])
     state = rig.state()
     assert state["a-deploy"]["baseline_commit"] == c1
     assert state["a-deploy"]["last_started_commit"] == c2
@@ -142,6 +165,8 @@ def test_a_failed_execution_is_caught_up_by_the_next_push(rig: Rig) -> None:
     a3, b3 = rig.starts("a-deploy")[-1], rig.starts("b-deploy")[-1]
     rig.finish(a3, "Succeeded")
     rig.finish(b3, "Succeeded")
+    rig.wait_statuses(c3, "a-deploy", ["pending", "success"])
+    rig.wait_statuses(c3, "b-deploy", ["pending", "success"])
     state = rig.state()
     for name in ("a-deploy", "b-deploy"):
         assert state[name]["baseline_commit"] == c3
@@ -204,6 +229,8 @@ def test_replayed_and_reversed_events_give_the_same_final_state(tmp_path: Path,
         assert state["a-deploy"]["baseline_commit"] is None
         assert state["a-deploy"]["last_execution_status"] == "Failed"
         assert state["b-deploy"]["deployed_commit"] == c1
+        rig.wait_statuses(c1, "a-deploy", ["pending", "failure"])
+        rig.wait_statuses(c1, "b-deploy", ["pending", "success"])
         # a console retry of the failed execution (same id, attempt 2) succeeds: it counts
         assert send_event(rig.svc, "a-deploy", a1, "STARTED", 2).status_code == 202
         assert send_event(rig.svc, "a-deploy", a1, "SUCCEEDED", 2).status_code == 202

@@ -58,7 +58,9 @@ def create_app(config: Config, *, store: StateStore | None = None,
     recorder = processor.outcomes
 
     def poll(now: float) -> None:
-        poll_outcomes(recorder, launcher, config.outcomes.poll_seconds, now)
+        asked = poll_outcomes(recorder, launcher, config.outcomes.poll_seconds, now)
+        if asked:
+            log.info("outcome.polled", executions=asked, owner=worker.owner)
 
     poller = LeasedLoop("outcomes-poll", config.outcomes.poll_seconds, store, worker.owner,
                         poll, run_at_start=False)

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _COMPARE = re.compile(r"^/repos/[^/]+/[^/]+/compare/([0-9a-f]+)\.\.\.([0-9a-f]+)$")
+_STATUS = re.compile(r"^/repos/[^/]+/[^/]+/statuses/[0-9a-f]+$")
 
 
 class _Server(ThreadingHTTPServer):
@@ -83,7 +84,8 @@ class _Base:
 
 
 class FakeGitHub(_Base):
-    """``GET /repos/{owner}/{repo}/compare/{base}...{head}`` for any two commit ids.
+    """``GET /repos/{owner}/{repo}/compare/{base}...{head}`` for any two commit ids, and
+    ``POST /repos/{owner}/{repo}/statuses/{sha}`` (a commit status; answered 201).
 
     Answers ``ahead`` with ``files``, or ``diverged`` (the same files) for a pair of
     commits registered with :meth:`diverge` in either order, as a force push gives.
@@ -101,6 +103,8 @@ class FakeGitHub(_Base):
 
     def answer(self, method: str, path: str, headers: dict[str, str],
                body: bytes) -> tuple[int, Any]:
+        if method == "POST" and _STATUS.match(path):
+            return 201, {}
         m = _COMPARE.match(path.split("?", 1)[0])
         if method != "GET" or m is None:
             return 404, {"message": "Not Found"}

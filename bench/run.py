@@ -717,6 +717,79 @@ def bench_memory(ctx: Ctx, floor_rss: list[float]) -> list[Row]:
     ]
 
 
+def bench_outcome_to_status(ctx: Ctx) -> list[Row]:
+    """An execution's SUCCEEDED event -> its commit status request, provider at 100 ms."""
+    push = fixture_bytes(PUSH_FIXTURE)
+    doc = json.loads(push)
+    api = fakes.FakeGitHub([f"svc/m{i}/x.py" for i in range(3)], delay=0.1)
+    cp = fakes.FakeCodePipeline()
+    repo = {**repo_entry(doc["repository"]["full_name"], api.url,
+                         [{"name": "m0-deploy", "paths": ["svc/m0/**"]}]),
+            "commit_status": True}
+    workdir = ctx.tmp / "outcomes"
+    workdir.mkdir()
+    config = {"state": {"backend": "sqlite", "path": str(workdir / "state.db")},
+              "launcher": {"backend": "codepipeline", "region": "us-east-1",
+                           "endpoint_url": cp.url},
+              "outcomes": {"api_keys": ["env:BENCH_EVENTS_KEY"], "poll_seconds": 3600},
+              "repositories": [repo]}
+    svc = Service(config, workdir, env={**ENV, "BENCH_EVENTS_KEY": "bench-key",
+                                        "AWS_ACCESS_KEY_ID": "bench",
+                                        "AWS_SECRET_ACCESS_KEY": "bench"},
+                  workers=WORKERS, name="outcomes").start()
+    waits: list[float] = []
+    try:
+        for i in range(ctx.rounds * 4):
+            before, after = head_sha(10_000 + 2 * i), head_sha(10_001 + 2 * i)
+            body = with_commits(push, doc["after"], after, doc["before"], before)
+            check(post(svc.url + "/webhooks/github", body, f"outcome-{i}"), 202, "push")
+            started = _wait_log(svc, "pipeline.started", lambda e, c=after: e.get("commit") == c)
+            path = f"/statuses/{after}"
+            _wait(lambda p=path: _arrivals(api, p) == 1)  # the pending status
+            event = {"source": "aws.codepipeline",
+                     "detail-type": "CodePipeline Pipeline Execution State Change",
+                     "detail": {"pipeline": "m0-deploy", "execution-id":
+                                started["execution_id"], "state": "SUCCEEDED",
+                                "pipeline-execution-attempt": 1}}
+            answer = requests.post(svc.url + "/events/codepipeline", json=event, timeout=10,
+                                   headers={"x-api-key": "bench-key"})
+            answered = time.time()
+            check(answer, 202, "event")
+            _wait(lambda p=path: _arrivals(api, p) == 2)  # the success status
+            # when the request arrived, before the stand-in's 100 ms
+            arrived = [t for t, called in api.calls if called.endswith(path)][1]
+            waits.append(arrived - answered)
+    finally:
+        svc.stop()
+        api.close()
+        cp.close()
+    waits.sort()
+    median = waits[len(waits) // 2]
+    print(f"  event 202 -> status request: median {median * 1000:.0f} ms, "
+          f"max {waits[-1] * 1000:.0f} ms over {len(waits)} events")
+    return [Row("6 event 202 -> commit status request", median, "s", 0.1,
+                "one status write", "< 0.5 s", median < 0.5)]
+
+
+def _arrivals(api: fakes.FakeGitHub, path_end: str) -> int:
+    with api.lock:
+        return sum(called.endswith(path_end) for _t, called in api.calls)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.002)
+
+
+def _wait_log(svc: Service, event: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+    _wait(lambda: bool(found.extend(e for e in svc.events(event) if match(e)) or found))
+    return found[0]
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -727,7 +800,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="1,2,3,4,5", help="benchmarks to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6",
+                        help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
                         help="benchmarks 1 and 2: interleaved rounds of each variant")
@@ -758,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (3, "push to pipelines started", lambda: bench_push_to_start(ctx)),
         (4, "matching at scale", lambda: bench_matching(ctx)),
         (5, "memory per worker", lambda: bench_memory(ctx, floor_rss)),
+        (6, "execution outcome to commit status", lambda: bench_outcome_to_status(ctx)),
     ]
     failed = False
     for number, title, fn in benches:

@@ -454,18 +454,25 @@ def test_task_role_starts_exactly_the_configured_pipelines() -> None:
     account, _ = _account_and_region()
     config = yaml.safe_load(PRODUCTION_CONFIG.read_text())
     region = config["launcher"]["region"]
-    expected = {("codepipeline:StartPipelineExecution",
-                 f"arn:aws:codepipeline:{region}:{account}:{p['name']}")
-                for repo in config["repositories"] for p in repo["pipelines"]}
+    # start them, poll their executions' outcomes, find their latest success (state seed)
+    expected = {(action, f"arn:aws:codepipeline:{region}:{account}:{p['name']}")
+                for repo in config["repositories"] for p in repo["pipelines"]
+                for action in LAUNCHER_ACTIONS}
     granted = {g for g in grants(_load(TASK_ROLE_POLICY)) if g[0].startswith("codepipeline:")}
     assert granted == expected
 
 
-def test_launcher_needs_only_start_pipeline_execution() -> None:
+LAUNCHER_ACTIONS = {"codepipeline:StartPipelineExecution", "codepipeline:GetPipelineExecution",
+                    "codepipeline:ListPipelineExecutions"}
+
+
+def test_launcher_calls_exactly_the_granted_codepipeline_actions() -> None:
     from receiver import launcher
 
-    called = set(re.findall(r"_get_client\(\)\.(\w+)\(", inspect.getsource(launcher)))
-    assert _api_names("codepipeline", called) == {"codepipeline:StartPipelineExecution"}
+    source = inspect.getsource(launcher)
+    called = set(re.findall(r"_get_client\(\)\.(\w+)\(", source)) | set(
+        re.findall(r'self\._call\("(\w+)"', source))
+    assert _api_names("codepipeline", called) == LAUNCHER_ACTIONS
 
 
 def test_task_role_grants_exactly_the_dynamodb_calls_the_store_makes() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ from receiver.outcomes import parse_event, poll_outcomes
 from receiver.processor import Processor
 from receiver.state import StateStore, open_store
 from receiver.statuses import StatusWriter
-from receiver.worker import Activity, Worker
+from receiver.worker import Worker
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type"}
@@ -50,11 +51,9 @@ def create_app(config: Config, *, store: StateStore | None = None,
         store.init()  # the embedded default needs no separate 'state init'
     launcher = launcher if launcher is not None else build_launcher(config.launcher)
     providers = providers if providers is not None else build_providers()
-    activity = Activity()
     processor = Processor(config, store, launcher, providers,
                           statuses=StatusWriter(store, providers))
-    worker = Worker(processor, store, config.processing, activity=activity,
-                    warm_up=launcher.warm)
+    worker = Worker(processor, store, config.processing, warm_up=launcher.warm)
     recorder = processor.outcomes
 
     def poll(now: float) -> None:
@@ -71,13 +70,16 @@ def create_app(config: Config, *, store: StateStore | None = None,
             poller.start()
 
     app = Flask("receiver")
-    app.wsgi_app = _counted(app.wsgi_app, activity)  # type: ignore[method-assign,assignment]
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["receiver"] = {"config": config, "store": store, "worker": worker,
                                   "poller": poller}
 
+    @app.before_request
+    def started() -> None:
+        # duration_ms of the canonical line counts from here (routing errors included)
+        request.environ["receiver.started"] = time.perf_counter()
+
     def answer(http_status: int, **body: Any) -> tuple[Response, int]:
-        # orjson rather than jsonify's json module: every answer is built here
         return Response(orjson.dumps(body) + b"\n", mimetype="application/json"), http_status
 
     @app.get("/healthz")
@@ -96,29 +98,24 @@ def create_app(config: Config, *, store: StateStore | None = None,
     @app.post("/webhooks/<provider_name>")
     def webhook(provider_name: str) -> tuple[Response, int]:
         provider = providers.get(provider_name)
-        environ = request.environ  # once: each `request.` attribute is a context lookup
+        environ = request.environ
         # an unknown path is logged as 'unknown': a URL must not mint log or metric values
         environ["receiver.provider"] = provider_name if provider else "unknown"
         repos = config.repositories_for(provider_name)
         if provider is None or not repos:
             raise NotFound("unknown provider path")
-        # request.mimetype, without parsing the parameters nobody reads (per request)
-        mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-        if mimetype not in provider.content_types:
+        if request.mimetype not in provider.content_types:
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
         body = _read_body(config.server.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            # logged (validated, unverified) so a rejected delivery can be traced too
-            delivery_id: str | None = provider.delivery_id(headers)
-            environ["receiver.delivery_id"] = delivery_id
-        except RequestError:
-            delivery_id = None  # refused below, once the signature has been checked
+        # logged (validated, unverified) so a rejected delivery can be traced too; an
+        # invalid one is refused below, once the signature has been checked
+        with contextlib.suppress(RequestError):
+            environ["receiver.delivery_id"] = provider.delivery_id(headers)
         provider.preflight(headers, body)
         matched = verify_for(provider, headers, body, repos)
-        if delivery_id is None:
-            delivery_id = provider.delivery_id(headers)
+        delivery_id = provider.delivery_id(headers)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         environ["receiver.repository"] = events[0].repository
@@ -136,30 +133,28 @@ def create_app(config: Config, *, store: StateStore | None = None,
             raise Ignored(_ignored_reason(events[0].ref_type, events[0].after is None))
         delivery = Delivery(delivery_id=delivery_id, provider=provider_name,
                             repository=repo.name, events=relevant, verified_by=verified_by)
-        fields = _fields(delivery_id, provider_name, repo.name)
+        environ["receiver.repository"] = repo.name  # the configured spelling, as the worker logs it
         try:
             recorded = store.record_delivery(delivery, time.time())
         except StateError as exc:
             raise ServiceUnavailable("the delivery could not be recorded; retry later",
                                      cause=str(exc)) from None
         if not recorded:
-            canonical(log.info, "webhook.duplicate", 200, **fields)
+            canonical(log.info, "webhook.duplicate", 200, **_request_fields())
             return answer(200, status="duplicate", delivery_id=delivery_id)
         worker.notify()
         canonical(log.info, "webhook.accepted", 202, verified_by=verified_by,
                   refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
-                  head=relevant[0].after, **fields)
+                  head=relevant[0].after, **_request_fields())
         return answer(202, status="accepted", delivery_id=delivery_id)
 
     @app.post("/events/codepipeline")
     def codepipeline_event() -> tuple[Response, int]:
         """EventBridge's pipeline-execution state changes, through an API destination."""
-        environ = request.environ
         keys = config.outcomes.api_keys
         if not keys:
             raise NotFound("execution events are not configured (outcomes.api_keys)")
-        mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-        if mimetype != "application/json":
+        if request.mimetype != "application/json":
             raise UnsupportedMediaType("content type must be application/json")
         body = _read_body(config.server.max_body_bytes)
         given = request.headers.get("x-api-key", "")
@@ -215,22 +210,6 @@ def create_app(config: Config, *, store: StateStore | None = None,
     return app
 
 
-def _counted(wsgi_app: Callable[[dict[str, Any], Any], Iterable[bytes]],
-             activity: Activity) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
-    """``wsgi_app`` with every request counted in ``activity`` while the app handles it
-    (the answers here are built whole, so the call's return ends the app's work)."""
-
-    def counted(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        environ["receiver.started"] = time.perf_counter()
-        activity.enter()
-        try:
-            return wsgi_app(environ, start_response)
-        finally:
-            activity.leave()
-
-    return counted
-
-
 def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any) -> None:
     """The one line a webhook request gets: its ``webhook.*`` event with the HTTP ``status``,
     the time the app took so far (``duration_ms``) and the client (``remote``).
@@ -239,54 +218,35 @@ def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any
     debug level (receiver/gunicorn_ext.py): one line per delivery, not two, saying more.
     """
     env = request.environ
-    started = env.get("receiver.started")
-    method(event, status=status, remote=client_address(env),
-           duration_ms=round((time.perf_counter() - started) * 1000, 2)
-           if started is not None else None, **fields)
+    duration_ms = round((time.perf_counter() - env["receiver.started"]) * 1000, 2)
+    method(event, status=status, remote=client_address(env), duration_ms=duration_ms, **fields)
     env["receiver.logged"] = True
 
 
 def _read_body(limit: int) -> bytes:
-    """The request body, at most ``limit`` bytes: PayloadTooLarge beyond, BadRequest if unreadable.
+    """The request body, read by werkzeug within MAX_CONTENT_LENGTH (``limit`` bytes).
 
-    A body with a Content-Length is read in one call from the server's stream, which
-    PEP 3333 keeps to that length (werkzeug's ``get_data`` would copy it through a
-    LimitedStream in 8 KB pieces, 6-10 µs a request). A chunked body (no Content-Length)
-    is read from the server's own terminated stream up to one byte past the limit:
-    Flask's MAX_CONTENT_LENGTH would silently cut it at the limit instead.
+    413 for a body over ``limit`` (before reading it when its Content-Length says so);
+    400 for a body shorter than its Content-Length, a client gone mid-body, or malformed
+    chunked framing.
     """
-    environ = request.environ
-    length = request.content_length
-    stream = environ["wsgi.input"]
     try:
-        if length is not None:
-            if length > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-            body: bytes = stream.read(length)
-            if len(body) != length:
-                raise BadRequest("the request body ended before its Content-Length")
-            return body
-        if not environ.get("wsgi.input_terminated"):
-            # neither a length nor a stream the server ends: nothing can be read safely
-            # (werkzeug's get_data answers the same empty body)
-            return b""
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = stream.read(min(64 * 1024, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        body = request.get_data(cache=False)
+        # werkzeug ends a body without Content-Length at the limit without saying so: one
+        # more byte from the server's stream tells a body over the limit from one at it
+        if len(body) == limit and request.environ["wsgi.input"].read(1):
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     except (HTTPException, RequestError):
-        raise  # 413 and 400 above, and werkzeug's own
+        raise  # ours, and werkzeug's 413 (Content-Length over the limit) and 400 (client gone)
     except Exception:
-        # the server's framing errors (bad chunk size, missing terminator, a client gone
-        # mid-body) surface here as its own exception types: the client's malformed request
+        # the server's framing errors (bad chunk size, missing terminator) surface here as
+        # its own exception types: the client's malformed request
         raise BadRequest("the request body could not be read (malformed framing)") from None
-    if size > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    return b"".join(chunks)
+    # under a server that ends the stream itself (gunicorn), werkzeug limits the read to
+    # MAX_CONTENT_LENGTH only, not to the Content-Length, and returns a short body as read
+    if request.content_length is not None and len(body) != request.content_length:
+        raise BadRequest("the request body ended before its Content-Length")
+    return body
 
 
 def _event(outcome: str) -> str:
@@ -295,15 +255,12 @@ def _event(outcome: str) -> str:
     return f"{'outcome' if request.path.startswith('/events/') else 'webhook'}.{outcome}"
 
 
-def _fields(delivery_id: str | None, provider: str | None,
-            repository: str | None) -> dict[str, Any]:
-    return {"delivery_id": delivery_id, "provider": provider, "repository": repository}
-
-
 def _request_fields() -> dict[str, Any]:
+    """The delivery fields of this request's log lines, as far as they are known."""
     env = request.environ
-    return _fields(env.get("receiver.delivery_id"), env.get("receiver.provider"),
-                   env.get("receiver.repository"))
+    return {"delivery_id": env.get("receiver.delivery_id"),
+            "provider": env.get("receiver.provider"),
+            "repository": env.get("receiver.repository")}
 
 
 def _ignored_reason(ref_type: str, deleted: bool) -> str:

@@ -12,7 +12,8 @@ bind = os.environ.get("RECEIVER_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # threads: a slow client upload does not block the worker; the background processor has
 # its own thread per worker
-worker_class = "receiver.gunicorn_ext.ThreadWorker"  # gthread, with 4xx for bad framing
+# gthread that spreads connections over the workers and keeps bad framing a 4xx
+worker_class = "receiver.gunicorn_ext.ThreadWorker"
 threads = int(os.environ.get("RECEIVER_THREADS", "4"))
 # the heartbeat file lives in memory: the root filesystem may be read-only
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -5,10 +5,10 @@
   (``/healthz``, ``/readyz``) are logged at debug level only: every task is probed often;
   so are webhook requests, whose ``webhook.*`` line already says status, duration and
   client. Requests the app never logged (refused by gunicorn, unknown paths) keep theirs.
-- ``ThreadWorker``: gunicorn's gthread worker, except that an unknown Transfer-Encoding is
-  answered 400 like every other malformed request (gunicorn says 501): bad input never
-  yields a 5xx; and that a worker takes new connections only while it has a free thread,
-  so connections spread over the workers (and the cores) instead of piling on one.
+- ``ThreadWorker``: gunicorn's gthread worker, except that a worker takes new connections
+  only while it has a free thread, so connections spread over the workers (and the cores)
+  instead of piling on one; and that an unknown Transfer-Encoding is answered 400 like
+  every other malformed request (gunicorn says 501): bad input never yields a 5xx.
 """
 
 from __future__ import annotations
@@ -60,33 +60,42 @@ class AccessLogger(Logger):  # type: ignore[misc]
 
 
 class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
-    """The gthread worker with client errors kept in the 4xx range, and fair accepting.
+    """gunicorn's gthread worker, taking new connections only while one of its threads is
+    free, and answering an unknown Transfer-Encoding 400 instead of 501.
 
-    gthread accepts every connection it is woken for, so whichever worker wakes first
-    after a burst of connects (a load balancer opening its pool, a benchmark) can end up
-    with all of them while its sibling idles: the GIL then limits the task to one core.
-    This worker accepts only while one of its threads is free; a busy worker leaves new
-    connections in the shared backlog for a sibling (or for itself, once a thread frees).
-    Idle kept-alive connections do not count: they hold no thread.
+    Stock gthread accepts every connection it is woken for, so whichever worker wakes first
+    after a burst of connects (a load balancer opening its keep-alive pool) can end up with
+    all of them while its sibling idles, and the GIL holds the task to one core. A busy
+    worker here leaves new connections in the shared backlog for a sibling (or for itself,
+    once a thread frees). Idle kept-alive connections hold no thread and do not count.
+
+    Relies on these internals of ``gunicorn.workers.gthread.ThreadWorker`` (gunicorn 27.x,
+    pinned in pyproject.toml): ``nr_conns`` (connections held), ``keepalived_conns`` and
+    ``pending_conns`` (those waiting in the poller, not in a thread), ``cfg.threads``;
+    ``enqueue_req(conn)`` hands a connection to a thread; ``set_accept_enabled(enabled)``
+    (un)registers the listeners and is called by ``run()`` on every loop whenever
+    ``nr_conns < worker_connections`` differs from its ``_accepting`` flag, so a worker
+    turned away here asks again after each event; ``handle_error(req, client, addr, exc)``
+    writes the error answer.
     """
 
     def _has_free_thread(self) -> bool:
-        waiting = len(getattr(self, "keepalived_conns", ())) + \
-            len(getattr(self, "pending_conns", ()))
+        waiting = len(self.keepalived_conns) + len(self.pending_conns)
         return bool(self.nr_conns - waiting < self.cfg.threads)
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        """Accept only while a thread is free (the run loop asks again on every event)."""
+        """Accept only while a thread is free."""
         super().set_accept_enabled(enabled and self._has_free_thread())
 
-    def accept(self, listener: Any) -> None:
-        """Accept one connection; stop accepting once every thread has one."""
-        super().accept(listener)
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand ``conn`` to a thread; stop accepting once every thread has one."""
+        super().enqueue_req(conn)
         if not self._has_free_thread():
             super().set_accept_enabled(False)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        """Answer an unsupported Transfer-Encoding as a malformed header (400)."""
+        """Answer an unsupported Transfer-Encoding as a malformed header (400): bad input
+        never gets a 5xx."""
         if isinstance(exc, UnsupportedTransferCoding):
             exc = InvalidHeader("Transfer-Encoding")
         super().handle_error(req, client, addr, exc)

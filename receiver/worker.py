@@ -2,7 +2,10 @@
 
 A new delivery wakes it at once; a poll every ``poll_seconds`` also picks up deliveries
 whose lease expired (their owner died), so work accepted before a crash is finished by
-whichever process is alive.
+whichever process is alive. It runs beside the request threads, whether or not requests
+are in flight. A delivery is processed at most ``processing.max_attempts`` times: a failed
+attempt before the last is released for a retry after ``retry_backoff_seconds * 2 **
+(attempt - 1)``, the last one marks it failed.
 """
 
 from __future__ import annotations
@@ -23,61 +26,6 @@ from receiver.processor import Processor, RetryLater
 from receiver.state.base import StateStore
 
 IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing
-# Answers come first: a provider gives up on a webhook after about 10 s, a recorded
-# delivery can wait. The worker starts on the next delivery once this process has had no
-# request in flight for QUIET_SECONDS, and after at most MAX_DEFER_SECONDS in any case,
-# so processing never stops under sustained load (it runs at one delivery per
-# MAX_DEFER_SECONDS per process then, and catches up as soon as the load drops). Each
-# delivery started under load costs answers (claim, admission, processing, measured under
-# wrk: one every 2 s per worker answered 3 % more than one every 0.25 s), and a flood is
-# over long before a provider would care about a pipeline starting a few seconds later.
-QUIET_SECONDS = 0.002
-MAX_DEFER_SECONDS = 2.0
-# while requests are in flight, look again this often: each look takes the GIL from a
-# request thread, so not every QUIET_SECONDS
-BUSY_RECHECK_SECONDS = 0.02
-
-
-class Activity:
-    """How many requests this process is answering, and since when it has answered none.
-
-    The app enters and leaves it around every request; the worker waits on it so that
-    background processing takes the CPU (and the GIL) only between answers.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self._quiet_since = clock()
-
-    def enter(self) -> None:
-        """A request started."""
-        with self._lock:
-            self._in_flight += 1
-
-    def leave(self) -> None:
-        """A request finished."""
-        with self._lock:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._quiet_since = self.clock()
-
-    def wait_quiet(self, quiet: float, max_wait: float, stop: threading.Event) -> bool:
-        """Wait until no request has been in flight for ``quiet`` seconds (True), or
-        ``max_wait`` seconds have passed or ``stop`` is set (False). Seconds throughout."""
-        deadline = self.clock() + max_wait
-        while not stop.is_set():
-            now = self.clock()
-            with self._lock:
-                idle_for = now - self._quiet_since if self._in_flight == 0 else 0.0
-            if idle_for >= quiet:
-                return True
-            if now >= deadline:
-                return False
-            pause = quiet - idle_for if idle_for > 0 else max(quiet, BUSY_RECHECK_SECONDS)
-            stop.wait(min(pause, deadline - now))
-        return False
 
 
 class Worker:
@@ -85,13 +33,11 @@ class Worker:
 
     def __init__(self, processor: Processor, store: StateStore, config: ProcessingConfig,
                  clock: Callable[[], float] = time.time,
-                 activity: Activity | None = None,
                  warm_up: Callable[[], None] | None = None) -> None:
         self.processor = processor
         self.store = store
         self.config = config
         self.clock = clock
-        self.activity = activity
         self.warm_up = warm_up
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = get_logger()
@@ -125,10 +71,6 @@ class Worker:
             except Exception as exc:  # the first start pays for it instead, and says why
                 self.log.warning("worker.warm_up_failed", error=f"{type(exc).__name__}: {exc}")
         while not self._stop.is_set():
-            if self.activity is not None:
-                self.activity.wait_quiet(QUIET_SECONDS, MAX_DEFER_SECONDS, self._stop)
-                if self._stop.is_set():
-                    break
             try:
                 busy = self.run_once()
             except StateError as exc:
@@ -193,7 +135,8 @@ class Worker:
     def _retry_or_fail(self, delivery: Delivery, error: str) -> None:
         attempts = delivery.attempts
         with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
-            if attempts > self.config.max_attempts:
+            # the claim counted this attempt: the one numbered max_attempts is the last
+            if attempts >= self.config.max_attempts:
                 self.log.error("delivery.failed", error=error, attempts=attempts)
                 self.store.finish_delivery(delivery, self.owner, "failed", self.clock())
                 return

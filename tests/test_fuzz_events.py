@@ -19,7 +19,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,7 +88,7 @@ def event(draw: st.DrawFn, execution_id: str) -> bytes:
         where = draw(st.sampled_from(["top", "detail"]))
         target = doc if where == "top" or not isinstance(doc.get("detail"), dict) \
             else doc["detail"]
-        key = draw(st.sampled_from(sorted(target) + ["extra"]))
+        key = draw(st.sampled_from([*sorted(target), "extra"]))
         if draw(st.booleans()):
             target.pop(key, None)
         else:

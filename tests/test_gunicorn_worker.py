@@ -1,10 +1,10 @@
 """The gunicorn extensions (receiver/gunicorn_ext.py): connections spread over the workers,
 and the access line of a webhook request left to debug level.
 
-gthread accepts whatever it is woken for, so a burst of connects (an ALB opening its pool)
-could all land on one worker while the other idles, and the GIL would hold that task to one
-core. Driven over real sockets against ``webhook-receiver serve``; which worker holds which
-connection is read from /proc, as ``ss -p`` does.
+Stock gthread accepts whatever it is woken for, so a burst of connects (an ALB opening its
+pool) could all land on one worker while the other idles, and the GIL would hold that task
+to one core. Driven over real sockets against ``webhook-receiver serve``; which worker holds
+(and so serves) which connection is read from /proc, as ``ss -p`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import requests
 
 from tests.harness import Service
 
-THREADS = 4  # receiver/gunicorn_conf.py's default, what `serve` runs with here
+THREADS = 2  # per worker; two workers
 
 
 def _config(tmp_path: Path) -> dict[str, object]:
@@ -39,8 +39,8 @@ def _config(tmp_path: Path) -> dict[str, object]:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(_config(tmp_path), tmp_path, env={"GW_SECRET": "s", "RECEIVER_THREADS": str(THREADS)},
-                  workers=2)
+    svc = Service(_config(tmp_path), tmp_path,
+                  env={"GW_SECRET": "s", "RECEIVER_THREADS": str(THREADS)}, workers=2)
     svc.start()
     yield svc
     svc.stop()
@@ -54,49 +54,69 @@ def _workers(master: int) -> list[int]:
     return pids
 
 
-def _established_inodes(port: int) -> set[str]:
-    """Socket inodes of established TCP connections whose local (server) port is ``port``."""
-    inodes = set()
+def _server_sockets(port: int) -> dict[str, int]:
+    """Socket inode -> client port, of the established TCP connections to ``port``."""
+    inodes = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
                 local_port = int(fields[1].rsplit(":", 1)[1], 16)
                 if local_port == port and fields[3] == "01":  # 01 = ESTABLISHED
-                    inodes.add(fields[9])
+                    inodes[fields[9]] = int(fields[2].rsplit(":", 1)[1], 16)
     return inodes
 
 
-def _connections_per_worker(workers: list[int], port: int) -> Counter[int]:
-    wanted = _established_inodes(port)
-    held: Counter[int] = Counter()
+def _worker_of_each_connection(workers: list[int], port: int) -> dict[int, int]:
+    """Client port -> pid of the worker holding that connection's server socket."""
+    sockets = _server_sockets(port)
+    held = {}
     for pid in workers:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
-                if target.startswith("socket:[") and target[8:-1] in wanted:
-                    held[pid] += 1
+                if target.startswith("socket:[") and target[8:-1] in sockets:
+                    held[sockets[target[8:-1]]] = pid
     return held
 
 
-def test_a_burst_of_connections_is_spread_over_the_workers(service: Service) -> None:
+def _get_healthz(client: socket.socket) -> bytes:
+    """One keep-alive GET /healthz on ``client``; the status line of its answer."""
+    client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.endswith(b"}\n"):
+        chunk = client.recv(4096)
+        assert chunk, f"connection closed after {answer!r}"
+        answer += chunk
+    assert b"connection: close" not in answer.lower()
+    return answer.split(b"\r\n", 1)[0]
+
+
+def test_keep_alive_connections_opened_at_once_are_served_by_both_workers(
+        service: Service) -> None:
     assert service.proc is not None
     deadline = time.monotonic() + 20
     while len(workers := _workers(service.proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)  # /healthz answers as soon as the first worker is up
     assert len(workers) == 2
-    # eight clients connect at once and have not sent their request yet: each connection
-    # holds a thread of the worker that took it (gunicorn waits up to 5 s for its data)
+    # as a load balancer opening its pool: the connections arrive before their first
+    # request, and each holds a thread of the worker that took it until the request comes
     clients = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(2 * THREADS)]
     try:
         deadline = time.monotonic() + 3
-        while True:
-            held = _connections_per_worker(workers, service.port)
-            if sum(held.values()) == 2 * THREADS or time.monotonic() > deadline:
-                break
+        while len(held := _worker_of_each_connection(workers, service.port)) < 2 * THREADS \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
-        # no worker took more connections than it has threads: both have their share
-        assert sorted(held.values()) == [THREADS, THREADS], held
+        for client in clients:
+            client.settimeout(10)
+            assert _get_healthz(client) == b"HTTP/1.1 200 OK"
+        for client in clients:  # again on each kept-alive connection
+            assert _get_healthz(client) == b"HTTP/1.1 200 OK"
+        served_by = _worker_of_each_connection(workers, service.port)
+        assert served_by == held  # each connection stayed with its worker, kept alive
+        # no worker took more connections than it has threads: each serves its share
+        assert sorted(Counter(served_by.values()).values()) == [THREADS, THREADS], served_by
+        assert {client.getsockname()[1] for client in clients} == set(served_by)
     finally:
         for c in clients:
             c.close()

@@ -1,5 +1,6 @@
-"""The background worker: leases kept alive while a slow delivery is processed, and
-processing deferred while the process is answering requests."""
+"""The background worker: leases kept alive while a slow delivery is processed, a delivery
+processed at once when recorded, at most ``processing.max_attempts`` times, and the
+warm-up."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 from receiver.config import ProcessingConfig
 from receiver.events import Delivery, PushEvent
 from receiver.logging import configure
+from receiver.processor import RetryLater
 from receiver.state.sqlite import SQLiteStore
-from receiver.worker import MAX_DEFER_SECONDS, Activity, Worker
+from receiver.worker import Worker
 
 
 class SlowProcessor:
@@ -73,60 +75,11 @@ def _record(store: SQLiteStore, delivery_id: str) -> None:
     store.record_delivery(Delivery(delivery_id, "github", "acme/mono", (event,)), time.time())
 
 
-def test_activity_is_quiet_once_no_request_has_been_in_flight_for_the_quiet_time() -> None:
-    activity = Activity()
-    stop = threading.Event()
-    activity.enter()
-    t0 = time.monotonic()
-    assert activity.wait_quiet(0.01, 0.2, stop) is False  # busy the whole time
-    assert time.monotonic() - t0 >= 0.2
-    activity.leave()
-    t0 = time.monotonic()
-    assert activity.wait_quiet(0.05, 2.0, stop) is True
-    assert 0.04 <= time.monotonic() - t0 < 1.0
-
-
-def test_activity_wait_ends_when_the_worker_is_stopped() -> None:
-    activity = Activity()
-    activity.enter()
-    stop = threading.Event()
-    threading.Timer(0.1, stop.set).start()
-    t0 = time.monotonic()
-    assert activity.wait_quiet(0.01, 30.0, stop) is False
-    assert time.monotonic() - t0 < 5.0
-
-
-def test_worker_defers_processing_while_requests_are_in_flight_but_never_stops(
-        tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    for i in range(3):
-        _record(store, f"d{i}")
-    processor = SlowProcessor(0)
-    activity = Activity()
-    activity.enter()  # a request in flight for the whole test: the process is never quiet
-    worker = Worker(processor, store, ProcessingConfig(poll_seconds=0.05),  # type: ignore[arg-type]
-                    activity=activity)
-    worker.start()
-    try:
-        time.sleep(MAX_DEFER_SECONDS * 0.6)
-        assert processor.processed == []  # deferred: answers come first
-        deadline = time.monotonic() + 10 * MAX_DEFER_SECONDS
-        while len(processor.processed) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # still done, one delivery per MAX_DEFER_SECONDS at the least
-        assert sorted(processor.processed) == ["d0", "d1", "d2"]
-    finally:
-        worker.stop(timeout=5)
-
-
-def test_worker_processes_at_once_when_the_process_is_quiet(tmp_path: Path) -> None:
+def test_worker_processes_a_recorded_delivery_at_once_when_notified(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "s.db"))
     store.init()
     processor = SlowProcessor(0)
-    activity = Activity()
-    worker = Worker(processor, store, ProcessingConfig(poll_seconds=5.0),  # type: ignore[arg-type]
-                    activity=activity)
+    worker = Worker(processor, store, ProcessingConfig(poll_seconds=5.0))  # type: ignore[arg-type]
     worker.start()
     try:
         time.sleep(0.05)
@@ -136,9 +89,37 @@ def test_worker_processes_at_once_when_the_process_is_quiet(tmp_path: Path) -> N
         while not processor.processed and time.monotonic() - t0 < 5:
             time.sleep(0.005)
         assert processor.processed == ["now"]
-        assert time.monotonic() - t0 < 0.2  # not held back: nothing else is in flight
+        assert time.monotonic() - t0 < 0.2  # woken, not left for the 5 s poll
     finally:
         worker.stop(timeout=5)
+
+
+class AlwaysFailing:
+    def __init__(self) -> None:
+        self.attempts: list[int] = []
+
+    def process(self, delivery: Delivery) -> None:
+        self.attempts.append(delivery.attempts)
+        raise RetryLater("the compare API is down")
+
+
+def test_a_delivery_that_always_fails_is_processed_max_attempts_times_then_failed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configure()
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    _record(store, "d1")
+    processor = AlwaysFailing()
+    worker = Worker(processor, store,  # type: ignore[arg-type]
+                    ProcessingConfig(max_attempts=3, retry_backoff_seconds=0))
+    capsys.readouterr()
+    for _ in range(5):  # more rounds than attempts: the later ones find nothing to claim
+        worker.run_once()
+    assert processor.attempts == [1, 2, 3]
+    assert store.claim_delivery("another", 60, time.time() + 3600) is None  # not pending
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["event"], d.get("attempt", d.get("attempts"))) for d in docs] == [
+        ("delivery.retry", 1), ("delivery.retry", 2), ("delivery.failed", 3)]
 
 
 def test_the_warm_up_runs_once_in_the_background_before_the_first_claim(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
@@ -25,7 +25,7 @@ from receiver.events import Delivery, PushEvent
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch, match
-from receiver.state.base import Baseline, StateStore
+from receiver.state.base import Baseline, DecisionRecord, PipelineDecision, StateStore
 
 # A baseline row whose commit is unknown: the pipeline's first start failed on a new branch,
 # so nothing is known to be deployed and everything counts as changed.
@@ -53,7 +53,7 @@ class PushSummary:
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     retry: bool = False
-    trace: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trace: dict[str, PipelineDecision] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,26 +127,26 @@ class Processor:
                 raise RetryLater("a pipeline start failed with a retryable error")
 
     def _decision_record(self, delivery: Delivery, event: PushEvent,
-                         summary: PushSummary) -> dict[str, Any]:
+                         summary: PushSummary) -> DecisionRecord:
         """The "why" record of one push: what each pipeline was compared from and what happened."""
-        return {
-            "delivery_id": delivery.delivery_id, "provider": delivery.provider,
-            "repository": delivery.repository, "ref_type": event.ref_type,
-            "ref": event.ref_name, "before": event.before, "head": event.after,
-            "recorded_at": self.clock(), "attempt": delivery.attempts,
-            "pipelines": [summary.trace[name] for name in sorted(summary.trace)],
-        }
+        return DecisionRecord(
+            delivery_id=delivery.delivery_id, provider=delivery.provider,
+            repository=delivery.repository, ref_type=event.ref_type, ref=event.ref_name,
+            before=event.before, head=event.after, recorded_at=self.clock(),
+            attempt=delivery.attempts,
+            pipelines=tuple(summary.trace[name] for name in sorted(summary.trace)),
+        )
 
     def _trace(self, summary: PushSummary, name: str, verdict: str, decision: Decision,
                outcome: Outcome | None = None) -> None:
-        summary.trace[name] = {
-            "pipeline": name, "verdict": verdict, "baseline": decision.base,
-            "diff": decision.source, "complete": decision.complete, "reason": decision.reason,
-            "matched": [[m.path, m.glob] for m in decision.matches[:MATCHES_KEPT]],
-            "matched_count": len(decision.matches),
-            "execution_id": outcome.execution_id if outcome else None,
-            "error": outcome.error if outcome else None,
-        }
+        summary.trace[name] = PipelineDecision(
+            pipeline=name, verdict=verdict, baseline=decision.base, diff=decision.source,
+            complete=decision.complete, reason=decision.reason,
+            matched=tuple((m.path, m.glob) for m in decision.matches[:MATCHES_KEPT]),
+            matched_count=len(decision.matches),
+            execution_id=outcome.execution_id if outcome else None,
+            error=outcome.error if outcome else None,
+        )
 
     # --- tags ----------------------------------------------------------------------------
 

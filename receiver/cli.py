@@ -7,10 +7,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from receiver import config as config_mod
 from receiver.errors import ConfigError, ProviderError, StateError
+
+if TYPE_CHECKING:
+    from receiver.state.base import DecisionRecord
 
 
 def _load(path: str | None) -> config_mod.Config:
@@ -226,40 +229,34 @@ def cmd_history(args: argparse.Namespace) -> int:
     records = open_store(cfg.state).history(delivery_id=args.delivery, commit=args.commit,
                                             pipeline=args.pipeline, limit=args.limit)
     for record in records:
-        if args.pipeline:
-            record["pipelines"] = [p for p in record["pipelines"]
-                                   if p["pipeline"] == args.pipeline]
-        if args.json:
-            print(json.dumps(record, separators=(",", ":")))
-        else:
-            print(_describe(record))
+        print(record.to_json() if args.json else _describe(record))
     if not records:
         print("no decision recorded for that", file=sys.stderr)
         return 1
     return 0
 
 
-def _describe(record: dict[str, Any]) -> str:
+def _describe(record: DecisionRecord) -> str:
     from datetime import UTC, datetime
 
-    when = datetime.fromtimestamp(record["recorded_at"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    lines = [f"{when} delivery {record['delivery_id']} ({record['provider']} "
-             f"{record['repository']}, attempt {record['attempt']}): {record['ref_type']} "
-             f"{record['ref']} {_short(record['before'])} -> {_short(record['head'])}"]
-    for p in record["pipelines"]:
-        why = [f"baseline {_short(p['baseline'])}", f"diff {p['diff']}"
-               + ("" if p["complete"] else " (incomplete)")]
-        if p["reason"]:
-            why.append(p["reason"])
-        if p["matched"]:
-            shown = ", ".join(f"{path} ({glob})" for path, glob in p["matched"][:3])
-            more = p["matched_count"] - min(3, len(p["matched"]))
+    when = datetime.fromtimestamp(record.recorded_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = [f"{when} delivery {record.delivery_id} ({record.provider} "
+             f"{record.repository}, attempt {record.attempt}): {record.ref_type} "
+             f"{record.ref} {_short(record.before)} -> {_short(record.head)}"]
+    for p in record.pipelines:
+        why = [f"baseline {_short(p.baseline)}",
+               f"diff {p.diff}" + ("" if p.complete else " (incomplete)")]
+        if p.reason:
+            why.append(p.reason)
+        if p.matched:
+            shown = ", ".join(f"{path} ({glob})" for path, glob in p.matched[:3])
+            more = p.matched_count - min(3, len(p.matched))
             why.append(f"matched {shown}" + (f" +{more} more" if more > 0 else ""))
-        if p["execution_id"]:
-            why.append(f"execution {p['execution_id']}")
-        if p["error"]:
-            why.append(f"error {p['error']}")
-        lines.append(f"  {p['pipeline']}: {p['verdict']}; " + "; ".join(why))
+        if p.execution_id:
+            why.append(f"execution {p.execution_id}")
+        if p.error:
+            why.append(f"error {p.error}")
+        lines.append(f"  {p.pipeline}: {p.verdict}; " + "; ".join(why))
     return "\n".join(lines)
 
 

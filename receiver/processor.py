@@ -27,7 +27,14 @@ from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch
 from receiver.outcomes import Observation, OutcomeRecorder, Source
-from receiver.state.base import NOTHING_DEPLOYED, Baseline, Execution, StateStore
+from receiver.state.base import (
+    NOTHING_DEPLOYED,
+    Baseline,
+    DecisionRecord,
+    Execution,
+    PipelineDecision,
+    StateStore,
+)
 from receiver.statuses import StatusJob, StatusWriter, console_url, status_for
 
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
@@ -82,29 +89,29 @@ class Push:
     delivery: Delivery
     final: bool  # the delivery's last attempt: nothing is retried after it
     summary: PushSummary
-    trace: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trace: dict[str, PipelineDecision] = field(default_factory=dict)
 
     def record(self, name: str, verdict: str, decision: Decision,
                outcome: Outcome | None = None) -> None:
         """Keep what happened to pipeline ``name`` for the decision record."""
-        self.trace[name] = {
-            "pipeline": name, "verdict": verdict, "baseline": decision.base,
-            "diff": decision.source, "complete": decision.complete, "reason": decision.reason,
-            "matched": [[m.path, m.glob] for m in decision.matches[:MATCHES_KEPT]],
-            "matched_count": len(decision.matches),
-            "execution_id": outcome.execution_id if outcome else None,
-            "error": outcome.error if outcome else None,
-        }
+        self.trace[name] = PipelineDecision(
+            pipeline=name, verdict=verdict, baseline=decision.base, diff=decision.source,
+            complete=decision.complete, reason=decision.reason,
+            matched=tuple((m.path, m.glob) for m in decision.matches[:MATCHES_KEPT]),
+            matched_count=len(decision.matches),
+            execution_id=outcome.execution_id if outcome else None,
+            error=outcome.error if outcome else None,
+        )
 
-    def decision_record(self, now: float) -> dict[str, Any]:
+    def decision_record(self, now: float) -> DecisionRecord:
         """The "why" record of this push: what each pipeline was compared from and did."""
-        return {
-            "delivery_id": self.delivery.delivery_id, "provider": self.delivery.provider,
-            "repository": self.delivery.repository, "ref_type": self.event.ref_type,
-            "ref": self.event.ref_name, "before": self.event.before, "head": self.head,
-            "recorded_at": now, "attempt": self.delivery.attempts,
-            "pipelines": [self.trace[name] for name in sorted(self.trace)],
-        }
+        return DecisionRecord(
+            delivery_id=self.delivery.delivery_id, provider=self.delivery.provider,
+            repository=self.delivery.repository, ref_type=self.event.ref_type,
+            ref=self.event.ref_name, before=self.event.before, head=self.head,
+            recorded_at=now, attempt=self.delivery.attempts,
+            pipelines=tuple(self.trace[name] for name in sorted(self.trace)),
+        )
 
 
 class Processor:

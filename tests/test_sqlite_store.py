@@ -1,11 +1,14 @@
 """SQLite specifics beyond the shared contract: retention (DynamoDB uses TTL instead), how
-a recording waits for the database, and the recording statement that keeps the GIL."""
+a write waits for a locked database, the claim's cost, the schema on a fresh file and on a
+file written by the version before this one (which recorded deliveries as ``new``)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -13,13 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from receiver.errors import StateError
 from receiver.events import Delivery, PushEvent
-from receiver.state import sqlite as sqlite_mod
-from receiver.state import sqlite_insert
-from receiver.state.base import DELIVERY_RETENTION_SECONDS, HISTORY_RETENTION_SECONDS
-from receiver.state.sqlite import SQLiteStore
+from receiver.state.base import (
+    DELIVERY_RETENTION_SECONDS,
+    HISTORY_RETENTION_SECONDS,
+    DecisionRecord,
+    PipelineDecision,
+)
+from receiver.state.sqlite import SCHEMA_VERSION, SQLiteStore
 
 DAY = 86400.0
 
@@ -53,10 +60,8 @@ def test_pending_deliveries_are_never_purged(tmp_path: Path) -> None:
 def test_decision_records_expire_after_their_retention(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "s.db"))
     store.init()
-    record = {"delivery_id": "d", "provider": "github", "repository": "acme/mono",
-              "ref_type": "branch", "ref": "main", "before": None, "head": "b" * 40,
-              "recorded_at": 0.0, "attempt": 1,
-              "pipelines": [{"pipeline": "p", "verdict": "started"}]}
+    record = DecisionRecord("d", "github", "acme/mono", "branch", "main", None, "b" * 40, 0.0, 1,
+                            (PipelineDecision("p", "started", None, "compare", True),))
     store.record_decision(record)
     store.purge(HISTORY_RETENTION_SECONDS - DAY)
     assert store.history(pipeline="p") == [record]
@@ -90,9 +95,8 @@ def test_a_recording_waits_for_a_writer_holding_the_database(tmp_path: Path) -> 
 
 def test_a_recording_gives_up_with_a_state_error_when_the_database_stays_locked(
         tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
+    store = SQLiteStore(str(tmp_path / "s.db"), busy_timeout=0.3)
     store.init()
-    store.record_timeout = 0.3
     with _writer_holding(tmp_path / "s.db", 2.0):
         t0 = time.monotonic()
         with pytest.raises(StateError, match="locked"):
@@ -107,9 +111,10 @@ def test_a_recording_into_a_broken_database_fails_at_once(tmp_path: Path) -> Non
     with sqlite3.connect(tmp_path / "s.db") as other:
         other.execute("DROP TABLE deliveries")
     t0 = time.monotonic()
-    with pytest.raises(StateError, match="deliveries"):
+    with pytest.raises(StateError, match="deliveries") as raised:
         store.record_delivery(delivery("lost"), 1.0)
     assert time.monotonic() - t0 < 1.0  # not retried: only a locked database is waited for
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)  # the cause is kept
 
 
 def _statuses(path: Path) -> dict[str, str]:
@@ -124,140 +129,6 @@ def _claim_all(store: SQLiteStore, now: float) -> list[str]:
     return claimed
 
 
-def test_a_recorded_delivery_stays_out_of_the_queue_indexes_until_a_claim_admits_it(
-        tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    store.record_delivery(delivery("first"), 1.0)
-    store.record_delivery(delivery("second"), 2.0)
-    assert _statuses(tmp_path / "s.db") == {"first": "new", "second": "new"}
-    assert store.pending_count() == 2
-    assert _claim_all(store, 10.0) == ["first"]  # one ref: the second waits for the first
-    assert _statuses(tmp_path / "s.db") == {"first": "pending", "second": "pending"}
-
-
-def _emptied_by_a_purge(path: Path, recorded: int) -> SQLiteStore:
-    """A store that recorded, admitted and finished ``recorded`` deliveries, all since
-    purged: its admitted mark is ``recorded`` while the table is empty."""
-    store = SQLiteStore(str(path))
-    store.init()
-    for i in range(recorded):
-        store.record_delivery(delivery(f"old-{i}"), float(i))
-    while (claimed := store.claim_delivery("w", 60, 100.0)) is not None:
-        store.finish_delivery(claimed, "w", "processed", 100.0)
-    store.purge(100.0 + DELIVERY_RETENTION_SECONDS + DAY)
-    assert _statuses(path) == {}
-    return store
-
-
-def test_deliveries_recorded_after_a_purge_emptied_the_table_are_still_admitted(
-        tmp_path: Path) -> None:
-    store = _emptied_by_a_purge(tmp_path / "s.db", 5)
-    # row ids start again at 1, below the last one this store admitted
-    store.record_delivery(delivery("after-1"), 200.0)
-    assert _claim_all(store, 300.0) == ["after-1"]
-
-
-def test_rows_that_reused_ids_below_the_admitted_mark_are_admitted_by_the_periodic_sweep(
-        tmp_path: Path) -> None:
-    store = _emptied_by_a_purge(tmp_path / "s.db", 3)
-    # more deliveries than the old mark arrive before this store claims again: ids 1..5
-    for i in range(5):
-        store.record_delivery(Delivery(f"new-{i}", "github", "acme/mono", (
-            PushEvent("github", "acme/mono", "branch", f"b{i}", "a" * 40, "b" * 40),)),
-            200.0 + i)
-    assert sorted(_claim_all(store, 300.0)) == ["new-3", "new-4"]  # above the old mark
-    store._full_admit_due = 0.0  # a minute later
-    assert sorted(_claim_all(store, 300.0)) == ["new-0", "new-1", "new-2"]
-
-
-# --- the recording statement that keeps the GIL (receiver/state/sqlite_insert.py) ------
-
-
-def _other_thread_progress_while_recording_a_large_row(store: SQLiteStore) -> int:
-    """How often another thread got the GIL while this one recorded a 20 MB delivery (tens
-    of milliseconds inside SQLite). That thread wakes every half millisecond and wants the
-    GIL only briefly; it is never forced onto this one (switch interval 1 s)."""
-    stop = threading.Event()
-    progress = [0]
-
-    def tick() -> None:
-        while not stop.is_set():
-            time.sleep(0.0005)
-            progress[0] += 1
-
-    event = PushEvent("github", "acme/mono", "branch", "x" * 20_000_000, "a" * 40, "b" * 40)
-    large = Delivery("large", "github", "acme/mono", (event,))
-    store.record_delivery(delivery("warm-up"), 0.0)  # the connection is open beforehand
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1.0)
-    ticker = threading.Thread(target=tick)
-    ticker.start()
-    try:
-        time.sleep(0.01)
-        before = progress[0]
-        assert store.record_delivery(large, 1.0) is True
-        return progress[0] - before
-    finally:
-        stop.set()
-        sys.setswitchinterval(old_interval)
-        ticker.join()
-
-
-def test_a_recording_keeps_the_gil_so_request_threads_do_not_take_turns_inside_it(
-        tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    assert _other_thread_progress_while_recording_a_large_row(store) <= 1
-    assert store._insert is not None  # it was the GIL-keeping statement that recorded
-
-
-def test_the_sqlite3_module_s_recording_lets_other_threads_run_inside_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the control for the test above: the measurement sees the hand-overs it rules out
-    monkeypatch.setattr(sqlite_mod, "open_statement", lambda path, sql: None)
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    assert _other_thread_progress_while_recording_a_large_row(store) >= 5
-    assert store._insert is None
-
-
-def test_without_a_shareable_sqlite_library_recording_falls_back_to_the_sqlite3_module(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_mod, "open_statement", lambda path, sql: None)
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    assert store.record_delivery(delivery("d"), 1.0) is True
-    assert store.record_delivery(delivery("d"), 2.0) is False
-    assert _statuses(tmp_path / "s.db") == {"d": "new"}
-
-
-def test_the_recording_statement_is_the_library_the_sqlite3_module_uses() -> None:
-    lib = sqlite_insert._library()
-    assert lib is not None, "no separate libsqlite3 mapped: recordings use the sqlite3 module"
-    assert lib.sqlite3_libversion().decode() == sqlite3.sqlite_version
-
-
-def test_a_forked_child_records_on_its_own_connection_and_leaves_the_parent_s_alone(
-        tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    assert store.record_delivery(delivery("parent-1"), 1.0) is True
-    inherited = store._insert
-    pid = os.fork()
-    if pid == 0:  # the child: exit code 0 only if it recorded through a new statement
-        try:
-            ok = store.record_delivery(delivery("child"), 2.0) and store._insert is not inherited
-        finally:
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert store._insert is inherited
-    assert store.record_delivery(delivery("parent-2"), 3.0) is True
-    assert store.record_delivery(delivery("child"), 4.0) is False
-    assert set(_statuses(tmp_path / "s.db")) == {"parent-1", "child", "parent-2"}
-
-
 def _claim_steps_while_the_ref_is_busy(path: Path, queued: int) -> int:
     """SQLite VM steps (in hundreds) of one claim while ``queued`` deliveries of one
     branch wait behind the one being processed: that claim finds nothing to take."""
@@ -265,7 +136,7 @@ def _claim_steps_while_the_ref_is_busy(path: Path, queued: int) -> int:
     store.init()
     for i in range(queued + 1):
         store.record_delivery(delivery(f"d{i}"), float(i))
-    assert store.claim_delivery("A", 600, 1000.0) is not None  # admits the rest too
+    assert store.claim_delivery("A", 600, 1000.0) is not None
     steps = [0]
 
     def count() -> int:
@@ -284,45 +155,159 @@ def test_a_claim_visits_refs_not_the_queue_behind_a_ref_being_processed(
     assert long <= short + 2, (short, long)
 
 
-def test_a_backlog_is_admitted_in_chunks_each_its_own_write(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
-    total = sqlite_mod.ADMIT_CHUNK * 2 + 5
-    for i in range(total):
-        store.record_delivery(delivery(f"d{i:04d}"), float(i))
-    writes: list[str] = []
-    store._conn().set_trace_callback(writes.append)
-    assert store.claim_delivery("A", 600, 1000.0).delivery_id == "d0000"  # type: ignore[union-attr]
-    admissions = [w for w in writes if w.startswith("UPDATE deliveries SET status = 'pending'")]
-    assert len(admissions) == 3  # autocommit statements, no BEGIN around them
-    assert not any(w.startswith("BEGIN") for w in writes[:writes.index(admissions[-1])])
-    assert set(_statuses(tmp_path / "s.db").values()) == {"pending"}
 
 
-def test_the_recording_statement_binds_text_numbers_and_null(tmp_path: Path) -> None:
-    path = str(tmp_path / "t.db")
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE t (a TEXT, b REAL, c TEXT)")
-    statement = sqlite_insert.open_statement(path, "INSERT INTO t VALUES (?, ?, ?)")
-    assert statement is not None
-    assert statement.run(("ünï\x00code", 1.5, None)) == 1
-    statement.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT a, b, c FROM t").fetchall() == [("ünï\x00code", 1.5, None)]
+# --- a fresh file, and a file written by the version before SCHEMA_VERSION 1 -------------
 
 
-@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, 261, 517, sqlite3.SQLITE_LOCKED])
-def test_a_busy_code_extended_or_not_is_waited_out(tmp_path: Path, code: int) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    calls = []
+def test_state_and_history_on_a_fresh_sqlite_file_answer_empty(tmp_path: Path) -> None:
+    path = tmp_path / "fresh" / "state.db"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "state": {"backend": "sqlite", "path": str(path)},
+        "launcher": {"backend": "log"},
+        "repositories": [{"provider": "github", "name": "acme/mono",
+                          "webhook_secrets": ["env:FRESH_SECRET"], "branches": ["main"],
+                          "pipelines": [{"name": "p", "paths": ["**"]}]}],
+    }))
 
-    def write() -> bool:
-        calls.append(1)
-        if len(calls) < 3:
-            error = sqlite3.OperationalError("database is locked")
-            error.sqlite_errorcode = code  # type: ignore[attr-defined]
-            raise error
-        return True
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "receiver.cli", *args, "--config",
+                               str(config)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "FRESH_SECRET": "x"})
 
-    assert store._when_unlocked(write) is True
-    assert len(calls) == 3
+    state = cli("state")
+    assert (state.returncode, state.stdout, state.stderr) == (0, "", "")
+    history = cli("history", "--pipeline", "p")
+    assert (history.returncode, history.stdout, history.stderr) == \
+        (1, "", "no decision recorded for that\n")
+    assert path.exists()  # the schema was made on the first open, not only by 'state init'
+
+
+# The schema and the recording statement of the version before SCHEMA_VERSION 1, verbatim:
+# a delivery was recorded as 'new', outside the partial indexes, and admitted ('pending')
+# by the background worker before it claimed.
+PREVIOUS_SCHEMA = """
+CREATE TABLE deliveries (
+    delivery_id TEXT NOT NULL, provider TEXT NOT NULL, repository TEXT NOT NULL,
+    ref_key TEXT NOT NULL DEFAULT '', events TEXT NOT NULL,
+    verified_by TEXT NOT NULL DEFAULT '', received_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL, outcome TEXT, PRIMARY KEY (provider, delivery_id));
+CREATE INDEX deliveries_pending_by_ref_age ON deliveries (ref_key, received_at)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_leased_by_ref ON deliveries (ref_key, lease_until)
+    WHERE status = 'pending' AND lease_owner IS NOT NULL;
+CREATE INDEX deliveries_done_by_age ON deliveries (finished_at) WHERE status = 'done';
+CREATE TABLE baselines (
+    repository TEXT NOT NULL, branch TEXT NOT NULL, pipeline TEXT NOT NULL,
+    commit_sha TEXT, last_started_commit TEXT, last_execution_id TEXT,
+    updated_at REAL NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (repository, branch, pipeline));
+CREATE TABLE decisions (
+    delivery_id TEXT NOT NULL, ref_key TEXT NOT NULL, head TEXT, recorded_at REAL NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (delivery_id, ref_key));
+CREATE INDEX decisions_head ON decisions (head, recorded_at);
+CREATE TABLE decision_pipelines (
+    pipeline TEXT NOT NULL, delivery_id TEXT NOT NULL, ref_key TEXT NOT NULL,
+    recorded_at REAL NOT NULL, PRIMARY KEY (pipeline, delivery_id, ref_key));
+CREATE TABLE starts (
+    pipeline TEXT NOT NULL, commit_sha TEXT NOT NULL, state TEXT NOT NULL,
+    owner TEXT NOT NULL, attempt INTEGER NOT NULL, execution_id TEXT, error TEXT,
+    updated_at REAL NOT NULL, PRIMARY KEY (pipeline, commit_sha));
+"""
+PREVIOUS_INSERT = (
+    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key, events,"
+    " verified_by, received_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'new')")
+# a decision record as that version stored it: a plain dict, ``matched`` as [path, glob]
+PREVIOUS_DECISION = {
+    "delivery_id": "old-1", "provider": "github", "repository": "acme/mono",
+    "ref_type": "branch", "ref": "main", "before": "a" * 40, "head": "b" * 40,
+    "recorded_at": 5.0, "attempt": 1,
+    "pipelines": [{"pipeline": "p", "verdict": "started", "baseline": "a" * 40,
+                   "diff": "compare", "complete": True, "reason": None,
+                   "matched": [["svc/x.py", "svc/**"]], "matched_count": 1,
+                   "execution_id": "exec-1", "error": None}],
+}
+
+
+def _file_of_the_previous_version(path: Path) -> list[Delivery]:
+    """A database as the previous version left it: two deliveries of main and one of dev
+    recorded but not admitted yet ('new'), one admitted ('pending'), one decision record."""
+    waiting = [delivery("old-main-1"), delivery("old-main-2"),
+               Delivery("old-dev-1", "github", "acme/mono",
+                        (PushEvent("github", "acme/mono", "branch", "dev", "a" * 40, "c" * 40),))]
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(PREVIOUS_SCHEMA)
+        for i, d in enumerate(waiting):
+            conn.execute(PREVIOUS_INSERT, (d.delivery_id, d.provider, d.repository, d.ref_key,
+                                           d.events_json(), d.verified_by, float(i)))
+        admitted = delivery("old-admitted")
+        conn.execute(PREVIOUS_INSERT.replace("'new'", "'pending'"), (
+            admitted.delivery_id, admitted.provider, admitted.repository,
+            "github:acme/mono#branch:other", admitted.events_json(), "", 10.0))
+        conn.execute("INSERT INTO decisions VALUES ('old-1', 'branch:main', ?, 5.0, ?)",
+                     ("b" * 40, json.dumps(PREVIOUS_DECISION)))
+        conn.execute("INSERT INTO decision_pipelines VALUES ('p', 'old-1', 'branch:main', 5.0)")
+        assert conn.execute("PRAGMA user_version").fetchone() == (0,)
+    return waiting
+
+
+@pytest.mark.parametrize("first_call", ["init", "claim"])
+def test_deliveries_the_previous_version_left_new_are_claimed_and_processed(
+        tmp_path: Path, first_call: str) -> None:
+    path = tmp_path / "s.db"
+    _file_of_the_previous_version(path)
+    assert set(_statuses(path).values()) == {"new", "pending"}
+    store = SQLiteStore(str(path))
+    if first_call == "init":  # as the service and 'state init' do
+        store.init()
+    held: list[Delivery] = []
+    while (claimed := store.claim_delivery("w", 60, 100.0)) is not None:
+        held.append(claimed)
+    # oldest first, one delivery of a ref at a time: old-main-2 waits for old-main-1
+    assert [d.delivery_id for d in held] == ["old-main-1", "old-dev-1", "old-admitted"]
+    for claimed in held:
+        store.finish_delivery(claimed, "w", "processed", 101.0)
+    last = store.claim_delivery("w", 60, 102.0)
+    assert last is not None and (last.delivery_id, last.events) == (
+        "old-main-2", delivery("old-main-2").events)
+    store.finish_delivery(last, "w", "processed", 103.0)
+    assert store.pending_count() == 0
+    assert set(_statuses(path).values()) == {"done"}
+    # and the file is an ordinary one now: new deliveries queue and the old records read
+    assert store.record_delivery(delivery("after-upgrade"), 200.0) is True
+    assert store.record_delivery(delivery("old-main-1"), 201.0) is False  # still a duplicate
+    assert _claim_all(store, 300.0) == ["after-upgrade"]
+    (old,) = store.history(pipeline="p")
+    assert old == DecisionRecord.from_dict(PREVIOUS_DECISION)
+    assert old.pipelines[0].matched == (("svc/x.py", "svc/**"),)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_file_of_the_previous_version_is_upgraded_once_by_processes_starting_together(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    waiting = _file_of_the_previous_version(path)
+    stores = [SQLiteStore(str(path)) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def start(store: SQLiteStore) -> None:
+        barrier.wait()
+        try:
+            store.ping()  # the first open upgrades the file
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(_statuses(path).items()) == sorted(
+        [(d.delivery_id, "pending") for d in waiting] + [("old-admitted", "pending")])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,13 @@ import pytest
 
 from receiver.config import StateConfig
 from receiver.events import Delivery, PushEvent
-from receiver.state.base import Baseline, StateStore
+from receiver.state.base import (
+    ACTIVE_VERDICTS,
+    Baseline,
+    DecisionRecord,
+    PipelineDecision,
+    StateStore,
+)
 from receiver.state.dynamodb import DynamoDBStore
 from receiver.state.sqlite import SQLiteStore
 from tests.harness import MotoServer
@@ -250,16 +259,16 @@ def test_concurrent_begin_start_has_exactly_one_owner(store: StateStore) -> None
 
 
 def decision(delivery_id: str, head: str, at: float, verdicts: dict[str, str],
-             ref: str = "main", attempt: int = 1) -> dict[str, Any]:
-    return {
-        "delivery_id": delivery_id, "provider": "github", "repository": "acme/mono",
-        "ref_type": "branch", "ref": ref, "before": A, "head": head, "recorded_at": at,
-        "attempt": attempt,
-        "pipelines": [{"pipeline": name, "verdict": verdict, "baseline": A, "diff": "compare",
-                       "complete": True, "reason": None, "matched": [["svc/x.py", "svc/**"]],
-                       "matched_count": 1, "execution_id": "e" if verdict == "started" else None,
-                       "error": None} for name, verdict in sorted(verdicts.items())],
-    }
+             ref: str = "main", attempt: int = 1) -> DecisionRecord:
+    return DecisionRecord(
+        delivery_id=delivery_id, provider="github", repository="acme/mono",
+        ref_type="branch", ref=ref, before=A, head=head, recorded_at=at, attempt=attempt,
+        pipelines=tuple(
+            PipelineDecision(pipeline=name, verdict=verdict, baseline=A, diff="compare",
+                             complete=True, matched=(("svc/x.py", "svc/**"),), matched_count=1,
+                             execution_id="e" if verdict == "started" else None)
+            for name, verdict in sorted(verdicts.items())),
+    )
 
 
 def test_decision_records_answer_by_delivery_commit_and_pipeline(store: StateStore) -> None:
@@ -269,16 +278,36 @@ def test_decision_records_answer_by_delivery_commit_and_pipeline(store: StateSto
     store.record_decision(second)
     assert store.history(delivery_id="d1") == [first]
     assert store.history(commit=C) == [second]
-    assert [r["delivery_id"] for r in store.history(pipeline="p1")] == ["d1"]
-    assert [r["delivery_id"] for r in store.history(pipeline="p2")] == ["d2"]
+    # by pipeline: only the records where it was active, narrowed to its own entry
+    assert store.history(pipeline="p1") == [first.only("p1")]
+    assert store.history(pipeline="p2") == [second.only("p2")]
+    assert [p.pipeline for p in store.history(pipeline="p2")[0].pipelines] == ["p2"]
     assert store.history(delivery_id="nope") == []
+
+
+def test_a_decision_record_round_trips_every_field(store: StateStore) -> None:
+    record = DecisionRecord(
+        delivery_id="d-ü", provider="gitlab", repository="group/sub/mono", ref_type="tag",
+        ref="v1.2-ünïcode", before=None, head=C, recorded_at=1234.5678, attempt=3,
+        pipelines=(
+            PipelineDecision("p1", "failed", None, "new-branch", False, reason="why: ✓",
+                             matched=(("a/ü.py", "a/**"), ("b/c.py", "**/*.py")),
+                             matched_count=57, error="ThrottlingException: slow down"),
+            PipelineDecision("p2", "started", B, "tag", True, execution_id="exec-2"),
+            PipelineDecision("p3", "contained", B, "identical", True),
+        ))
+    store.record_decision(record)
+    assert store.history(delivery_id="d-ü") == [record]
+    assert store.history(commit=C) == [record]
+    assert store.history(pipeline="p1") == [record.only("p1")]
+    assert store.history(pipeline="p3") == []  # contained: not an active verdict
 
 
 def test_history_is_newest_first_and_limited(store: StateStore) -> None:
     for i in range(5):
         store.record_decision(decision(f"d{i}", B, float(i), {"p1": "started"}))
-    assert [r["delivery_id"] for r in store.history(commit=B, limit=3)] == ["d4", "d3", "d2"]
-    assert [r["delivery_id"] for r in store.history(pipeline="p1", limit=2)] == ["d4", "d3"]
+    assert [r.delivery_id for r in store.history(commit=B, limit=3)] == ["d4", "d3", "d2"]
+    assert [r.delivery_id for r in store.history(pipeline="p1", limit=2)] == ["d4", "d3"]
 
 
 def test_a_retried_delivery_replaces_its_decision_record(store: StateStore) -> None:
@@ -295,7 +324,78 @@ def test_each_ref_of_a_multi_ref_delivery_has_its_record(store: StateStore) -> N
     dev = decision("d1", C, 10.0, {"p1": "started"}, ref="dev")
     store.record_decision(main)
     store.record_decision(dev)
-    assert sorted(r["ref"] for r in store.history(delivery_id="d1")) == ["dev", "main"]
+    assert sorted(r.ref for r in store.history(delivery_id="d1")) == ["dev", "main"]
+    assert {r.push_key for r in store.history(pipeline="p1")} == {"branch:dev", "branch:main"}
+
+
+# a decision record as the version before DecisionRecord stored it: a plain dict
+PREVIOUS_RECORD: dict[str, Any] = {
+    "delivery_id": "old-1", "provider": "github", "repository": "acme/mono",
+    "ref_type": "branch", "ref": "main", "before": A, "head": B, "recorded_at": 10.0,
+    "attempt": 1,
+    "pipelines": [
+        {"pipeline": "p1", "verdict": "started", "baseline": A, "diff": "compare",
+         "complete": True, "reason": None, "matched": [["svc/x.py", "svc/**"]],
+         "matched_count": 1, "execution_id": "exec-1", "error": None},
+        {"pipeline": "p2", "verdict": "unchanged", "baseline": A, "diff": "compare",
+         "complete": True, "reason": None, "matched": [], "matched_count": 0,
+         "execution_id": None, "error": None},
+    ],
+}
+
+
+def _store_as_the_previous_version(store: StateStore, record: dict[str, Any]) -> None:
+    """Write ``record`` the way the previous version of ``store``'s backend did."""
+    ref_key = f"{record['ref_type']}:{record['ref']}"
+    active = [p for p in record["pipelines"] if p["verdict"] in ACTIVE_VERDICTS]
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?)", (
+                record["delivery_id"], ref_key, record["head"], record["recorded_at"],
+                json.dumps(record, separators=(",", ":"))))
+            conn.executemany("INSERT INTO decision_pipelines VALUES (?, ?, ?, ?)", [
+                (p["pipeline"], record["delivery_id"], ref_key, record["recorded_at"])
+                for p in active])
+        return
+    assert isinstance(store, DynamoDBStore)
+    sk = f"{record['recorded_at']:020.6f}#{record['delivery_id']}#{ref_key}"
+    bodies = [(f"HISTORY#DELIVERY#{record['delivery_id']}", record),
+              (f"HISTORY#COMMIT#{record['head']}", record)]
+    bodies += [(f"HISTORY#PIPELINE#{p['pipeline']}", {**record, "pipelines": [p]})
+               for p in active]
+    for pk, body in bodies:
+        store._db().put_item(TableName=store.table, Item={
+            "pk": {"S": pk}, "sk": {"S": sk},
+            "body": {"B": zlib.compress(json.dumps(body, separators=(",", ":")).encode())}})
+
+
+def test_records_stored_by_the_previous_version_are_read_and_replaced(
+        store: StateStore) -> None:
+    _store_as_the_previous_version(store, PREVIOUS_RECORD)
+    old = DecisionRecord.from_dict(PREVIOUS_RECORD)
+    assert old.pipelines[0].matched == (("svc/x.py", "svc/**"),)
+    assert store.history(delivery_id="old-1") == [old]
+    assert store.history(commit=B) == [old]
+    assert store.history(pipeline="p1") == [old.only("p1")]
+    retried = decision("old-1", B, 20.0, {"p1": "unchanged", "p2": "started"}, attempt=2)
+    store.record_decision(retried)
+    assert store.history(delivery_id="old-1") == [retried]
+    assert store.history(commit=B) == [retried]
+    assert store.history(pipeline="p1") == []
+    assert store.history(pipeline="p2") == [retried.only("p2")]
+
+
+def test_a_stored_record_with_keys_added_later_or_missing_still_reads() -> None:
+    later = {**PREVIOUS_RECORD, "trigger": "reconcile", "pipelines": [
+        {**PREVIOUS_RECORD["pipelines"][0], "via": "libs-common"}]}
+    assert DecisionRecord.from_dict(later) == DecisionRecord.from_dict(
+        {**PREVIOUS_RECORD, "pipelines": PREVIOUS_RECORD["pipelines"][:1]})
+    sparse = DecisionRecord.from_json(json.dumps({
+        "delivery_id": "d", "ref_type": "branch", "ref": "main",
+        "pipelines": [{"pipeline": "p", "verdict": "started"}]}))
+    assert (sparse.head, sparse.attempt, sparse.push_key) == (None, 1, "branch:main")
+    assert sparse.pipelines == (PipelineDecision("p", "started", None, "", True),)
+    assert DecisionRecord.from_json(sparse.to_json()) == sparse
 
 
 def test_extending_a_lease_keeps_others_out_until_the_new_expiry(store: StateStore) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from receiver.config import StateConfig
-from receiver.state.base import Baseline, StartRecord, StateStore
+from receiver.state.base import (
+    Baseline,
+    DecisionRecord,
+    PipelineDecision,
+    StartRecord,
+    StateStore,
+)
 
 
 def open_store(config: StateConfig) -> StateStore:
-    """The store the configuration names. Does not create tables: see ``StateStore.init``."""
+    """The store the configuration names. A DynamoDB table is not created here (see
+    ``StateStore.init``); an SQLite file gets its schema when first opened."""
     if config.backend == "sqlite":
         from receiver.state.sqlite import SQLiteStore
 
@@ -17,4 +24,5 @@ def open_store(config: StateConfig) -> StateStore:
     return DynamoDBStore(config)
 
 
-__all__ = ["Baseline", "StartRecord", "StateStore", "open_store"]
+__all__ = ["Baseline", "DecisionRecord", "PipelineDecision", "StartRecord", "StateStore",
+           "open_store"]

@@ -7,6 +7,8 @@ Every backend gives the same guarantees, so the processor can run in many proces
   delivery whose owner died is claimable again after that.
 - ``advance_baseline`` is a compare-and-set on the version read by ``baselines``.
 - ``begin_start`` is an atomic create-or-get of the start intent for (pipeline, commit).
+- ``record_decision`` keeps one ``DecisionRecord`` per push (ref of a delivery), whose
+  stored form (``to_json``/``from_json``) is the same in every backend.
 
 ``ACTIVE_VERDICTS`` are the pipeline verdicts a by-pipeline history lists.
 
@@ -16,8 +18,9 @@ backend cannot answer; nothing else escapes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
 from receiver.events import Delivery
@@ -92,11 +95,94 @@ class StartRecord:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineDecision:
+    """One pipeline's verdict in one push, and why."""
+
+    pipeline: str
+    verdict: str            # started | unchanged | contained | failed | retry | in_flight
+    baseline: str | None    # the commit it was compared from (None: none known)
+    # where the verdict came from: compare, identical, new-branch, nothing-deployed, tag
+    diff: str
+    complete: bool          # False when every pipeline counted as changed (incomplete difference)
+    reason: str | None = None
+    matched: tuple[tuple[str, str], ...] = ()   # (path, glob), at most processor.MATCHES_KEPT
+    matched_count: int = 0
+    execution_id: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineDecision:
+        """Read a stored entry: unknown keys are ignored, missing ones take their default."""
+        return cls(
+            pipeline=str(data["pipeline"]), verdict=str(data["verdict"]),
+            baseline=data.get("baseline"), diff=str(data.get("diff", "")),
+            complete=bool(data.get("complete", True)), reason=data.get("reason"),
+            matched=tuple((str(path), str(glob)) for path, glob in data.get("matched") or ()),
+            matched_count=int(data.get("matched_count", 0)),
+            execution_id=data.get("execution_id"), error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """The "why" record of one push (one ref of one delivery)."""
+
+    delivery_id: str
+    provider: str
+    repository: str
+    ref_type: str
+    ref: str
+    before: str | None
+    head: str | None
+    recorded_at: float
+    attempt: int
+    pipelines: tuple[PipelineDecision, ...]
+
+    @property
+    def push_key(self) -> str:
+        """The record's key within its delivery (``branch:main``): a delivery that moved
+        several refs has one record per ref. Not ``Delivery.ref_key``, the queue's key."""
+        return f"{self.ref_type}:{self.ref}"
+
+    def only(self, pipeline: str) -> DecisionRecord:
+        """This record with only ``pipeline``'s entry (what a by-pipeline history shows)."""
+        return replace(self, pipelines=tuple(p for p in self.pipelines
+                                             if p.pipeline == pipeline))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain data (``pipelines`` as a tuple of dicts)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The stored (and ``history --json``) form: compact JSON, tuples as arrays."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecisionRecord:
+        """Read a stored record, also one written by an earlier or later version: unknown
+        keys are ignored, missing ones take their default."""
+        return cls(
+            delivery_id=str(data["delivery_id"]), provider=str(data.get("provider", "")),
+            repository=str(data.get("repository", "")), ref_type=str(data["ref_type"]),
+            ref=str(data["ref"]), before=data.get("before"), head=data.get("head"),
+            recorded_at=float(data.get("recorded_at", 0.0)),
+            attempt=int(data.get("attempt", 1)),
+            pipelines=tuple(PipelineDecision.from_dict(p) for p in data.get("pipelines", ())),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DecisionRecord:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
 class StateStore(Protocol):
     """What the service keeps. See the module docstring for the guarantees."""
 
     def init(self) -> None:
-        """Create whatever the backend needs (tables, indexes). Idempotent."""
+        """Create whatever the backend needs (tables, indexes), or bring what an earlier
+        version made up to date. Idempotent, also when several processes run it at once."""
 
     def ping(self) -> None:
         """Return if the backend answers; raise StateError otherwise (readiness check)."""
@@ -142,18 +228,18 @@ class StateStore(Protocol):
         pending from an earlier attempt of the same delivery, whose lease has expired since.
         """
 
-    def record_decision(self, record: Mapping[str, Any]) -> None:
-        """Keep the "why" record of one push (see Processor._decision_record for its shape).
-
-        Keyed by (delivery_id, ref_type, ref): a retried delivery replaces its record.
-        """
+    def record_decision(self, record: DecisionRecord) -> None:
+        """Keep the "why" record of one push, keyed by (delivery_id, ``record.push_key``):
+        a retried delivery replaces its record. Kept HISTORY_RETENTION_SECONDS."""
 
     def history(self, *, delivery_id: str | None = None, commit: str | None = None,
-                pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """Decision records, newest first, selected by exactly one of the three keys.
+                pipeline: str | None = None, limit: int = 20) -> list[DecisionRecord]:
+        """Decision records, newest ``recorded_at`` first, at most ``limit``, selected by
+        exactly one of the three keys (none given: ValueError). ``commit`` is a head.
 
         By ``pipeline``: the records in which that pipeline was started, failed, retried or
-        in flight (an unchanged pipeline is found through its commit instead).
+        in flight (ACTIVE_VERDICTS), each narrowed to that pipeline's entry; an unchanged
+        pipeline is found through its commit instead. Empty when nothing matches.
         """
 
     def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:

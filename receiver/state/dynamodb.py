@@ -18,24 +18,32 @@ Single-table design (table name from ``state.table``; keys are strings):
 - status write: pk ``STATUS#{key}``, sk ``STATUS``; created once per commit status; TTL.
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
   only by its owner; TTL.
-- decision ("why") record, zlib-compressed JSON, written under three keys so each question
-  is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and ``HISTORY#COMMIT#{head}`` (the
-  whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that pipeline's entry, only when it
-  was started, failed or in flight); sk ``{recorded_at}#{delivery_id}#{ref}``; TTL.
+- decision ("why") record, ``DecisionRecord.to_json()`` zlib-compressed, written under
+  three keys so each question is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and
+  ``HISTORY#COMMIT#{head}`` (the whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that
+  pipeline's entry, only when it was started, failed or in flight); sk
+  ``{recorded_at}#{delivery_id}#{push_key}``; TTL.
+
+Every key is built by ``_fit``: one longer than DynamoDB allows (2,048 bytes for a partition
+key, 1,024 for a sort key, in the table and its index alike) keeps its first bytes and ends
+in a digest of the whole, so a ref name of any length has a key. The names themselves are
+ordinary attributes (or inside the record), and every read builds its key the same way.
 
 ``expires_at`` (epoch seconds) is the table's TTL attribute. A delivery is claimed by a
 conditional update (pending and lease expired), so exactly one owner holds it at a time;
 baselines move only if ``version`` is still the one read; a start intent is created once.
-Every botocore failure is translated into StateError here.
+Every botocore failure is translated into StateError here, naming the table.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import random
 import threading
+import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from receiver import aws
@@ -48,6 +56,7 @@ from receiver.state.base import (
     HISTORY_RETENTION_SECONDS,
     START_RETENTION_SECONDS,
     Baseline,
+    DecisionRecord,
     Execution,
     StartRecord,
 )
@@ -60,6 +69,10 @@ PENDING = "PENDING"
 OPEN_EXECUTION = "OPEN_EXECUTION"
 CLAIM_CANDIDATES = 25
 CLAIM_PAGES = 20
+PK_MAX_BYTES = 2048  # DynamoDB's limit on a partition key, in the table and in an index
+SK_MAX_BYTES = 1024  # and on a sort key
+BATCH_ATTEMPTS = 8  # BatchWriteItem calls per batch before what is left is a StateError
+BATCH_BACKOFF_SECONDS = 0.05  # the first pause's bound, doubled before each later call
 
 
 def table_definition(name: str) -> dict[str, Any]:
@@ -102,19 +115,43 @@ def _get_n(item: dict[str, Any], key: str, default: float = 0.0) -> float:
     return default if cell is None else float(cell["N"])
 
 
-def _pack(record: Mapping[str, Any]) -> dict[str, bytes]:
+def _pack(record: DecisionRecord) -> dict[str, bytes]:
     # compressed: a monorepo with thousands of pipelines must fit DynamoDB's 400 KB items
-    return {"B": zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 6)}
+    return {"B": zlib.compress(record.to_json().encode(), 6)}
 
 
-def _unpack(cell: Mapping[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(zlib.decompress(cell["B"]))
-    return data
+def _unpack(cell: dict[str, Any]) -> DecisionRecord:
+    return DecisionRecord.from_json(zlib.decompress(cell["B"]))
 
 
 def _sortable(ts: float) -> str:
     # zero-padded so the GSI's string sort key orders by time
     return f"{ts:020.6f}"
+
+
+_DIGEST = 65  # bytes _fit appends: "~" and a SHA-256 in hex
+
+
+def _fit(key: str, limit: int) -> str:
+    """``key`` if its UTF-8 is at most ``limit`` bytes; else its first bytes (whole
+    characters), ``~`` and the SHA-256 of all of it: at most ``limit`` bytes, the same
+    for the same key, and distinct keys stay distinct (``~`` cannot occur in a git ref
+    name, so a shortened key does not equal a branch's own). A prefix is kept, so a key
+    still begins with its kind (``BASELINE#...``) and a sort key still orders by time."""
+    raw = key.encode()
+    if len(raw) <= limit:
+        return key
+    head = raw[:limit - _DIGEST].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()}"
+
+
+def _ref_id(ref_key: str) -> str:
+    """A delivery's ``ref_key`` as its ref lock and the GSI sort key carry it."""
+    return _fit(ref_key, SK_MAX_BYTES - len(_sortable(0)) - 1)
+
+
+def _ref_lock_key(ref_id: str) -> dict[str, Any]:
+    return {"pk": _s(f"REFLOCK#{ref_id}"), "sk": _s("LOCK")}
 
 
 class DynamoDBStore:
@@ -126,6 +163,7 @@ class DynamoDBStore:
         self._client: Any = None
         self._pid = 0
         self._lock = threading.Lock()
+        self.sleep = time.sleep  # between BatchWriteItem retries (a test records the pauses)
 
     def _db(self) -> Any:
         # one client per process: a client created before gunicorn forks is not reused after
@@ -153,9 +191,16 @@ class DynamoDBStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
                 return None
-            raise StateError(f"dynamodb {op}: {code}") from None
+            raise self._error(op, code) from exc
         except BotoCoreError as exc:
-            raise StateError(f"dynamodb {op}: {type(exc).__name__}") from None
+            raise self._error(op, type(exc).__name__) from exc
+
+    def _error(self, op: str, what: str) -> StateError:
+        # the cause is kept by the callers: botocore's messages carry no credentials, and
+        # this table holds no secret
+        hint = ("; create it with `webhook-receiver state init`"
+                if what == "ResourceNotFoundException" else "")
+        return StateError(f"dynamodb {op} on table {self.table}: {what}{hint}")
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -168,9 +213,9 @@ class DynamoDBStore:
             db.create_table(**table_definition(self.table))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-                raise StateError(f"dynamodb create_table: {exc}") from None
+                raise self._error("create_table", str(exc)) from exc
         except BotoCoreError as exc:
-            raise StateError(f"dynamodb create_table: {type(exc).__name__}") from None
+            raise self._error("create_table", type(exc).__name__) from exc
         try:
             db.get_waiter("table_exists").wait(TableName=self.table,
                                                WaiterConfig={"Delay": 1, "MaxAttempts": 60})
@@ -179,7 +224,7 @@ class DynamoDBStore:
                 db.update_time_to_live(TableName=self.table, TimeToLiveSpecification={
                     "Enabled": True, "AttributeName": "expires_at"})
         except (ClientError, BotoCoreError) as exc:
-            raise StateError(f"dynamodb init: {exc}") from None
+            raise self._error("init", str(exc)) from exc
 
     def ping(self) -> None:
         """A consistent read of a key that never exists: proves reachability and permissions."""
@@ -190,7 +235,8 @@ class DynamoDBStore:
 
     @staticmethod
     def _delivery_key(provider: str, delivery_id: str) -> dict[str, Any]:
-        return {"pk": _s(f"DELIVERY#{provider}#{delivery_id}"), "sk": _s("DELIVERY")}
+        return {"pk": _s(_fit(f"DELIVERY#{provider}#{delivery_id}", PK_MAX_BYTES)),
+                "sk": _s("DELIVERY")}
 
     def record_delivery(self, delivery: Delivery, now: float) -> bool:
         item = {
@@ -199,7 +245,7 @@ class DynamoDBStore:
             "repository": _s(delivery.repository), "events": _s(delivery.events_json()),
             "verified_by": _s(delivery.verified_by or "-"), "received_at": _n(now),
             "status": _s("pending"), "lease_until": _n(0), "attempts": _n(0),
-            "gsi1pk": _s(PENDING), "gsi1sk": _s(f"{_sortable(now)}#{delivery.ref_key}"),
+            "gsi1pk": _s(PENDING), "gsi1sk": _s(f"{_sortable(now)}#{_ref_id(delivery.ref_key)}"),
             "expires_at": _n(int(now + DELIVERY_TTL_SECONDS)),
         }
         answer = self._call("put_item", TableName=self.table, Item=item,
@@ -224,8 +270,8 @@ class DynamoDBStore:
     def _claim_first(self, candidates: list[dict[str, Any]], owner: str, lease_seconds: float,
                      now: float) -> Delivery | None:
         for candidate in candidates:
-            ref_key = str(candidate["gsi1sk"]["S"]).partition("#")[2]
-            if ref_key and not self._lock_ref(ref_key, owner, now + lease_seconds, now):
+            ref_id = str(candidate["gsi1sk"]["S"]).partition("#")[2]
+            if ref_id and not self._lock_ref(ref_id, owner, now + lease_seconds, now):
                 continue  # another owner is processing this ref: it waits its turn
             answer = self._call(
                 "update_item", TableName=self.table,
@@ -239,8 +285,8 @@ class DynamoDBStore:
                 ReturnValues="ALL_NEW",
             )
             if answer is None:
-                if ref_key:
-                    self._unlock_ref(ref_key, owner)
+                if ref_id:
+                    self._unlock_ref(ref_id, owner)
                 continue  # someone else holds it, or it is waiting for its retry time
             item = answer["Attributes"]
             verified_by = _get_s(item, "verified_by") or ""
@@ -254,19 +300,18 @@ class DynamoDBStore:
             )
         return None
 
-    def _lock_ref(self, ref_key: str, owner: str, until: float, now: float) -> bool:
+    def _lock_ref(self, ref_id: str, owner: str, until: float, now: float) -> bool:
         answer = self._call(
             "put_item", TableName=self.table,
-            Item={"pk": _s(f"REFLOCK#{ref_key}"), "sk": _s("LOCK"), "owner": _s(owner),
+            Item={**_ref_lock_key(ref_id), "owner": _s(owner),
                   "until": _n(until), "expires_at": _n(int(until + 86400))},
             ConditionExpression="attribute_not_exists(pk) OR #u <= :now",
             ExpressionAttributeNames={"#u": "until"},
             ExpressionAttributeValues={":now": _n(now)})
         return answer is not None
 
-    def _unlock_ref(self, ref_key: str, owner: str) -> None:
-        self._call("delete_item", TableName=self.table,
-                   Key={"pk": _s(f"REFLOCK#{ref_key}"), "sk": _s("LOCK")},
+    def _unlock_ref(self, ref_id: str, owner: str) -> None:
+        self._call("delete_item", TableName=self.table, Key=_ref_lock_key(ref_id),
                    ConditionExpression="#o = :o", ExpressionAttributeNames={"#o": "owner"},
                    ExpressionAttributeValues={":o": _s(owner)})
 
@@ -274,7 +319,7 @@ class DynamoDBStore:
         held = self._owned_update(delivery, owner, "SET lease_until = :u", {":u": _n(until)})
         if held:
             self._call("update_item", TableName=self.table,
-                       Key={"pk": _s(f"REFLOCK#{delivery.ref_key}"), "sk": _s("LOCK")},
+                       Key=_ref_lock_key(_ref_id(delivery.ref_key)),
                        UpdateExpression="SET #u = :u", ConditionExpression="#o = :o",
                        ExpressionAttributeNames={"#u": "until", "#o": "owner"},
                        ExpressionAttributeValues={":u": _n(until), ":o": _s(owner)})
@@ -296,7 +341,7 @@ class DynamoDBStore:
     def release_delivery(self, delivery: Delivery, owner: str, retry_at: float) -> None:
         self._owned_update(delivery, owner, "SET lease_until = :r REMOVE lease_owner",
                            {":r": _n(retry_at)})
-        self._unlock_ref(delivery.ref_key, owner)
+        self._unlock_ref(_ref_id(delivery.ref_key), owner)
 
     def finish_delivery(self, delivery: Delivery, owner: str, outcome: str, now: float) -> None:
         # leaving the sparse index: finished deliveries are never candidates again
@@ -304,9 +349,13 @@ class DynamoDBStore:
                            "SET #st = :done, outcome = :out, finished_at = :now "
                            "REMOVE lease_owner, gsi1pk, gsi1sk",
                            {":done": _s("done"), ":out": _s(outcome), ":now": _n(now)})
-        self._unlock_ref(delivery.ref_key, owner)
+        self._unlock_ref(_ref_id(delivery.ref_key), owner)
 
     # --- baselines -----------------------------------------------------------------------
+
+    @staticmethod
+    def _baseline_pk(repository: str, branch: str) -> dict[str, str]:
+        return _s(_fit(f"BASELINE#{repository}#{branch}", PK_MAX_BYTES))
 
     @staticmethod
     def _baseline(item: dict[str, Any]) -> Baseline:
@@ -326,7 +375,7 @@ class DynamoDBStore:
         kwargs: dict[str, Any] = {
             "TableName": self.table, "ConsistentRead": True,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": _s(f"BASELINE#{repository}#{branch}")},
+            "ExpressionAttributeValues": {":pk": self._baseline_pk(repository, branch)},
         }
         while True:
             page = self._call("query", **kwargs)
@@ -339,8 +388,8 @@ class DynamoDBStore:
 
     def advance_baseline(self, expected: Baseline, commit: str, now: float,
                          execution_id: str | None = None) -> bool:
-        key = {"pk": _s(f"BASELINE#{expected.repository}#{expected.branch}"),
-               "sk": _s(f"PIPELINE#{expected.pipeline}")}
+        key = {"pk": self._baseline_pk(expected.repository, expected.branch),
+               "sk": _s(_fit(f"PIPELINE#{expected.pipeline}", SK_MAX_BYTES))}
         sets = ["#c = :c", "updated_at = :now", "version = :next",
                 "repository = :r", "branch = :b", "pipeline = :p"]
         values: dict[str, Any] = {":c": _s(commit), ":now": _n(now),
@@ -381,60 +430,61 @@ class DynamoDBStore:
 
     # --- decision records ----------------------------------------------------------------
 
-    def record_decision(self, record: Mapping[str, Any]) -> None:
-        ref_key = f"{record['ref_type']}:{record['ref']}"
-        sk = _s(f"{_sortable(record['recorded_at'])}#{record['delivery_id']}#{ref_key}")
-        expires = _n(int(record["recorded_at"] + HISTORY_TTL_SECONDS))
-        # a retried delivery replaces its records: drop what an earlier attempt wrote
-        for old in self.history(delivery_id=str(record["delivery_id"]), limit=100):
-            if f"{old['ref_type']}:{old['ref']}" == ref_key:
-                self._delete_history(old)
-        items = [{"pk": _s(f"HISTORY#DELIVERY#{record['delivery_id']}"), "sk": sk,
-                  "body": _pack(record), "expires_at": expires}]
-        if record.get("head"):
-            items.append({"pk": _s(f"HISTORY#COMMIT#{record['head']}"), "sk": sk,
-                          "body": _pack(record), "expires_at": expires})
-        for entry in record["pipelines"]:
-            if entry["verdict"] in ACTIVE_VERDICTS:
-                slim = {**record, "pipelines": [entry]}
-                items.append({"pk": _s(f"HISTORY#PIPELINE#{entry['pipeline']}"), "sk": sk,
-                              "body": _pack(slim), "expires_at": expires})
-        for start in range(0, len(items), 25):  # BatchWriteItem's limit
-            batch = [{"PutRequest": {"Item": item}} for item in items[start:start + 25]]
-            answer = self._call("batch_write_item", RequestItems={self.table: batch})
-            unprocessed = (answer or {}).get("UnprocessedItems", {})
-            for _ in range(5):
-                if not unprocessed:
-                    break
-                answer = self._call("batch_write_item", RequestItems=unprocessed)
-                unprocessed = (answer or {}).get("UnprocessedItems", {})
-            if unprocessed:
-                raise StateError("dynamodb batch_write_item: items left unprocessed")
+    @staticmethod
+    def _history_keys(record: DecisionRecord) -> list[tuple[dict[str, Any], DecisionRecord]]:
+        """The key and body of each item that holds ``record``: under its delivery, its
+        head and each active pipeline (that one narrowed to the pipeline's entry)."""
+        sk = _s(_fit(f"{_sortable(record.recorded_at)}#{record.delivery_id}#{record.push_key}",
+                     SK_MAX_BYTES))
+        bodies = [(f"DELIVERY#{record.delivery_id}", record)]
+        if record.head:
+            bodies.append((f"COMMIT#{record.head}", record))
+        bodies += [(f"PIPELINE#{p.pipeline}", record.only(p.pipeline))
+                   for p in record.pipelines if p.verdict in ACTIVE_VERDICTS]
+        return [({"pk": _s(_fit(f"HISTORY#{name}", PK_MAX_BYTES)), "sk": sk}, body)
+                for name, body in bodies]
 
-    def _delete_history(self, record: Mapping[str, Any]) -> None:
-        ref_key = f"{record['ref_type']}:{record['ref']}"
-        sk = _s(f"{_sortable(record['recorded_at'])}#{record['delivery_id']}#{ref_key}")
-        pks = [f"HISTORY#DELIVERY#{record['delivery_id']}"]
-        if record.get("head"):
-            pks.append(f"HISTORY#COMMIT#{record['head']}")
-        pks += [f"HISTORY#PIPELINE#{e['pipeline']}" for e in record["pipelines"]
-                if e["verdict"] in ACTIVE_VERDICTS]
-        for pk in pks:
-            self._call("delete_item", TableName=self.table, Key={"pk": _s(pk), "sk": sk})
+    def record_decision(self, record: DecisionRecord) -> None:
+        # a retried delivery replaces its records: drop what an earlier attempt wrote
+        for old in self.history(delivery_id=record.delivery_id, limit=100):
+            if old.push_key == record.push_key:
+                for key, _ in self._history_keys(old):
+                    self._call("delete_item", TableName=self.table, Key=key)
+        expires = _n(int(record.recorded_at + HISTORY_TTL_SECONDS))
+        items = [{**key, "body": _pack(body), "expires_at": expires}
+                 for key, body in self._history_keys(record)]
+        for start in range(0, len(items), 25):  # BatchWriteItem's limit
+            self._batch_write([{"PutRequest": {"Item": item}} for item in items[start:start + 25]])
+
+    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        """Write ``requests`` (at most 25), again and again for what DynamoDB leaves
+        unprocessed (it does under throttling), pausing a random time up to a bound that
+        doubles each call, so throttled writers do not all come back at once."""
+        left: dict[str, Any] = {self.table: requests}
+        for attempt in range(BATCH_ATTEMPTS):
+            if attempt:
+                self.sleep(random.uniform(0, BATCH_BACKOFF_SECONDS * 2 ** (attempt - 1)))
+            left = (self._call("batch_write_item", RequestItems=left) or {}).get(
+                "UnprocessedItems") or {}
+            if not left:
+                return
+        raise self._error("batch_write_item", f"{len(left[self.table])} items still"
+                                              f" unprocessed after {BATCH_ATTEMPTS} calls")
 
     def history(self, *, delivery_id: str | None = None, commit: str | None = None,
-                pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+                pipeline: str | None = None, limit: int = 20) -> list[DecisionRecord]:
         if delivery_id is not None:
-            pk = f"HISTORY#DELIVERY#{delivery_id}"
+            key = f"DELIVERY#{delivery_id}"
         elif commit is not None:
-            pk = f"HISTORY#COMMIT#{commit}"
+            key = f"COMMIT#{commit}"
         elif pipeline is not None:
-            pk = f"HISTORY#PIPELINE#{pipeline}"
+            key = f"PIPELINE#{pipeline}"
         else:
             raise ValueError("give delivery_id, commit or pipeline")
         page = self._call("query", TableName=self.table, ConsistentRead=True,
                           KeyConditionExpression="pk = :pk",
-                          ExpressionAttributeValues={":pk": _s(pk)},
+                          ExpressionAttributeValues={":pk": _s(_fit(f"HISTORY#{key}",
+                                                                    PK_MAX_BYTES))},
                           ScanIndexForward=False, Limit=limit)
         return [_unpack(item["body"]) for item in page.get("Items", [])]
 
@@ -442,13 +492,13 @@ class DynamoDBStore:
 
     @staticmethod
     def _start_key(pipeline: str, commit: str) -> dict[str, Any]:
-        return {"pk": _s(f"START#{pipeline}#{commit}"), "sk": _s("START")}
+        return {"pk": _s(_fit(f"START#{pipeline}#{commit}", PK_MAX_BYTES)), "sk": _s("START")}
 
     def _get_start(self, pipeline: str, commit: str) -> StartRecord:
         item = self._call("get_item", TableName=self.table, ConsistentRead=True,
                           Key=self._start_key(pipeline, commit)).get("Item")
         if item is None:
-            raise StateError("dynamodb: start intent vanished (TTL?)")
+            raise self._error("get_item", "start intent vanished (TTL?)")
         return StartRecord(pipeline=pipeline, commit=commit,
                            state=str(_get_s(item, "state")),  # type: ignore[arg-type]
                            owner=str(_get_s(item, "owner")),
@@ -496,8 +546,8 @@ class DynamoDBStore:
     # --- execution outcomes, leases, status writes ---------------------------------------
 
     def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:
-        key = {"pk": _s(f"BASELINE#{expected.repository}#{expected.branch}"),
-               "sk": _s(f"PIPELINE#{expected.pipeline}")}
+        key = {"pk": self._baseline_pk(expected.repository, expected.branch),
+               "sk": _s(_fit(f"PIPELINE#{expected.pipeline}", SK_MAX_BYTES))}
         fields = {"commit": updated.commit, "last_started_commit": updated.last_started_commit,
                   "last_execution_id": updated.last_execution_id,
                   "deployed_commit": updated.deployed_commit,
@@ -519,7 +569,8 @@ class DynamoDBStore:
 
     @staticmethod
     def _execution_key(pipeline: str, execution_id: str) -> dict[str, Any]:
-        return {"pk": _s(f"EXECUTION#{pipeline}#{execution_id}"), "sk": _s("EXECUTION")}
+        return {"pk": _s(_fit(f"EXECUTION#{pipeline}#{execution_id}", PK_MAX_BYTES)),
+                "sk": _s("EXECUTION")}
 
     def record_execution(self, execution: Execution) -> None:
         x = execution
@@ -580,7 +631,8 @@ class DynamoDBStore:
     def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
         answer = self._call(
             "put_item", TableName=self.table,
-            Item={"pk": _s(f"LEASE#{name}"), "sk": _s("LEASE"), "owner": _s(owner),
+            Item={"pk": _s(_fit(f"LEASE#{name}", PK_MAX_BYTES)), "sk": _s("LEASE"),
+                  "owner": _s(owner),
                   "until": _n(until), "expires_at": _n(int(until + 86400))},
             ConditionExpression="attribute_not_exists(pk) OR #o = :o OR #u <= :now",
             ExpressionAttributeNames={"#o": "owner", "#u": "until"},
@@ -590,7 +642,8 @@ class DynamoDBStore:
     def claim_status_write(self, key: str, now: float) -> bool:
         answer = self._call(
             "put_item", TableName=self.table,
-            Item={"pk": _s(f"STATUS#{key}"), "sk": _s("STATUS"), "claimed_at": _n(now),
+            Item={"pk": _s(_fit(f"STATUS#{key}", PK_MAX_BYTES)), "sk": _s("STATUS"),
+                  "claimed_at": _n(now),
                   "expires_at": _n(int(now + START_TTL_SECONDS))},
             ConditionExpression="attribute_not_exists(pk)")
         return answer is not None

@@ -226,17 +226,27 @@ def cmd_history(args: argparse.Namespace) -> int:
     from receiver.state import open_store
 
     cfg = _load(args.config)
-    records = open_store(cfg.state).history(delivery_id=args.delivery, commit=args.commit,
-                                            pipeline=args.pipeline, limit=args.limit)
+    store = open_store(cfg.state)
+    records = store.history(delivery_id=args.delivery, commit=args.commit,
+                            pipeline=args.pipeline, limit=args.limit)
     for record in records:
-        print(record.to_json() if args.json else _describe(record))
+        # how each start ended, as learnt since the record was written
+        outcomes = {p.pipeline: x.status for p in record.pipelines if p.execution_id
+                    and (x := store.execution(p.pipeline, p.execution_id)) is not None}
+        if args.json:
+            doc = record.to_dict()
+            for entry in doc["pipelines"]:
+                entry["outcome"] = outcomes.get(entry["pipeline"])
+            print(json.dumps(doc, separators=(",", ":")))
+        else:
+            print(_describe(record, outcomes))
     if not records:
         print("no decision recorded for that", file=sys.stderr)
         return 1
     return 0
 
 
-def _describe(record: DecisionRecord) -> str:
+def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> str:
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(record.recorded_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -253,7 +263,8 @@ def _describe(record: DecisionRecord) -> str:
             more = p.matched_count - min(3, len(p.matched))
             why.append(f"matched {shown}" + (f" +{more} more" if more > 0 else ""))
         if p.execution_id:
-            why.append(f"execution {p.execution_id}")
+            why.append(f"execution {p.execution_id}"
+                       + (f" ({outcomes[p.pipeline]})" if p.pipeline in outcomes else ""))
         if p.error:
             why.append(f"error {p.error}")
         lines.append(f"  {p.pipeline}: {p.verdict}; " + "; ".join(why))

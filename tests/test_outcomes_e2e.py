@@ -158,6 +158,11 @@ def test_a_failed_execution_is_caught_up_by_the_next_push(rig: Rig) -> None:
     assert state["a-deploy"]["baseline_commit"] == c1
     assert state["a-deploy"]["last_started_commit"] == c2
     assert state["a-deploy"]["last_execution_status"] == "Failed"
+    shown = rig.svc.cli("history", "--commit", c2)
+    assert f"execution {a2} (Failed)" in shown.stdout, shown.stdout
+    as_json = json.loads(rig.svc.cli("history", "--commit", c2, "--json").stdout)
+    assert [(p["pipeline"], p["outcome"]) for p in as_json["pipelines"]
+            if p["verdict"] == "started"] == [("a-deploy", "Failed")]
 
     # the next push touches only b: it starts b and a again
     c3 = rig.push({"svc/b/y.py": "3"})

@@ -61,6 +61,7 @@ class Request:
     service: str
     authorization: str | None
     status: int
+    encoding: str  # Content-Encoding and Transfer-Encoding of the request ("gzip", "chunked")
     started: float  # time.monotonic() when the request arrived and when it was answered
     ended: float
 
@@ -183,8 +184,10 @@ class GitServer:
         handler.end_headers()
         handler.wfile.write(payload)
         with self._lock:
+            encoding = " ".join(filter(None, (handler.headers.get("Content-Encoding"),
+                                              handler.headers.get("Transfer-Encoding"))))
             self.requests.append(Request(handler.command, path, service, authorization, status,
-                                         started, time.monotonic()))
+                                         encoding, started, time.monotonic()))
 
     def _cgi(self, handler: BaseHTTPRequestHandler, path: str, query: str,
              body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:

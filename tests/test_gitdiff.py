@@ -218,6 +218,22 @@ def test_a_base_force_pushed_away_and_collected_is_incomplete_after_one_fetch_of
     assert server.fetches(REPO) == before + 1
 
 
+def test_a_bursts_refs_come_in_one_fetch(server: GitServer, work: WorkClone,
+                                         mirror: GitMirror) -> None:
+    branches = [f"release/2026.{n:02d}" for n in range(40)]
+    work.git("push", "--quiet", "origin", *(f"HEAD:refs/heads/{b}" for b in branches))
+    heads = [work.commit({f"services/s{n}.py": "x\n"}) for n in range(3)]
+    work.push(branches[0])
+    before = server.fetches(REPO)
+    assert mirror.fetch(["main", *branches, *heads]) is True
+    assert server.fetches(REPO) == before + 1
+    # 40-odd wants make a request body git compresses: the server inflated it
+    assert any("gzip" in r.encoding for r in server.requests)
+    assert git("for-each-ref", "--count=100", "--format=%(refname)", "refs/heads/",
+               cwd=mirror.path).split() == sorted(
+        ["refs/heads/main", *(f"refs/heads/{b}" for b in branches)])
+
+
 def test_a_deleted_branch_makes_fetch_report_false_not_fail(server: GitServer, work: WorkClone,
                                                             mirror: GitMirror) -> None:
     assert mirror.fetch(["main", "gone-branch"]) is False

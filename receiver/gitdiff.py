@@ -19,7 +19,7 @@ Invariants:
   exclusive to create, fetch or re-clone, shared to read. Each acquisition opens the lock
   file anew, so threads of one process exclude each other as processes do.
 - No user or system git configuration, credential helper or prompt takes part.
-- Commit ids passed in are full lower-case hex (40 or 64 digits).
+- Commit ids given to GitMirror are full lower-case hex (40 or 64 digits): ValueError else.
 """
 
 from __future__ import annotations

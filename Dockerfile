@@ -30,6 +30,12 @@ RUN /opt/venv/bin/pip wheel --wheel-dir /wheels . \
 FROM ${PYTHON_IMAGE}
 # where the configuration comes from (a build argument, so one Dockerfile serves any deployment)
 ARG CONFIG=config/production.yaml
+# git runs at request time for repositories with `diff: git` (receiver/gitdiff.py: HTTPS fetches
+# into blobless mirrors under git.cache_dir, which must be on the writable /tmp volume);
+# no recommends: no ssh client, no pager, only what HTTPS git needs
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/*
 # numeric ids, so ECS `user` and a Kubernetes runAsUser can state them without a passwd lookup
 RUN groupadd --system --gid 10001 receiver \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -260,7 +260,17 @@ def load_dockerfile() -> Dockerfile:
 
 # --- what the Dockerfile must say ------------------------------------------------------------
 
-BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "cargo", "rustc", "git")
+# git is not among them: `diff: git` runs it at request time (receiver/gitdiff.py)
+BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "cargo", "rustc")
+
+
+def installs_git(stage: Stage) -> bool:
+    """Whether a RUN of the stage installs the git package (apt-get install ... git)."""
+    for ins in stage.all("RUN"):
+        words = re.split(r"[\s;&|]+", ins.args)
+        if "install" in words and "git" in words:
+            return True
+    return False
 
 
 def dockerfile_problems(df: Dockerfile) -> list[str]:
@@ -276,6 +286,9 @@ def dockerfile_problems(df: Dockerfile) -> list[str]:
         tools = sorted(words.intersection(BUILD_TOOLS))
         if tools:
             problems.append(f"final stage line {ins.line} installs build tools {tools}")
+    if not installs_git(final):
+        problems.append("final stage does not install git: repositories with `diff: git` "
+                        "fetch and diff with it")
     if not any("--from=" in i.args for i in final.all("COPY")):
         problems.append("final stage copies nothing from the builder stage")
     user = image_user(final)
@@ -359,6 +372,11 @@ def _add_compiler(df: Dockerfile) -> None:
         "RUN", "apt-get update && apt-get install -y --no-install-recommends gcc", 0))
 
 
+def _without_git(df: Dockerfile) -> None:
+    df.final.instructions = [i for i in df.final.instructions
+                             if not (i.keyword == "RUN" and "git" in i.args.split())]
+
+
 def _without_env(name: str) -> Callable[[Dockerfile], None]:
     def mutate(df: Dockerfile) -> None:
         for ins in df.final.all("ENV"):
@@ -370,6 +388,7 @@ def _without_env(name: str) -> Callable[[Dockerfile], None]:
     pytest.param(_single_stage, "not multi-stage", id="a single stage"),
     pytest.param(_full_base, "not a slim Python 3.11", id="the full python image as base"),
     pytest.param(_add_compiler, "build tools", id="a compiler in the final stage"),
+    pytest.param(_without_git, "does not install git", id="no git in the final stage"),
     pytest.param(_drop("USER"), "no numeric USER", id="no USER"),
     pytest.param(_replace("USER", "0:0"), "is root", id="USER 0"),
     pytest.param(_replace("USER", "root"), "no numeric USER", id="USER root by name"),

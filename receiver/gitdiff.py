@@ -1,0 +1,475 @@
+"""The ``diff: git`` strategy: changed paths from git itself, with no file or commit cap.
+
+``GitMirror`` keeps one bare, blobless mirror per repository under the cache directory
+(``<cache_dir>/<provider>/<quoted name>.git``): commits and trees only, since
+``git diff --name-only --no-renames`` never reads a blob. A delivery fetches the refs of its
+burst in one ``git fetch``; ``changed_files`` then answers locally, fetching a missing commit
+by id once. ``local_changed_files`` answers the same question from an existing clone
+(``explain --git-dir``), offline and without a token.
+
+Invariants:
+
+- The token travels only as an ``http.extraHeader`` set through the environment of the
+  ``git fetch`` process (``GIT_CONFIG_COUNT``): never in a URL, an argument, the mirror's
+  config or any file; git's stderr is scrubbed before it reaches an exception.
+- Every other git command runs with ``protocol.allow=never``: a partial clone would
+  otherwise fetch a missing object on its own (with whatever credentials it finds),
+  outside the lock and the time-out.
+- One writer per mirror across threads and processes: ``fcntl.flock`` on ``<mirror>.lock``,
+  exclusive to create, fetch or re-clone, shared to read. Each acquisition opens the lock
+  file anew, so threads of one process exclude each other as processes do.
+- No user or system git configuration, credential helper or prompt takes part.
+- Commit ids given to GitMirror are full lower-case hex (40 or 64 digits): ValueError else.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+from providers.base import CompareStatus, Diff
+from receiver.errors import ProviderError
+from receiver.logging import get_logger
+
+FETCH_TIMEOUT_SECONDS = 120.0
+LOCAL_TIMEOUT_SECONDS = 60.0
+
+_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+_DEFAULT_URLS = {
+    "github": "https://github.com/{name}.git",
+    "gitlab": "https://gitlab.com/{name}.git",
+    "bitbucket": "https://bitbucket.org/{name}.git",
+}
+
+# The user name each provider documents for a token sent as an HTTP Basic password over
+# HTTPS git (checked 2026-12-01):
+# - GitHub, "Authenticating as a GitHub App installation": the installation token is the
+#   HTTP password with user x-access-token; a personal access token works as the password
+#   with any user name, so x-access-token serves both.
+# - GitLab, "OAuth 2.0 API" (Access Git over HTTPS with access token): user oauth2; personal,
+#   project and group tokens accept any user name, oauth2 included.
+# - Bitbucket Cloud, "Using Repository Access Tokens" (and the project and workspace
+#   variants): user x-token-auth. "Using API tokens": an Atlassian API token (the kind that
+#   comes with an api_username, the account e-mail the REST API needs) authenticates git
+#   with the static user x-bitbucket-api-token-auth, since git refuses the e-mail; the
+#   username:app-password pair stopped working on 2026-06-09 (the app password deprecation).
+# - Bitbucket Data Center, "HTTP access tokens": project and repository tokens work only as
+#   Bearer, never with a user name in Basic; Bearer works for personal tokens too.
+_BASIC_USERS = {"github": "x-access-token", "gitlab": "oauth2", "bitbucket": "x-token-auth"}
+_BITBUCKET_API_TOKEN_USER = "x-bitbucket-api-token-auth"
+
+# stderr of a fetch whose want the server does not have: a commit force-pushed away and
+# garbage-collected ("not our ref"), or a branch deleted since the push
+_MISSING = ("not our ref", "couldn't find remote ref", "no such remote ref")
+# stderr that comes from the remote side or the network, never from the local repository
+_REMOTE = ("unable to access", "could not read username", "could not read password",
+           "authentication failed", "not found", "remote error", "remote:",
+           "returned error", "rpc failed", "the remote end hung up", "could not resolve")
+
+
+def default_git_url(provider: str, name: str) -> str | None:
+    """The HTTPS clone URL of repository ``name`` on the provider's public host.
+
+    None for ``bitbucket-server`` (self-managed: ``git_url`` is required) and for any
+    provider without a public host.
+    """
+    template = _DEFAULT_URLS.get(provider)
+    return template.format(name=name) if template is not None else None
+
+
+def auth_header(provider: str, token: str, username: str | None) -> str:
+    """The ``Authorization`` header value that sends ``token`` to ``provider``'s git server.
+
+    ``username`` is the repository's ``api_username`` (only Bitbucket Cloud uses it: it
+    marks an Atlassian API token). Raises ValueError for an unknown provider.
+    """
+    if provider == "bitbucket-server":
+        return f"Bearer {token}"
+    if provider not in _BASIC_USERS:
+        raise ValueError(f"no git authentication known for provider {provider!r}")
+    user = _BASIC_USERS[provider]
+    if provider == "bitbucket" and username:
+        user = _BITBUCKET_API_TOKEN_USER
+    pair = f"{user}:{token}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+class GitMirror:
+    """The bare, blobless mirror of one repository, shared by every thread and process.
+
+    ``provider`` and ``name`` are as configured (they name the mirror and every error);
+    ``url`` is the HTTPS clone URL; ``token`` is called at each fetch (so a rotated secret or
+    a fresh GitHub App installation token is used) and may return None for a public
+    repository. Time-outs are in seconds, per git process.
+    """
+
+    def __init__(self, *, provider: str, name: str, url: str, cache_dir: str | Path,
+                 token: Callable[[], str | None] | None = None, username: str | None = None,
+                 fetch_timeout: float = FETCH_TIMEOUT_SECONDS,
+                 local_timeout: float = LOCAL_TIMEOUT_SECONDS) -> None:
+        self.provider = provider
+        self.name = name
+        self.url = url
+        self.path = Path(cache_dir) / provider / f"{quote(name, safe='')}.git"
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._token = token
+        self._username = username
+        self.fetch_timeout = fetch_timeout
+        self.local_timeout = local_timeout
+        self._log = get_logger()
+
+    def __repr__(self) -> str:
+        return f"GitMirror({self})"
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+    # --- the contract ---------------------------------------------------------------------
+
+    def fetch(self, refs: Iterable[str]) -> bool:
+        """Bring ``refs`` into the mirror in one ``git fetch``, creating the mirror if needed.
+
+        Each ref is a branch name (``main``), a full ref (``refs/heads/main``,
+        ``refs/tags/v1``) or a commit id. Returns False when the server lacks one of them
+        (a branch deleted since, a commit gone): then nothing of this fetch is kept, and
+        ``changed_files`` fetches what it still misses by id. A mirror that is missing or
+        corrupt is created again (once per call). Raises ProviderError when the server
+        refuses (HTTP 401/403, repository not found), cannot be reached, or the fetch
+        exceeds ``fetch_timeout``; the message names the repository, never the token.
+        """
+        specs = [_refspec(ref) for ref in refs]
+        if not specs:
+            return True
+        with self._locked(exclusive=True):
+            return self._fetch_locked(specs)
+
+    def changed_files(self, base: str, head: str) -> Diff:
+        """The tree difference from commit ``base`` to commit ``head``, from the mirror.
+
+        ``head`` contained in ``base`` gives ``behind`` (``identical`` when equal) with no
+        paths. A commit the mirror lacks is fetched by id, once; if the server no longer has
+        it (force-pushed away and garbage-collected) the Diff is incomplete (``paths`` None,
+        ``reason`` says which commit). Raises ProviderError as ``fetch`` does, or when a
+        local git command fails or exceeds ``local_timeout``.
+        """
+        _check_sha(base)
+        _check_sha(head)
+        if base == head:
+            return Diff("identical", frozenset())
+        with self._locked(exclusive=False):
+            missing = _missing(self._local_git, (base, head))
+        if missing:
+            self.fetch(missing)
+            with self._locked(exclusive=False):
+                missing = _missing(self._local_git, missing)
+            if missing:
+                return _incomplete(base, head, missing)
+        with self._locked(exclusive=False):
+            return _compare(self._local_git, base, head)
+
+    # --- fetching ---------------------------------------------------------------------------
+
+    def _fetch_locked(self, specs: Sequence[str]) -> bool:
+        if not self.path.exists():
+            self._create("no mirror yet")
+        elif not self._usable():
+            self._create("the mirror is unreadable or points at another URL")
+        try:
+            return self._run_fetch(specs)
+        except _LocalFailure as exc:
+            self._create(f"fetch failed locally: {exc}")
+            try:
+                return self._run_fetch(specs)
+            except _LocalFailure as again:
+                raise ProviderError(f"git fetch of {self} failed: {again}") from None
+
+    def _usable(self) -> bool:
+        """A cheap health check: git opens the mirror and it points at ``url``.
+
+        A garbled HEAD, a missing objects or refs directory or a changed ``git_url`` fail it.
+        """
+        try:
+            done = self._local_git("config", "--get", "remote.origin.url")
+        except ProviderError:
+            return False
+        return done.returncode == 0 and done.stdout.decode(errors="replace").strip() == self.url
+
+    def _create(self, reason: str) -> None:
+        """(Re)create an empty blobless mirror: built aside, then renamed into place."""
+        self._log.info("git.mirror_created", repository=self.name, provider=self.provider,
+                       reason=reason)
+        fresh = self.path.with_name(self.path.name + ".new")
+        run = _Git(fresh, _env(protocol_allow="never"), self.local_timeout, str(self))
+        try:
+            for stale in (fresh, self.path):
+                _remove(stale)
+            run.check("init", "--quiet", "--bare", str(fresh), git_dir=False)
+            for key, value in (("core.repositoryformatversion", "1"),
+                               ("extensions.partialClone", "origin"),
+                               ("remote.origin.url", self.url),
+                               ("remote.origin.promisor", "true"),
+                               ("remote.origin.partialclonefilter", "blob:none"),
+                               # gc after a fetch runs inside the lock, not detached past it
+                               ("gc.autoDetach", "false")):
+                run.check("config", key, value)
+            os.rename(fresh, self.path)
+        except OSError as exc:
+            raise ProviderError(f"cannot create the mirror of {self} at {self.path}: "
+                                f"{exc.strerror}") from exc
+
+    def _run_fetch(self, specs: Sequence[str]) -> bool:
+        token = self._token() if self._token is not None else None
+        header = (auth_header(self.provider, token, self._username)
+                  if token is not None else None)
+        secrets = [s for s in (token, header, header.split(" ", 1)[1] if header else None)
+                   if s]
+        env = _env(extra_header=f"Authorization: {header}" if header else None)
+        run = _Git(self.path, env, self.fetch_timeout, str(self))
+        try:
+            done = run("fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                       "--filter=blob:none", "--end-of-options", "origin", *specs)
+        except _Timeout:
+            raise ProviderError(f"git fetch of {self} timed out after "
+                                f"{self.fetch_timeout:g} s") from None
+        if done.returncode == 0:
+            return True
+        err = _scrub(done.stderr.decode("utf-8", "replace"), secrets)
+        low = err.lower()
+        if any(m in low for m in _MISSING):
+            return False
+        if not any(m in low for m in _REMOTE):
+            raise _LocalFailure(_last_line(err))
+        raise ProviderError(f"git fetch of {self} failed: {_explain(low)} ({_last_line(err)})")
+
+    # --- local commands -----------------------------------------------------------------
+
+    def _local_git(self, *args: str,
+                   input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        run = _Git(self.path, _env(protocol_allow="never"), self.local_timeout, str(self))
+        try:
+            return run(*args, input=input)
+        except _Timeout:
+            raise ProviderError(f"git {args[0]} in the mirror of {self} timed out after "
+                                f"{self.local_timeout:g} s") from None
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        # every git command under the lock has a time-out, so a holder releases it in bounded
+        # time, and a killed holder's lock goes with its file descriptor
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self._lock_path, "a+b")  # noqa: SIM115 - closed below, after yield
+        except OSError as exc:
+            raise ProviderError(f"cannot lock the mirror of {self} at {self._lock_path}: "
+                                f"{exc.strerror}") from exc
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+
+
+def local_changed_files(git_dir: str | Path, base: str, head: str,
+                        timeout: float = LOCAL_TIMEOUT_SECONDS) -> Diff:
+    """The tree difference from ``base`` to ``head`` in an existing clone at ``git_dir``.
+
+    ``base`` and ``head`` are commit ids or any revision git resolves there (``HEAD``, a
+    branch, a tag). No fetch, no token, no network (even in a partial clone). A revision
+    the clone does not have gives an incomplete Diff. Raises ProviderError when
+    ``git_dir`` is not a git repository, a git command fails or exceeds ``timeout`` seconds.
+    """
+    where = str(git_dir)
+    run = _Git(Path(git_dir), _env(protocol_allow="never"), timeout, where, work_tree=True)
+
+    def local(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return run(*args, input=input)
+        except _Timeout:
+            raise ProviderError(f"git {args[0]} in {where} timed out after "
+                                f"{timeout:g} s") from None
+
+    if local("rev-parse", "--git-dir").returncode != 0:
+        raise ProviderError(f"{where} is not a git repository")
+    resolved: list[str] = []
+    for rev in (base, head):
+        if not rev or rev.startswith("-"):
+            raise ProviderError(f"{rev!r} is not a revision")
+        done = local("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+        if done.returncode != 0:
+            return _incomplete(base, head, [rev], where=where)
+        resolved.append(done.stdout.decode().strip())
+    return _compare(local, resolved[0], resolved[1])
+
+
+# --- shared logic ------------------------------------------------------------------------------
+
+Runner = Callable[..., "subprocess.CompletedProcess[bytes]"]
+
+
+def _missing(run: Runner, shas: Sequence[str]) -> list[str]:
+    """Which of ``shas`` are not commits in the repository (all of them if it is unusable)."""
+    done = run("cat-file", "--batch-check=%(objectname) %(objecttype)",
+               input="".join(f"{s}\n" for s in shas).encode())
+    if done.returncode != 0:
+        return list(shas)
+    present = {line.split()[0] for line in done.stdout.decode().splitlines()
+               if line.endswith(" commit")}
+    return [s for s in shas if s not in present]
+
+
+def _compare(run: Runner, base: str, head: str) -> Diff:
+    if base == head:
+        return Diff("identical", frozenset())
+    if _is_ancestor(run, head, base):
+        return Diff("behind", frozenset())
+    status: CompareStatus = "ahead" if _is_ancestor(run, base, head) else "diverged"
+    done = run("diff", "--name-only", "--no-renames", "--no-ext-diff", "-z", base, head)
+    if done.returncode != 0:
+        raise ProviderError(f"git diff failed: {_last_line(done.stderr.decode(errors='replace'))}")
+    names = done.stdout.split(b"\0")
+    # paths are bytes in git; undecodable ones keep their bytes as surrogates (never merged)
+    return Diff(status, frozenset(n.decode("utf-8", "surrogateescape") for n in names if n))
+
+
+def _is_ancestor(run: Runner, ancestor: str, descendant: str) -> bool:
+    done = run("merge-base", "--is-ancestor", ancestor, descendant)
+    if done.returncode not in (0, 1):
+        raise ProviderError("git merge-base failed: "
+                            f"{_last_line(done.stderr.decode(errors='replace'))}")
+    return done.returncode == 0
+
+
+def _incomplete(base: str, head: str, missing: Sequence[str], where: str = "") -> Diff:
+    which = "base" if base in missing else "head"
+    place = f" {where}" if where else ""
+    return Diff("diverged", None,
+                f"the {which} commit {missing[0][:12]} is not in the repository{place} "
+                "(force-pushed away and garbage-collected?)")
+
+
+# --- running git ---------------------------------------------------------------------------------
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _LocalFailure(Exception):
+    """A fetch failed for a reason on this side (a corrupt mirror): worth one re-clone."""
+
+
+class _Git:
+    """Runs git against one repository with a fixed environment and time-out."""
+
+    def __init__(self, path: Path, env: dict[str, str], timeout: float, label: str,
+                 *, work_tree: bool = False) -> None:
+        self.path = path
+        self.env = env
+        self.timeout = timeout
+        self.label = label
+        self.work_tree = work_tree
+
+    def __call__(self, *args: str, input: bytes | None = None,
+                 git_dir: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """Run ``git ARGS``; the finished process (any exit status). Raises _Timeout."""
+        where = (["-C", str(self.path)] if self.work_tree else [f"--git-dir={self.path}"]
+                 ) if git_dir else []
+        argv = ["git", *where, *args]
+        try:
+            # its own session: a time-out kills git's children too (remote helper, index-pack)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=self.env,
+                                    start_new_session=True)
+        except FileNotFoundError:
+            raise ProviderError("git is not installed (no git on PATH)") from None
+        try:
+            out, err = proc.communicate(input, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise _Timeout() from None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def check(self, *args: str, git_dir: bool = True) -> None:
+        """Run ``git ARGS`` and raise ProviderError unless it succeeds."""
+        try:
+            done = self(*args, git_dir=git_dir)
+        except _Timeout:
+            raise ProviderError(f"git {args[0]} for {self.label} timed out") from None
+        if done.returncode != 0:
+            raise ProviderError(f"git {args[0]} for {self.label} failed: "
+                                f"{_last_line(done.stderr.decode(errors='replace'))}")
+
+
+def _env(*, extra_header: str | None = None, protocol_allow: str | None = None) -> dict[str, str]:
+    """The environment of a git process: this one's minus every GIT_* variable and askpass,
+    with no prompts, no system or global config, no credential helper, and the given
+    settings passed as configuration through the environment (never a file)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GIT_") and k != "SSH_ASKPASS"}
+    settings = [("credential.helper", "")]
+    if extra_header is not None:
+        settings.append(("http.extraHeader", extra_header))
+    if protocol_allow is not None:
+        settings.append(("protocol.allow", protocol_allow))
+    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C",
+                "GIT_CONFIG_COUNT": str(len(settings))})
+    for i, (key, value) in enumerate(settings):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+def _refspec(ref: str) -> str:
+    """A fetch refspec: a commit id as is; a branch or full ref force-updated in place."""
+    if _SHA.fullmatch(ref):
+        return ref
+    if not ref or ref.startswith(("-", "+", ":")) or ":" in ref or ".." in ref:
+        raise ValueError(f"not a branch, ref or commit id: {ref!r}")
+    full = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+    return f"+{full}:{full}"
+
+
+def _check_sha(value: str) -> None:
+    if not _SHA.fullmatch(value):
+        raise ValueError(f"not a full commit id: {value!r}")
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def _explain(stderr: str) -> str:
+    """What a refused or failed fetch means, from git's (lower-cased) stderr."""
+    if ("error: 401" in stderr or "could not read username" in stderr
+            or "authentication failed" in stderr):
+        return "the server refused the credentials (HTTP 401)"
+    if "error: 403" in stderr:
+        return "the server refused access (HTTP 403)"
+    if "not found" in stderr or "error: 404" in stderr:
+        return "the repository was not found, or the token cannot see it"
+    return "the server could not be reached or answered an error"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,385 @@
+"""deploy/stack.yaml: cfn-lint clean, and in agreement with what the repository already checks.
+
+The template is rendered offline (parameters, pseudo parameters, conditions and the few
+intrinsic functions it uses resolved to plain values), so its task definition can be
+compared with ecs-task.json field by field and run through the same Fargate checks
+(tests/test_ecs_task.py), and its IAM policies compared with the reviewed policy files in
+config/. ecs-task.json stays the source the other tests check; the stack must equal it.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cfnlint.api import lint
+
+from receiver import metrics, worker
+from receiver.state import dynamodb
+from tests.test_ecs_task import (
+    EXECUTION_ROLE_POLICY,
+    PRODUCTION_CONFIG,
+    TASK_FILE,
+    TASK_ROLE_POLICY,
+    grants,
+    policy_problems,
+    service_container,
+    task_problems,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = ROOT / "deploy" / "stack.yaml"
+ACCOUNT = "123456789012"  # the account of ecs-task.json and the policy files
+REGION = "us-east-1"
+# the stack's secret parameters and the environment variable each one fills
+SECRET_PARAMETERS = {"GITHUB_WEBHOOK_SECRET": "GitHubWebhookSecretArn",
+                     "GITHUB_TOKEN": "GitHubTokenArn",
+                     "GITLAB_WEBHOOK_TOKEN": "GitLabWebhookTokenArn",
+                     "GITLAB_TOKEN": "GitLabTokenArn"}
+# resources whose Ref is a name given by one of their properties
+NAMED_BY = {"AWS::Logs::LogGroup": "LogGroupName", "AWS::DynamoDB::Table": "TableName"}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form tags turned into their long forms."""
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_Loader.add_multi_constructor("!", _tag)
+
+
+def load_stack(text: str | None = None) -> dict[str, Any]:
+    """The template as a document with long-form intrinsic functions."""
+    doc = yaml.load(STACK.read_text() if text is None else text, Loader=_Loader)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def task_json() -> dict[str, Any]:
+    doc = json.loads(TASK_FILE.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def production_parameters() -> dict[str, str]:
+    """Parameter values for the deployment ecs-task.json describes (its secrets' ARNs)."""
+    container = service_container(task_json())
+    assert container is not None
+    by_name = {s["name"]: s["valueFrom"] for s in container["secrets"]}
+    return {param: by_name[env] for env, param in SECRET_PARAMETERS.items()} | {
+        "CertificateArn": f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0f6c-example",
+        "VpcId": "vpc-0example", "PublicSubnetIds": "subnet-0public",
+        "PrivateSubnetIds": "subnet-0private"}
+
+
+class Renderer:
+    """Resolves the intrinsic functions of one template for one set of parameter values."""
+
+    def __init__(self, doc: dict[str, Any], parameters: dict[str, str]) -> None:
+        self.doc = doc
+        self.values: dict[str, Any] = {
+            name: parameters.get(name, spec.get("Default"))
+            for name, spec in doc.get("Parameters", {}).items()}
+        missing = [n for n, v in self.values.items() if v is None]
+        self.values |= {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+                        "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com",
+                        "AWS::StackName": "webhook-receiver"}
+        self.missing = missing
+
+    def condition(self, name: str) -> bool:
+        return bool(self.render(self.doc["Conditions"][name]))
+
+    def ref(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        resource = self.doc["Resources"][name]
+        prop = NAMED_BY.get(resource["Type"])
+        return self.render(resource["Properties"][prop]) if prop else f"{name}-id"
+
+    def attribute(self, name: str, attribute: str) -> str:
+        resource = self.doc["Resources"][name]
+        if attribute == "Arn" and resource["Type"] == "AWS::IAM::Role":
+            return f"arn:aws:iam::{ACCOUNT}:role/{name}"
+        if attribute == "Arn" and resource["Type"] == "AWS::DynamoDB::Table":
+            return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{self.ref(name)}"
+        return f"{name}.{attribute}"
+
+    def sub(self, text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if "." in name and name.split(".")[0] in self.doc["Resources"]:
+                return self.attribute(*name.split(".", 1))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def render(self, node: Any) -> Any:
+        """``node`` with every intrinsic function replaced by its value (AWS::NoValue drops)."""
+        if isinstance(node, list):
+            return [r for r in (self.render(n) for n in node) if r is not _NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Ref":
+                return _NO_VALUE if arg == "AWS::NoValue" else self.ref(arg)
+            if key == "Fn::Sub":
+                return self.sub(arg)
+            if key == "Fn::GetAtt":
+                return self.attribute(*arg)
+            if key == "Fn::If":
+                name, then, otherwise = arg
+                return self.render(then if self.condition(name) else otherwise)
+            if key == "Fn::Equals":
+                return self.render(arg[0]) == self.render(arg[1])
+            if key == "Fn::Not":
+                return not self.render(arg[0])
+            assert not key.startswith("Fn::"), f"the renderer does not know {key}"
+        out = {k: self.render(v) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v is not _NO_VALUE}
+
+    def resource(self, name: str) -> dict[str, Any]:
+        rendered = self.render(self.doc["Resources"][name])
+        assert isinstance(rendered, dict)
+        return rendered
+
+
+_NO_VALUE = object()
+
+
+def render(parameters: dict[str, str] | None = None,
+           doc: dict[str, Any] | None = None) -> Renderer:
+    renderer = Renderer(doc or load_stack(), production_parameters() | (parameters or {}))
+    assert renderer.missing == []
+    return renderer
+
+
+def _api_case(node: Any) -> Any:
+    """CloudFormation's PascalCase property names as the ECS API's camelCase ones.
+
+    Map keys that are values, not property names (awslogs options), keep their spelling.
+    """
+    if isinstance(node, list):
+        return [_api_case(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    return {k[0].lower() + k[1:]: (v if k == "Options" else _api_case(v))
+            for k, v in node.items()}
+
+
+def stack_task_definition(parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """The stack's task definition in the shape of ecs-task.json (RegisterTaskDefinition)."""
+    properties = render(parameters).resource("TaskDefinition")["Properties"]
+    task = _api_case(properties)
+    assert isinstance(task, dict)
+    return task
+
+
+# --- cfn-lint --------------------------------------------------------------------------
+
+
+def test_cfn_lint_finds_nothing_in_the_stack() -> None:
+    # no ignore_checks in the template: any error or warning fails here
+    assert [str(m) for m in lint(STACK.read_text())] == []
+
+
+def test_cfn_lint_catches_a_broken_copy() -> None:
+    broken = STACK.read_text().replace("HealthCheckIntervalSeconds: 15",
+                                       "HealthCheckIntervalSeconds: 1")
+    assert broken != STACK.read_text()
+    assert any("HealthCheckIntervalSeconds" in m.path_string or "minimum" in str(m)
+               for m in lint(broken))
+
+
+# --- the task definition agrees with ecs-task.json ------------------------------------
+
+
+def test_stack_task_definition_equals_ecs_task_json_but_for_the_role_arns() -> None:
+    stack, task = stack_task_definition(), task_json()
+    for role in ("taskRoleArn", "executionRoleArn"):
+        assert stack.pop(role).startswith(f"arn:aws:iam::{ACCOUNT}:role/")
+        task.pop(role)
+    assert stack == task
+
+
+def test_stack_task_definition_passes_the_fargate_checks_of_ecs_task_json() -> None:
+    # including: every env:NAME of config/production.yaml is a `secrets` entry
+    assert task_problems(stack_task_definition()) == []
+
+
+def test_agreement_check_fails_when_the_stack_drifts() -> None:
+    doc = load_stack()
+    container = doc["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    container["Secrets"] = container["Secrets"][1:]
+    properties = Renderer(doc, production_parameters()).resource("TaskDefinition")["Properties"]
+    drifted = _api_case(properties)
+    assert task_problems(drifted)  # GITHUB_WEBHOOK_SECRET is no longer injected
+    assert drifted != task_json()
+
+
+def test_exec_on_makes_the_root_filesystem_writable_and_changes_nothing_else() -> None:
+    off, on = stack_task_definition(), stack_task_definition({"EnableExecuteCommand": "true"})
+    assert on["containerDefinitions"][0].pop("readonlyRootFilesystem") is False
+    assert off["containerDefinitions"][0].pop("readonlyRootFilesystem") is True
+    assert on == off
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("false", False), ("true", True)])
+def test_exec_permissions_exist_only_when_exec_is_on(value: str, enabled: bool) -> None:
+    renderer = render({"EnableExecuteCommand": value})
+    doc = renderer.doc
+    assert renderer.resource("Service")["Properties"]["EnableExecuteCommand"] is enabled
+    assert doc["Resources"]["ExecPolicy"]["Condition"] == "ExecEnabled"
+    assert renderer.condition("ExecEnabled") is enabled
+    actions = {a for a, _ in grants(renderer.resource("ExecPolicy")["Properties"]
+                                    ["PolicyDocument"])}
+    assert actions == {f"ssmmessages:{verb}{kind}Channel"
+                       for verb in ("Create", "Open") for kind in ("Control", "Data")}
+
+
+# --- the table and the IAM policies ----------------------------------------------------
+
+
+def test_stack_table_is_what_state_init_creates() -> None:
+    props = render().resource("StateTable")["Properties"]
+    want = dynamodb.table_definition(props["TableName"])
+    for key in ("TableName", "BillingMode", "AttributeDefinitions", "KeySchema",
+                "GlobalSecondaryIndexes"):
+        assert props[key] == want[key], key
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["TableName"] == yaml.safe_load(PRODUCTION_CONFIG.read_text())["state"]["table"]
+
+
+def _role_policy(renderer: Renderer, role: str) -> dict[str, Any]:
+    (policy,) = renderer.resource(role)["Properties"]["Policies"]
+    document = policy["PolicyDocument"]
+    assert isinstance(document, dict)
+    return document
+
+
+def test_stack_execution_role_grants_exactly_the_reviewed_execution_policy() -> None:
+    document = _role_policy(render(), "ExecutionRole")
+    assert policy_problems(document) == []
+    assert grants(document) == grants(json.loads(EXECUTION_ROLE_POLICY.read_text()))
+
+
+def test_stack_task_role_grants_the_reviewed_task_policy_with_pipelines_by_prefix() -> None:
+    document = _role_policy(render(), "TaskRole")
+    assert policy_problems(document) == []
+    reviewed = grants(json.loads(TASK_ROLE_POLICY.read_text()))
+    stack = grants(document)
+    assert {g for g in stack if not g[0].startswith("codepipeline:")} == \
+        {g for g in reviewed if not g[0].startswith("codepipeline:")}
+    (pattern,) = {r for a, r in stack if a == "codepipeline:StartPipelineExecution"}
+    assert {a for a, _ in stack if a.startswith("codepipeline:")} == \
+        {"codepipeline:StartPipelineExecution"}
+    assert pattern == f"arn:aws:codepipeline:{REGION}:{ACCOUNT}:acme-*"
+    for _, pipeline in (g for g in reviewed if g[0].startswith("codepipeline:")):
+        assert fnmatch.fnmatchcase(pipeline, pattern), pipeline
+
+
+def test_pipeline_prefix_limits_what_the_task_role_may_start() -> None:
+    document = _role_policy(render({"PipelineNamePrefix": "team-a-"}), "TaskRole")
+    (pattern,) = {r for a, r in grants(document) if a.startswith("codepipeline:")}
+    assert not fnmatch.fnmatchcase(
+        f"arn:aws:codepipeline:{REGION}:{ACCOUNT}:acme-collections-deploy", pattern)
+
+
+# --- network, health check, alarms -----------------------------------------------------
+
+
+def test_only_https_reaches_the_load_balancer_and_only_the_load_balancer_reaches_the_tasks() \
+        -> None:
+    r = render()
+    alb = r.resource("LoadBalancerSecurityGroup")["Properties"]
+    assert [(i["FromPort"], i["ToPort"]) for i in alb["SecurityGroupIngress"]] == [(443, 443)]
+    tasks = r.resource("TaskSecurityGroup")["Properties"]
+    assert "SecurityGroupIngress" not in tasks
+    ingress = r.resource("TaskIngressFromLoadBalancer")["Properties"]
+    assert (ingress["FromPort"], ingress["ToPort"], ingress["SourceSecurityGroupId"]) == \
+        (8080, 8080, "LoadBalancerSecurityGroup-id")
+    listener = r.resource("HttpsListener")["Properties"]
+    assert (listener["Protocol"], listener["Port"]) == ("HTTPS", 443)
+    assert listener["Certificates"] == [{"CertificateArn": production_parameters()
+                                         ["CertificateArn"]}]
+
+
+def test_target_group_checks_healthz_on_the_container_port() -> None:
+    r = render()
+    group = r.resource("TargetGroup")["Properties"]
+    container = stack_task_definition()["containerDefinitions"][0]
+    assert group["HealthCheckPath"] == "/healthz"
+    assert group["Port"] == container["portMappings"][0]["containerPort"]
+    (binding,) = r.resource("Service")["Properties"]["LoadBalancers"]
+    assert (binding["ContainerName"], binding["ContainerPort"]) == \
+        (container["name"], group["Port"])
+
+
+def _alarm_metric_names(alarm: dict[str, Any]) -> set[str]:
+    props = alarm["Properties"]
+    names = {props["MetricName"]} if "MetricName" in props else set()
+    for query in props.get("Metrics", []):
+        names |= set(re.findall(r"SELECT \w+\((\w+)\)", query.get("Expression", "")))
+    return names
+
+
+def test_every_service_alarm_watches_a_metric_the_service_emits() -> None:
+    r = render()
+    emitted = {name for table in metrics._METRICS.values() for name, *_ in table}
+    filters = {t["MetricName"] for n, res in r.doc["Resources"].items()
+               if res["Type"] == "AWS::Logs::MetricFilter"
+               for t in r.resource(n)["Properties"]["MetricTransformations"]}
+    alarms = {n: r.resource(n) for n, res in r.doc["Resources"].items()
+              if res["Type"] == "AWS::CloudWatch::Alarm"}
+    ours = {n: a for n, a in alarms.items()
+            if a["Properties"].get("Namespace") != "AWS/ApplicationELB"}
+    watched = set().union(*(_alarm_metric_names(a) for a in ours.values()))
+    assert watched  # the regex found the Metrics Insights queries
+    assert watched <= emitted | filters
+    assert {"PipelineStartFailures", "Deliveries"} <= watched
+
+
+def test_the_metric_filter_matches_the_event_the_worker_logs() -> None:
+    (name,) = [n for n, res in render().doc["Resources"].items()
+               if res["Type"] == "AWS::Logs::MetricFilter"]
+    pattern = render().resource(name)["Properties"]["FilterPattern"]
+    event = re.fullmatch(r'\{ \$\.event = "([\w.]+)" \}', pattern)
+    assert event is not None
+    assert f'"{event.group(1)}"' in inspect.getsource(worker)
+
+
+def test_alarms_notify_the_topic_only_when_one_is_given() -> None:
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:ops"
+    without, with_topic = render(), render({"AlarmTopicArn": topic})
+    for name, res in without.doc["Resources"].items():
+        if res["Type"] == "AWS::CloudWatch::Alarm":
+            assert "AlarmActions" not in without.resource(name)["Properties"]
+            assert with_topic.resource(name)["Properties"]["AlarmActions"] == [topic]
+
+
+def test_renderer_resolves_everything_it_is_given() -> None:
+    # a template function the renderer does not know must fail loudly, not pass through
+    doc = copy.deepcopy(load_stack())
+    doc["Resources"]["LogGroup"]["Properties"]["RetentionInDays"] = {"Fn::Select": [0, [1]]}
+    with pytest.raises(AssertionError, match="Fn::Select"):
+        Renderer(doc, production_parameters()).resource("LogGroup")

@@ -4,7 +4,7 @@ A few log events carry a metric. For those, this structlog processor adds the ``
 block and the metric values to the same JSON line, so CloudWatch Logs extracts the metrics
 and ops keep one stream. Namespace ``WebhookReceiver`` (env RECEIVER_METRICS_NAMESPACE);
 RECEIVER_METRICS=off turns it off (both read at start-up). Dimensions are only ever the
-provider (one of the four known names, else ``unknown``: a URL must not mint metric
+provider (a name in the provider registry, else ``unknown``: a URL must not mint metric
 dimensions) and a fixed outcome.
 
 | metric | unit | dimensions | from event |
@@ -22,8 +22,6 @@ import os
 import time
 from collections.abc import MutableMapping
 from typing import Any
-
-KNOWN_PROVIDERS = frozenset({"github", "gitlab", "bitbucket", "bitbucket-server"})
 
 _OUTCOMES = {
     "webhook.accepted": "accepted",
@@ -51,7 +49,10 @@ class EmbeddedMetrics:
     written per request, and two environment lookups cost 1.5 of its 9 µs."""
 
     def __init__(self, *, enabled: bool = True, namespace: str = "WebhookReceiver") -> None:
+        from providers import REGISTRY  # here: the providers import the logging set-up
+
         self.enabled = enabled
+        self._providers = REGISTRY  # the registry itself, so a provider added later counts
         # the directives of each event, built once: they never change, and the JSON
         # renderer only reads them
         self._directives = {
@@ -72,7 +73,7 @@ class EmbeddedMetrics:
         metrics = _METRICS.get(name)
         if not self.enabled or metrics is None:
             return event
-        if event.get("provider") not in KNOWN_PROVIDERS:
+        if event.get("provider") not in self._providers:
             event["provider"] = "unknown"
         if name in _OUTCOMES:
             event["outcome"] = _OUTCOMES[name]

@@ -1,4 +1,9 @@
-"""Provider registry: the URL segment and config value of each provider, to its class."""
+"""Provider registry: the only list of providers.
+
+Each key is a provider's name: its URL segment (``/webhooks/<key>``), its config value
+(``provider: <key>``), the ``provider`` of its events, log lines and metric dimensions.
+Adding a provider is one module plus one entry here.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,13 @@ REGISTRY: dict[str, type[Provider]] = {
 
 
 def build_providers() -> dict[str, Provider]:
-    """One instance of every registered provider (they hold per-repository API clients)."""
-    return {name: cls() for name, cls in REGISTRY.items()}
+    """One instance of every registered provider (they hold per-repository API clients),
+    each named by its key: a class registered under another key reports that key."""
+    providers: dict[str, Provider] = {}
+    for name, cls in REGISTRY.items():
+        providers[name] = provider = cls()
+        provider.name = name
+    return providers
 
 
 __all__ = ["REGISTRY", "Diff", "Provider", "build_providers"]

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, ClassVar, Literal, Protocol, cast
 
 import orjson
 import requests
@@ -85,15 +85,34 @@ class CommitStatus:
             raise ValueError("a commit status needs a name")
 
 
+@dataclass(frozen=True, slots=True)
+class NoOptions:
+    """The options of a provider that has no repository keys of its own."""
+
+
 class Provider(Protocol):
     """One Git hosting provider: verification, normalization and the compare API.
 
-    ``name`` is the registry key, module name, URL segment and config value.
+    ``name`` is the registry key (also the module name, URL segment and config value):
+    ``providers.build_providers`` sets it on each instance, and events carry it.
     ``content_types`` are the media types its webhooks may use (others are 415).
+    ``default_api_url`` is a repository's ``api_url`` when it gives none (None: required).
+    ``Options`` is a frozen dataclass, validated by pydantic, whose fields are the
+    repository keys only this provider has; a repository's ``options`` is an instance.
     """
 
     name: str
     content_types: tuple[str, ...]
+    default_api_url: ClassVar[str | None]
+    Options: ClassVar[type[Any]]
+
+    @staticmethod
+    def webhook_secret_problem(value: str) -> str | None:
+        """Why ``value`` cannot be one of this provider's webhook secrets, or None.
+
+        Checked when the secrets are read at start-up (``receiver.config.read_secrets``).
+        """
+        ...
 
     def preflight(self, headers: Headers, body: bytes) -> None:
         """Raise Ignored for a provider test request that is sent unsigned by design.
@@ -427,6 +446,14 @@ class ApiClients:
 class HttpProvider:
     """What every provider implementation shares: injectable sleep and clock (tests), and one
     API client per configured repository. Subclasses implement the Provider protocol."""
+
+    default_api_url: ClassVar[str | None] = None
+    Options: ClassVar[type[Any]] = NoOptions
+
+    @staticmethod
+    def webhook_secret_problem(value: str) -> str | None:
+        """Any value will do (see Provider)."""
+        return None
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:

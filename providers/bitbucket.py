@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 from urllib.parse import quote, urlsplit
+
+from pydantic import Field
 
 from providers.base import (
     CommitStatus,
@@ -60,6 +63,14 @@ COMMITS_FIELDS = "next,values.hash,values.parents.hash"
 MAX_DIFFSTAT_PAGES = 100
 
 
+@dataclass(frozen=True, slots=True)
+class BitbucketOptions:
+    """The repository keys only Bitbucket Cloud has."""
+
+    # with api_token: an Atlassian API token, sent as Basic api_username:api_token
+    api_username: Annotated[str, Field(min_length=1)] | None = None
+
+
 class BitbucketProvider(HttpProvider):
     """The Bitbucket Cloud implementation of ``providers.base.Provider``."""
 
@@ -67,6 +78,8 @@ class BitbucketProvider(HttpProvider):
     # annotated: the protocol's attribute is tuple[str, ...], and an inferred tuple[str]
     # would not match it (attributes are invariant)
     content_types: tuple[str, ...] = ("application/json",)
+    default_api_url: ClassVar[str | None] = "https://api.bitbucket.org"
+    Options = BitbucketOptions
 
     # --- webhook side ------------------------------------------------------------------
 
@@ -97,7 +110,7 @@ class BitbucketProvider(HttpProvider):
             raise BadRequest("push payload needs push.changes")
         events: list[PushEvent] = []
         for i, change in enumerate(changes):
-            event_or_none = _change(full_name, change, f"push.changes[{i}]")
+            event_or_none = _change(self.name, full_name, change, f"push.changes[{i}]")
             if event_or_none is not None:
                 events.append(event_or_none)
         if not events:
@@ -111,9 +124,10 @@ class BitbucketProvider(HttpProvider):
         if repo.api_token is None:
             return headers
         token = repo.api_token.value()
-        if repo.api_username:
+        username = repo.options_as(BitbucketOptions).api_username
+        if username:
             # Atlassian API tokens authenticate as the account: Basic email-or-name:token
-            pair = f"{repo.api_username}:{token}".encode()
+            pair = f"{username}:{token}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         else:
             # repository, project and workspace access tokens are bearer tokens
@@ -260,7 +274,7 @@ class BitbucketProvider(HttpProvider):
 # --- payload helpers -------------------------------------------------------------------
 
 
-def _change(full_name: str, change: object, field: str) -> PushEvent | None:
+def _change(provider: str, full_name: str, change: object, field: str) -> PushEvent | None:
     """The PushEvent of one ``push.changes[]`` entry; None for a ref that is not git's."""
     if not isinstance(change, dict):
         raise BadRequest(f"{field} is not an object")
@@ -294,7 +308,7 @@ def _change(full_name: str, change: object, field: str) -> PushEvent | None:
     if ref_type is None:
         return None
     forced = change.get("forced", False)
-    return PushEvent(provider="bitbucket", repository=full_name, ref_type=ref_type,
+    return PushEvent(provider=provider, repository=full_name, ref_type=ref_type,
                      ref_name=names.pop(), before=hashes["old"], after=hashes["new"],
                      forced=forced is True)
 

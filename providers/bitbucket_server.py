@@ -111,7 +111,8 @@ class BitbucketServerProvider(HttpProvider):
         changes = doc.get("changes")
         if not isinstance(changes, list) or not changes:
             raise BadRequest("repo:refs_changed needs a non-empty changes list")
-        events = [e for i, c in enumerate(changes) if (e := _push(repository, c, i)) is not None]
+        events = [e for i, c in enumerate(changes)
+                  if (e := _push(self.name, repository, c, i)) is not None]
         if not events:
             raise Ignored("no change moved a branch or a tag")
         return tuple(events)
@@ -258,7 +259,7 @@ def _repository_name(repo: object) -> str:
     return f"{key}/{slug}"
 
 
-def _push(repository: str, change: object, index: int) -> PushEvent | None:
+def _push(provider: str, repository: str, change: object, index: int) -> PushEvent | None:
     """The event for ``changes[index]``; None for a ref that is neither branch nor tag."""
     where = f"changes[{index}]"
     if not isinstance(change, dict):
@@ -280,7 +281,7 @@ def _push(repository: str, change: object, index: int) -> PushEvent | None:
     after = checked_sha(change.get("toHash"), f"{where}.toHash")
     if before is None and after is None:
         raise BadRequest(f"{where}: fromHash and toHash cannot both be empty")
-    return PushEvent(provider="bitbucket-server", repository=repository, ref_type=ref_type,
+    return PushEvent(provider=provider, repository=repository, ref_type=ref_type,
                      ref_name=name, before=before, after=after, forced=False)
 
 

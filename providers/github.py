@@ -16,11 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import parse_qs, quote
 
 import jwt
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from providers.base import (
     ApiClient,
@@ -41,15 +43,58 @@ from providers.base import (
     status_commit,
     verify_sha256_header,
 )
-from receiver.config import GitHubAppConfig, RepositoryConfig
+from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
 from receiver.events import PushEvent
-from receiver.secrets import SecretRef
+from receiver.secrets import Secret, SecretRef
 
 FILES_CAP = 300  # the compare API lists at most this many files, without saying it cut
 COMMIT_FILES_CAP = 3000  # the single-commit API lists at most this many files
 PER_PAGE = 100
 TOKEN_RENEW_MARGIN = 300.0  # renew an installation token this many seconds before expiry
+
+
+def _id_text(value: Any) -> Any:
+    # an app id is a number in GitHub's UI; the JWT carries it as text
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@dataclass(frozen=True, slots=True)
+class GitHubAppConfig:
+    """GitHub App credentials: exactly one of ``app_id`` or ``client_id`` (the JWT issuer),
+    the private key and the installation."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    private_key: Secret
+    installation_id: Annotated[int, Field(gt=0, strict=True)]
+    app_id: Annotated[str, BeforeValidator(_id_text), Field(min_length=1)] | None = None
+    client_id: Annotated[str, Field(min_length=1)] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.app_id is None) == (self.client_id is None):
+            raise ValueError("needs exactly one of app_id or client_id")
+
+    @property
+    def issuer(self) -> str:
+        """The JWT ``iss`` claim: the client id, else the app id."""
+        return str(self.client_id or self.app_id)
+
+
+def _without_api_token(app: GitHubAppConfig | None,
+                       info: ValidationInfo) -> GitHubAppConfig | None:
+    if app is not None and (info.context or {}).get("repository", {}).get("api_token"):
+        raise ValueError("give either api_token or github_app, not both")
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class GitHubOptions:
+    """The repository keys only GitHub has."""
+
+    # instead of api_token: installation tokens minted for a GitHub App
+    github_app: Annotated[GitHubAppConfig | None, AfterValidator(_without_api_token)] = None
+    # commits walked when the compare lists its FILES_CAP; beyond, the diff is incomplete
+    max_compare_commits: Annotated[int, Field(ge=1, le=10000, strict=True)] = 250
 
 
 class GitHubAppAuth:
@@ -108,6 +153,8 @@ class GitHubProvider(HttpProvider):
 
     name = "github"
     content_types: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
+    default_api_url: ClassVar[str | None] = "https://api.github.com"
+    Options = GitHubOptions
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:
@@ -156,8 +203,7 @@ class GitHubProvider(HttpProvider):
             raise BadRequest("form body needs exactly one payload field")
         return payload[0]
 
-    @staticmethod
-    def _push(doc: dict[str, Any]) -> PushEvent:
+    def _push(self, doc: dict[str, Any]) -> PushEvent:
         ref = doc.get("ref")
         repo = doc.get("repository")
         full_name = repo.get("full_name") if isinstance(repo, dict) else None
@@ -168,7 +214,7 @@ class GitHubProvider(HttpProvider):
         after = checked_sha(doc.get("after"), "after")
         if before is None and after is None:
             raise BadRequest("before and after cannot both be empty")
-        return PushEvent(provider="github", repository=full_name, ref_type=ref_type,
+        return PushEvent(provider=self.name, repository=full_name, ref_type=ref_type,
                          ref_name=ref_name, before=before, after=after,
                          forced=doc.get("forced") is True)
 
@@ -177,9 +223,9 @@ class GitHubProvider(HttpProvider):
     def _client(self, repo: RepositoryConfig) -> ApiClient:
         client = super()._client(repo)
         with self._lock:
-            if repo.github_app is not None and repo.key not in self._apps:
-                self._apps[repo.key] = GitHubAppAuth(repo.github_app, repo.api_url, client,
-                                                     self._clock)
+            app = repo.options_as(GitHubOptions).github_app
+            if app is not None and repo.key not in self._apps:
+                self._apps[repo.key] = GitHubAppAuth(app, repo.api_url, client, self._clock)
             return client
 
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
@@ -251,9 +297,10 @@ class GitHubProvider(HttpProvider):
             return _paths(files), None
         # 300 files is GitHub's silent cap: fall back to each commit's own file list
         total = int(first.get("total_commits") or 0)
-        if total > repo.max_compare_commits:
+        max_commits = repo.options_as(GitHubOptions).max_compare_commits
+        if total > max_commits:
             return None, (f"compare lists {FILES_CAP} files (its cap) and {total} commits, more "
-                          f"than max_compare_commits={repo.max_compare_commits}")
+                          f"than max_compare_commits={max_commits}")
         shas = self._commit_shas(repo, base, head, first, total)
         if shas is None:
             return None, "a compare page of commits vanished while walking them"

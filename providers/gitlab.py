@@ -35,10 +35,12 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 from urllib.parse import quote
 
 import requests
+from pydantic import Field
 
 from providers.base import (
     CommitStatus,
@@ -72,11 +74,24 @@ PUSH_HOOKS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
+@dataclass(frozen=True, slots=True)
+class GitLabOptions:
+    """The repository keys only GitLab has."""
+
+    # refuse X-Gitlab-Token: only signed webhooks (webhook-signature) are accepted
+    require_signed: Annotated[bool, Field(strict=True)] = False
+    # how far webhook-timestamp may lie from now: a captured delivery replays only within it
+    signature_tolerance_seconds: Annotated[float, Field(gt=0, le=3600, strict=True)] = \
+        DEFAULT_TOLERANCE_SECONDS
+
+
 class GitLabProvider(HttpProvider):
     """The GitLab implementation of ``providers.base.Provider``."""
 
     name = "gitlab"
     content_types: tuple[str, ...] = ("application/json",)
+    default_api_url: ClassVar[str | None] = "https://gitlab.com"
+    Options = GitLabOptions
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time,
@@ -88,6 +103,13 @@ class GitLabProvider(HttpProvider):
 
     def preflight(self, headers: Headers, body: bytes) -> None:
         """GitLab sends its test deliveries with the same token or signature: nothing to do."""
+
+    @staticmethod
+    def webhook_secret_problem(value: str) -> str | None:
+        """A ``whsec_`` value must be a signing token: ``whsec_`` followed by base64."""
+        if value.startswith(SIGNING_PREFIX) and not _signing_key(value):
+            return "a whsec_ signing token must be whsec_ followed by base64"
+        return None
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:
         """The secret whose signature (``whsec_`` values) or plain token authenticates ``body``.
@@ -108,10 +130,11 @@ class GitLabProvider(HttpProvider):
         found: SecretRef | None = None
         refusal: Unauthorized | None = None
         for repo in repos:
+            options = repo.options_as(GitLabOptions)
             try:
                 secret = self._authenticate(headers, body, repo.webhook_secrets,
-                                            repo.signature_tolerance_seconds,
-                                            require_signed=repo.require_signed)
+                                            options.signature_tolerance_seconds,
+                                            require_signed=options.require_signed)
             except Unauthorized as exc:
                 refusal = refusal or exc
                 continue
@@ -204,7 +227,7 @@ class GitLabProvider(HttpProvider):
                 raise Ignored(f"system hook event {printable(kind)!r} is not a push")
         else:
             raise Ignored(f"unsupported event type {printable(event)!r}")
-        return (_push(doc),)
+        return (_push(self.name, doc),)
 
     # --- API side ----------------------------------------------------------------------
 
@@ -292,7 +315,7 @@ class GitLabProvider(HttpProvider):
                             needs=GITLAB_STATUS_NEEDS)
 
 
-def _push(doc: dict[str, Any]) -> PushEvent:
+def _push(provider: str, doc: dict[str, Any]) -> PushEvent:
     ref = doc.get("ref")
     project = doc.get("project")
     path = project.get("path_with_namespace") if isinstance(project, dict) else None
@@ -307,24 +330,25 @@ def _push(doc: dict[str, Any]) -> PushEvent:
         after = checked_sha(doc.get("checkout_sha"), "checkout_sha") or after
     if before is None and after is None:
         raise BadRequest("before and after cannot both be empty")
-    return PushEvent(provider="gitlab", repository=path, ref_type=ref_type, ref_name=ref_name,
+    return PushEvent(provider=provider, repository=path, ref_type=ref_type, ref_name=ref_name,
                      before=before, after=after, forced=False)
 
 
+def _signing_key(value: str) -> bytes | None:
+    """The HMAC key of a ``whsec_<base64>`` value; None for another value or bad base64."""
+    if not value.startswith(SIGNING_PREFIX):
+        return None
+    try:
+        return base64.b64decode(value[len(SIGNING_PREFIX):], validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _signing_keys(secrets: Sequence[SecretRef]) -> list[tuple[SecretRef, bytes]]:
-    # a whsec_ value that does not decode cannot sign anything: it is left out
-    keys: list[tuple[SecretRef, bytes]] = []
-    for secret in secrets:
-        for value in secret.values():
-            if not value.startswith(SIGNING_PREFIX):
-                continue
-            try:
-                key = base64.b64decode(value[len(SIGNING_PREFIX):], validate=True)
-            except (binascii.Error, ValueError):
-                continue
-            if key:
-                keys.append((secret, key))
-    return keys
+    # a whsec_ value that does not decode cannot sign anything: it is left out (start-up
+    # refuses one, see webhook_secret_problem)
+    return [(secret, key) for secret in secrets for value in secret.values()
+            if (key := _signing_key(value)) is not None]
 
 
 def _v1_signatures(header: str) -> list[bytes]:

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from providers import Provider, build_providers
 from providers.base import constant_time_equal, load_json_object, verify_for
-from receiver.config import Config
+from receiver.config import Config, read_secrets
 from receiver.errors import (
     BadRequest,
     Ignored,
@@ -46,6 +46,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
     """Build the WSGI app. Starts this process's background worker unless told not to."""
     configure()
     log = get_logger()
+    read_secrets(config)  # a service that cannot verify a delivery must not start
     store = store if store is not None else open_store(config.state)
     if config.state.backend == "sqlite":
         store.init()  # the embedded default needs no separate 'state init'

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from receiver import config as config_mod
 from receiver.errors import ConfigError, ProviderError, StateError
+from receiver.secrets import SecretError
 
 if TYPE_CHECKING:
     from receiver.state.base import DecisionRecord
@@ -27,6 +28,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app
 
     cfg = _load(args.config)
+    # before forking: every worker inherits the values read, and a service that cannot
+    # verify a delivery never starts (the other commands read no secret they do not use)
+    config_mod.read_secrets(cfg)
     if cfg.state.backend == "sqlite":
         from receiver.state import open_store
 
@@ -277,6 +281,8 @@ def _short(sha: str | None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
+    from providers import REGISTRY
+
     parser = argparse.ArgumentParser(prog="webhook-receiver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -294,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="what would start between two commits")
     explain.add_argument("--config")
     explain.add_argument("--repository", required=True)
-    explain.add_argument("--provider", choices=config_mod.PROVIDERS)
+    explain.add_argument("--provider", choices=sorted(REGISTRY))
     explain.add_argument("--from", dest="from_sha", required=True)
     explain.add_argument("--to", dest="to_sha", required=True)
     explain.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -334,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    except (ProviderError, StateError) as exc:
+    except (ProviderError, StateError, SecretError) as exc:  # SecretError: explain's token
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

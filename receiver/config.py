@@ -3,124 +3,192 @@
 ``load(path)`` returns a :class:`Config` or raises :class:`~receiver.errors.ConfigError`
 whose ``problems`` list every error, each starting with the key path
 (``repositories[0].pipelines[1].paths[2]``) and saying what is allowed.
+
+The dataclasses below are the schema pydantic validates against. A repository's keys are
+those of :class:`RepositoryConfig` plus the fields of its provider's ``Options`` class
+(``providers.REGISTRY`` is the only list of providers). Secret references are checked for
+their form only; :func:`read_secrets` reads them, for the commands that need them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args, get_type_hints
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetPydanticSchema,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import core_schema
 
 from receiver.errors import ConfigError
-from receiver.matcher import GlobError, PathRules
-from receiver.secrets import ALLOWED_FORMS, SecretError, SecretRef, resolve
+from receiver.matcher import GlobError, PathRules, glob_to_regex
+from receiver.secrets import Secret, SecretError, SecretRef
 
-PROVIDERS = ("github", "gitlab", "bitbucket", "bitbucket-server")
-DEFAULT_API_URLS = {
-    "github": "https://api.github.com",
-    "gitlab": "https://gitlab.com",
-    "bitbucket": "https://api.bitbucket.org",
-}
 VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths")
-_PIPELINE_NAME = re.compile(r"^[A-Za-z0-9.@_-]{1,100}$")
-_VARIABLE_NAME = re.compile(r"^[A-Za-z0-9@\-_]{1,128}$")
-_ACTION_NAME = re.compile(r"^[A-Za-z0-9.@_-]{1,100}$")
-
 T = TypeVar("T")
+# every schema class refuses keys it does not declare
+FORBID = ConfigDict(extra="forbid")
+
+
+def converted(shape: Any, convert: Callable[[Any], Any]) -> GetPydanticSchema:
+    """Validate as ``shape`` (each error at its own location), then keep ``convert(value)``."""
+    return GetPydanticSchema(lambda _source, handler: core_schema.no_info_after_validator_function(
+        convert, handler.generate_schema(shape)))
+
+
+def matching(regex: str, what: str) -> AfterValidator:
+    """A string check: the whole value matches ``regex``, else "must be {what}"."""
+    pattern = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"must be {what}")
+        return value
+    return AfterValidator(check)
+
+
+def _glob(raw: str) -> str:
+    try:
+        glob_to_regex(raw.removeprefix("!"))
+    except GlobError as exc:
+        raise ValueError(f"{raw!r}: {exc}") from None
+    return raw
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value  # `branches: main` means [main]
+
+
+# a list of globs ('**' crosses folders, '*' does not, '!' excludes), compiled once
+Rules = Annotated[PathRules, converted(
+    Annotated[list[Annotated[str, AfterValidator(_glob)]], Field(min_length=1)],
+    PathRules.compile), BeforeValidator(_listed)]
+PositiveSeconds = Annotated[float, Field(gt=0, strict=True)]
+Text = Annotated[str, Field(min_length=1)]
+_Section = BeforeValidator(lambda value: {} if value is None else value)  # `state:` alone
+
+
+def _template(template: str) -> str:
+    bad = [f for f in re.findall(r"{([^{}]*)}", template) if f not in VARIABLE_FIELDS]
+    if bad:
+        raise ValueError(f"unknown placeholder {{{bad[0]}}}; allowed: "
+                         + ", ".join("{" + f + "}" for f in VARIABLE_FIELDS))
+    return template
+
+
+def _repository_name(name: str) -> str:
+    if name.count("/") < 1 or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ValueError("must be the repository path, like owner/repo")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     """Where baselines, deliveries and start records live."""
 
-    backend: str = "sqlite"
-    path: str = "var/receiver.db"
-    table: str = "webhook-receiver"
-    region: str | None = None
-    endpoint_url: str | None = None
+    __pydantic_config__ = FORBID
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    path: Text = "var/receiver.db"
+    table: Annotated[str, matching(r"[a-zA-Z0-9_.-]{3,255}", "a DynamoDB table name: 3 to 255 "
+                                   "letters, digits, '_', '.' or '-'")] = "webhook-receiver"
+    region: Text | None = None
+    endpoint_url: Text | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LauncherConfig:
     """How pipelines are started: ``codepipeline`` (boto3) or ``log`` (dry run)."""
 
-    backend: str = "codepipeline"
-    region: str | None = None
-    endpoint_url: str | None = None
+    __pydantic_config__ = FORBID
+    backend: Literal["codepipeline", "log"] = "codepipeline"
+    region: Text | None = None
+    endpoint_url: Text | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessingConfig:
     """Background processing. Seconds throughout."""
 
-    lease_seconds: float = 120.0
-    poll_seconds: float = 5.0
-    max_attempts: int = 6
-    retry_backoff_seconds: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomesConfig:
-    """How execution outcomes are learnt: EventBridge events (with ``api_keys``) and a poll
-    every ``poll_seconds`` of executions with no final status."""
-
-    api_keys: tuple[SecretRef, ...] = ()
-    poll_seconds: float = 60.0
+    __pydantic_config__ = FORBID
+    lease_seconds: PositiveSeconds = 120.0
+    poll_seconds: PositiveSeconds = 5.0
+    max_attempts: Annotated[int, Field(ge=1, strict=True)] = 6
+    retry_backoff_seconds: Annotated[float, Field(ge=0, strict=True)] = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Limits applied to every webhook request before any work."""
 
-    max_body_bytes: int = 25 * 1024 * 1024
+    __pydantic_config__ = FORBID
+    max_body_bytes: Annotated[int, Field(gt=0, strict=True)] = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class GitHubAppConfig:
-    """GitHub App credentials: the JWT issuer (app id or client id), key and installation."""
+class OutcomesConfig:
+    """How execution outcomes are learnt: EventBridge events on ``/events/codepipeline``
+    (verified by ``api_keys``) and a poll every ``poll_seconds`` of running executions."""
 
-    issuer: str
-    private_key: SecretRef
-    installation_id: int
+    __pydantic_config__ = FORBID
+    api_keys: Annotated[tuple[Secret, ...], BeforeValidator(_listed)] = ()
+    poll_seconds: Annotated[float, Field(ge=1, le=3600, strict=True)] = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """One CodePipeline pipeline and the rules that select it."""
 
-    name: str
-    paths: PathRules
-    tags: PathRules | None = None
-    variables: tuple[tuple[str, str], ...] = ()
-    source_action: str | None = None
+    __pydantic_config__ = FORBID
+    name: Annotated[str, matching(r"[A-Za-z0-9.@_-]{1,100}", "a CodePipeline pipeline name "
+                                  "(letters, digits, . @ - _; at most 100)")]
+    paths: Rules
+    tags: Rules | None = None
+    # a mapping in YAML: pipeline variable name -> template
+    variables: Annotated[tuple[tuple[str, str], ...], converted(dict[
+        Annotated[str, matching(r"[A-Za-z0-9@\-_]{1,128}", "a CodePipeline variable name")],
+        Annotated[str, AfterValidator(_template)]], lambda d: tuple(d.items()))] = ()
+    source_action: Annotated[str, matching(r"[A-Za-z0-9.@_-]{1,100}", "the name of the "
+                                           "pipeline's source action")] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RepositoryConfig:
-    """One watched repository. ``key`` (provider/name) identifies it in state and logs."""
+    """One watched repository. ``key`` (provider/name) identifies it in state and logs.
 
+    ``options`` is an instance of the provider's ``Options`` class: the keys only that
+    provider has (read it with :meth:`options_as`).
+    """
+
+    __pydantic_config__ = FORBID
     provider: str
-    name: str
-    api_url: str
-    webhook_secrets: tuple[SecretRef, ...]
-    api_token: SecretRef | None
-    github_app: GitHubAppConfig | None
-    branches: PathRules
-    pipelines: tuple[PipelineConfig, ...]
-    new_branch: str = "all"
-    max_compare_commits: int = 250
-    request_timeout_seconds: float = 10.0
-    max_rate_limit_wait_seconds: float = 60.0
-    api_username: str | None = None
-    require_signed: bool = False
-    signature_tolerance_seconds: float = 300.0
-    baseline: str = "succeeded"
-    commit_status: bool = False
+    name: Annotated[str, AfterValidator(_repository_name)]
+    api_url: Annotated[str, matching(r"https?://[^/\s]+(/\S*)?", "an http(s) URL like "
+                                     "https://api.github.com"), AfterValidator(
+                                         lambda url: url.rstrip("/"))]
+    webhook_secrets: Annotated[tuple[Secret, ...], BeforeValidator(_listed), Field(min_length=1)]
+    branches: Rules
+    pipelines: Annotated[tuple[PipelineConfig, ...], Field(min_length=1)]
+    api_token: Secret | None = None
+    new_branch: Literal["all", "none"] = "all"
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=120, strict=True)] = 10.0
+    max_rate_limit_wait_seconds: Annotated[float, Field(ge=0, le=3600, strict=True)] = 60.0
+    # succeeded: a failed last start falls back to the deployed commit (receiver/outcomes.py)
+    baseline: Literal["succeeded", "started"] = "succeeded"
+    commit_status: Annotated[bool, Field(strict=True)] = False
+    options: Any = None
 
     @property
     def key(self) -> str:
@@ -134,6 +202,17 @@ class RepositoryConfig:
     def tag_pipelines(self, tag: str) -> tuple[PipelineConfig, ...]:
         """Pipelines whose ``tags`` rule selects ``tag``."""
         return tuple(p for p in self.pipelines if p.tags and p.tags.matching_include(tag))
+
+    def options_as(self, kind: type[T]) -> T:
+        """The provider options as ``kind`` (its defaults when none were given).
+
+        Raises TypeError when they belong to another provider's options class."""
+        if self.options is None:
+            return kind()
+        if not isinstance(self.options, kind):
+            raise TypeError(f"{self.key}: options are {type(self.options).__name__}, "
+                            f"not {kind.__name__}")
+        return self.options
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +247,7 @@ class Config:
         return self._by_name.get((provider, name.casefold()))
 
     def repository_by_key(self, key: str) -> RepositoryConfig | None:
-        """The repository whose state ``key`` (provider:name) this is, or None."""
+        """The repository whose state ``key`` (``provider:name``) this is, or None."""
         provider, _, name = key.partition(":")
         return self.repository(provider, name)
 
@@ -177,343 +256,176 @@ class Config:
         return self._by_provider.get(provider, ())
 
 
-class _Checker:
-    """Collects problems with their key paths instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"must be a mapping with keys {', '.join(allowed)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.error(f"{path}.{key}" if path else str(key),
-                           f"unknown key; allowed: {', '.join(allowed)}")
-        return value
-
-    def choice(self, raw: Mapping[str, Any], key: str, path: str, allowed: tuple[str, ...],
-               default: str) -> str:
-        value = raw.get(key, default)
-        if value not in allowed:
-            self.error(f"{path}.{key}", f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
-            return default
-        return str(value)
-
-    def typed(self, raw: Mapping[str, Any], key: str, path: str, kind: Callable[[Any], T],
-              default: T, check: Callable[[T], bool] = lambda _v: True, what: str = "") -> T:
-        if key not in raw or raw[key] is None:
-            return default
-        value = raw[key]
-        ok_type = {str: isinstance(value, str),
-                   int: isinstance(value, int) and not isinstance(value, bool),
-                   float: isinstance(value, int | float) and not isinstance(value, bool)}
-        if not ok_type.get(kind, True):  # type: ignore[call-overload]
-            self.error(f"{path}.{key}", f"must be {what or kind.__name__}")
-            return default
-        converted = kind(value)
-        if not check(converted):
-            self.error(f"{path}.{key}", f"must be {what}")
-            return default
-        return converted
-
-    def optional_str(self, raw: Mapping[str, Any], key: str, path: str) -> str | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            self.error(f"{path}.{key}", "must be a non-empty string")
-            return None
-        return value
-
-    def secret(self, value: Any, path: str) -> SecretRef | None:
-        try:
-            return resolve(value)
-        except SecretError as exc:
-            self.error(path, str(exc))
-            return None
-
-    def str_list(self, value: Any, path: str) -> list[str] | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.error(path, "must be a list of strings")
-            return None
-        return list(value)
-
-    def rules(self, value: Any, path: str, *, required: bool) -> PathRules | None:
-        globs = self.str_list(value, path)
-        if globs is None:
-            if required:
-                self.error(path, "is required: a list of globs ('**' crosses folders, "
-                           "'!' excludes)")
-            return None
-        if not globs:
-            self.error(path, "must not be empty: give at least one glob")
-            return None
-        for i, glob in enumerate(globs):
-            body = glob[1:] if glob.startswith("!") else glob
-            try:
-                PathRules.compile([body])
-            except GlobError as exc:
-                self.error(f"{path}[{i}]", str(exc))
-                return None
-        try:
-            return PathRules.compile(globs)
-        except GlobError as exc:
-            self.error(path, str(exc))
-            return None
+@dataclass(frozen=True, slots=True)
+class _Document:
+    __pydantic_config__ = FORBID
+    repositories: Annotated[list[Any], Field(min_length=1)]  # each checked by _repository
+    state: Annotated[StateConfig, _Section] = field(default_factory=StateConfig)
+    launcher: Annotated[LauncherConfig, _Section] = field(default_factory=LauncherConfig)
+    processing: Annotated[ProcessingConfig, _Section] = field(default_factory=ProcessingConfig)
+    server: Annotated[ServerConfig, _Section] = field(default_factory=ServerConfig)
+    outcomes: Annotated[OutcomesConfig, _Section] = field(default_factory=OutcomesConfig)
 
 
-_TOP = ("state", "launcher", "processing", "server", "outcomes", "repositories")
-_REPO = ("provider", "name", "api_url", "webhook_secrets", "api_token", "github_app", "branches",
-         "pipelines", "new_branch", "max_compare_commits", "request_timeout_seconds",
-         "max_rate_limit_wait_seconds", "api_username", "require_signed",
-         "signature_tolerance_seconds", "baseline", "commit_status")
-_PIPELINE = ("name", "paths", "tags", "variables", "source_action")
+_REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
+                         if f.name != "options")
 
 
 def parse(raw: Any, source: str = "<config>") -> Config:
     """Validate a parsed YAML document. Raises ConfigError listing every problem."""
-    c = _Checker()
-    top = c.mapping(raw, "", _TOP)
-    if raw is None or not isinstance(raw, dict):
-        raise ConfigError([f"{source}: must be a YAML mapping with keys {', '.join(_TOP)}"])
+    from providers import REGISTRY  # here, not at the top: providers import this module
 
-    s = c.mapping(top.get("state"), "state", ("backend", "path", "table", "region", "endpoint_url"))
-    state = StateConfig(
-        backend=c.choice(s, "backend", "state", ("sqlite", "dynamodb"), "sqlite"),
-        path=c.typed(s, "path", "state", str, "var/receiver.db", bool, "a non-empty path"),
-        table=c.typed(s, "table", "state", str, "webhook-receiver", bool, "a table name"),
-        region=c.optional_str(s, "region", "state"),
-        endpoint_url=c.optional_str(s, "endpoint_url", "state"),
-    )
-    lr = c.mapping(top.get("launcher"), "launcher", ("backend", "region", "endpoint_url"))
-    launcher = LauncherConfig(
-        backend=c.choice(lr, "backend", "launcher", ("codepipeline", "log"), "codepipeline"),
-        region=c.optional_str(lr, "region", "launcher"),
-        endpoint_url=c.optional_str(lr, "endpoint_url", "launcher"),
-    )
-    pr = c.mapping(top.get("processing"), "processing",
-                   ("lease_seconds", "poll_seconds", "max_attempts", "retry_backoff_seconds"))
-    positive = "a number above 0"
-    processing = ProcessingConfig(
-        lease_seconds=c.typed(pr, "lease_seconds", "processing", float, 120.0, lambda v: v > 0,
-                              positive),
-        poll_seconds=c.typed(pr, "poll_seconds", "processing", float, 5.0, lambda v: v > 0,
-                             positive),
-        max_attempts=c.typed(pr, "max_attempts", "processing", int, 6, lambda v: v >= 1,
-                             "a whole number of at least 1"),
-        retry_backoff_seconds=c.typed(pr, "retry_backoff_seconds", "processing", float, 10.0,
-                                      lambda v: v >= 0, "a number of at least 0"),
-    )
-    sv = c.mapping(top.get("server"), "server", ("max_body_bytes",))
-    server = ServerConfig(
-        max_body_bytes=c.typed(sv, "max_body_bytes", "server", int, 25 * 1024 * 1024,
-                               lambda v: v > 0, "a whole number of bytes above 0"),
-    )
-
-    orw = c.mapping(top.get("outcomes"), "outcomes", ("api_keys", "poll_seconds"))
-    keys_raw = orw.get("api_keys")
-    keys: list[SecretRef] = []
-    if keys_raw is not None:
-        if not isinstance(keys_raw, list) or not keys_raw:
-            c.error("outcomes.api_keys", f"must be a list of secret references ({ALLOWED_FORMS})")
-        else:
-            keys = [k for j, ref in enumerate(keys_raw)
-                    if (k := c.secret(ref, f"outcomes.api_keys[{j}]")) is not None]
-    outcomes = OutcomesConfig(
-        api_keys=tuple(keys),
-        poll_seconds=c.typed(orw, "poll_seconds", "outcomes", float, 60.0,
-                             lambda v: 1 <= v <= 3600, "a number of seconds from 1 to 3600"),
-    )
-
-    repos_raw = top.get("repositories")
+    keys = ", ".join(f.name for f in dataclasses.fields(_Document))
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: must be a YAML mapping with keys {keys}"])
+    problems: list[str] = []
+    doc = _validate(_Document, raw, "", problems)
+    items = raw.get("repositories")
     repos: list[RepositoryConfig] = []
-    if not isinstance(repos_raw, list) or not repos_raw:
-        c.error("repositories", "is required: a non-empty list of repositories")
-        repos_raw = []
-    seen: set[tuple[str, str]] = set()
-    for i, item in enumerate(repos_raw):
-        repo = _repository(c, item, f"repositories[{i}]")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        repo = _repository(item, f"repositories[{i}]", REGISTRY, problems)
         if repo is None:
             continue
-        ident = (repo.provider, repo.name.casefold())
-        if ident in seen:
-            c.error(f"repositories[{i}].name", f"{repo.provider} repository {repo.name!r} is "
-                    "configured twice")
-        seen.add(ident)
+        if any((r.provider, r.name.casefold()) == (repo.provider, repo.name.casefold())
+               for r in repos):
+            problems.append(f"repositories[{i}].name: {repo.provider} repository "
+                            f"{repo.name!r} is configured twice")
         repos.append(repo)
-    if c.problems:
-        raise ConfigError(c.problems)
-    return Config(repositories=tuple(repos), state=state, launcher=launcher,
-                  processing=processing, server=server, outcomes=outcomes, source=source)
+    if problems or doc is None:
+        raise ConfigError(problems)
+    return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
+                  processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
+                  source=source)
 
 
-def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
-    before = len(c.problems)
-    r = c.mapping(item, path, _REPO)
-    if not r:
-        if not c.problems[before:]:
-            c.error(path, "must be a mapping with provider, name, webhook_secrets, branches, "
-                    "pipelines")
+def _repository(item: Any, path: str, registry: Mapping[str, Any],
+                problems: list[str]) -> RepositoryConfig | None:
+    """One repository: its provider first, then the common keys and that provider's options."""
+    if not isinstance(item, dict):
+        problems.append(f"{path}: must be a mapping with keys {', '.join(_REPOSITORY_KEYS)}")
         return None
-    provider = r.get("provider")
-    if provider not in PROVIDERS:
-        c.error(f"{path}.provider", f"{provider!r} is not allowed; allowed: {', '.join(PROVIDERS)}")
-        provider = None
-    name = r.get("name")
-    if not isinstance(name, str) or name.count("/") < 1 or \
-            any(part in ("", ".", "..") for part in name.split("/")):
-        c.error(f"{path}.name", "must be the repository path, like owner/repo")
-    api_url = r.get("api_url", DEFAULT_API_URLS.get(str(provider)))
-    if api_url is None:
-        c.error(f"{path}.api_url", f"is required for provider {provider}")
-    elif not isinstance(api_url, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
-        c.error(f"{path}.api_url", "must be an http(s) URL like https://api.github.com")
-    secrets_raw = r.get("webhook_secrets")
-    if isinstance(secrets_raw, str):
-        secrets_raw = [secrets_raw]
-    secrets: list[SecretRef] = []
-    if not isinstance(secrets_raw, list) or not secrets_raw:
-        c.error(f"{path}.webhook_secrets", "is required: one or more secret references "
-                f"({ALLOWED_FORMS}); any match verifies")
-    else:
-        for j, ref in enumerate(secrets_raw):
-            sec = c.secret(ref, f"{path}.webhook_secrets[{j}]")
-            if sec is not None:
-                if provider == "gitlab" and sec.value().startswith("whsec_") and \
-                        not _is_signing_token(sec.value()):
-                    c.error(f"{path}.webhook_secrets[{j}]", f"{sec.ref}: a whsec_ signing token "
-                            "must be whsec_ followed by base64")
-                secrets.append(sec)
-    token = c.secret(r["api_token"], f"{path}.api_token") if r.get("api_token") is not None \
-        else None
-    app = _github_app(c, r.get("github_app"), f"{path}.github_app", provider)
-    if token is not None and app is not None:
-        c.error(f"{path}.github_app", "give either api_token or github_app, not both")
-    branches = c.rules(r.get("branches"), f"{path}.branches", required=True)
-    new_branch = c.choice(r, "new_branch", path, ("all", "none"), "all")
-    max_commits = c.typed(r, "max_compare_commits", path, int, 250, lambda v: 1 <= v <= 10000,
-                          "a whole number from 1 to 10000")
-    timeout = c.typed(r, "request_timeout_seconds", path, float, 10.0, lambda v: 0 < v <= 120,
-                      "a number of seconds above 0 and at most 120")
-    max_wait = c.typed(r, "max_rate_limit_wait_seconds", path, float, 60.0,
-                       lambda v: 0 <= v <= 3600, "a number of seconds from 0 to 3600")
-    username = c.optional_str(r, "api_username", path)
-    require_signed = r.get("require_signed", False)
-    if not isinstance(require_signed, bool):
-        c.error(f"{path}.require_signed", "must be true or false")
-    elif require_signed and provider != "gitlab":
-        c.error(f"{path}.require_signed", "is only for provider gitlab (signed webhooks)")
-    tolerance = c.typed(r, "signature_tolerance_seconds", path, float, 300.0,
-                        lambda v: 0 < v <= 3600, "a number of seconds above 0 and at most 3600")
-    baseline = c.choice(r, "baseline", path, ("succeeded", "started"), "succeeded")
-    commit_status = r.get("commit_status", False)
-    if not isinstance(commit_status, bool):
-        c.error(f"{path}.commit_status", "must be true or false")
-    pipelines_raw = r.get("pipelines")
-    pipelines: list[PipelineConfig] = []
-    if not isinstance(pipelines_raw, list) or not pipelines_raw:
-        c.error(f"{path}.pipelines", "is required: a non-empty list of {name, paths}")
-        pipelines_raw = []
-    names: set[str] = set()
-    for j, p in enumerate(pipelines_raw):
-        pipe = _pipeline(c, p, f"{path}.pipelines[{j}]")
-        if pipe is None:
-            continue
-        if pipe.name in names:
-            c.error(f"{path}.pipelines[{j}].name", f"pipeline {pipe.name!r} is listed twice")
-        names.add(pipe.name)
-        pipelines.append(pipe)
-    if len(c.problems) > before or branches is None or provider is None:
+    allowed = ", ".join(sorted(registry))
+    provider = item.get("provider")
+    cls = registry.get(provider) if isinstance(provider, str) else None
+    if cls is None:  # one error: what else is allowed here depends on the provider
+        problems.append(f"{path}.provider: " + ("is required" if provider is None else
+                        f"{provider!r} is not allowed") + f"; allowed: {allowed}")
         return None
-    return RepositoryConfig(
-        provider=provider, name=str(name), api_url=str(api_url).rstrip("/"),
-        webhook_secrets=tuple(secrets), api_token=token, github_app=app, branches=branches,
-        pipelines=tuple(pipelines), new_branch=new_branch, max_compare_commits=max_commits,
-        request_timeout_seconds=timeout, max_rate_limit_wait_seconds=max_wait,
-        api_username=username, require_signed=bool(require_signed),
-        signature_tolerance_seconds=tolerance, baseline=baseline,
-        commit_status=bool(commit_status),
-    )
+    option_keys = tuple(f.name for f in dataclasses.fields(cls.Options))
+    for key in item:
+        if key not in _REPOSITORY_KEYS and key not in option_keys:
+            problems.append(f"{path}.{key}: unknown key; allowed: {', '.join(_REPOSITORY_KEYS)}"
+                            f"; options of provider {provider}: "
+                            f"{', '.join(option_keys) or 'none'}")
+    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS}
+    if cls.default_api_url is not None:
+        common.setdefault("api_url", cls.default_api_url)
+    repo = _validate(RepositoryConfig, common, path, problems)
+    # options validators may look at the whole repository (e.g. api_token or github_app)
+    options = _validate(cls.Options, {k: v for k, v in item.items() if k in option_keys}, path,
+                        problems, context={"repository": item})
+    if repo is None or options is None:
+        return None
+    for j, pipeline in enumerate(repo.pipelines):
+        if any(p.name == pipeline.name for p in repo.pipelines[:j]):
+            problems.append(f"{path}.pipelines[{j}].name: pipeline {pipeline.name!r} is listed "
+                            "twice")
+    return dataclasses.replace(repo, options=options)
 
 
-def _is_signing_token(value: str) -> bool:
-    import base64
-    import binascii
+@functools.cache
+def _adapter(shape: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(shape)
 
+
+def _validate(shape: type[T], raw: Any, path: str, problems: list[str],
+              context: dict[str, Any] | None = None) -> T | None:
+    """``raw`` as ``shape``, or None with every error appended to ``problems``."""
     try:
-        return bool(base64.b64decode(value[len("whsec_"):], validate=True))
-    except (binascii.Error, ValueError):
-        return False
+        return cast(T, _adapter(cast(Any, shape)).validate_python(raw, context=context))
+    except ValidationError as exc:
+        problems.extend(filter(None, (_problem(shape, path, e) for e in exc.errors())))
+        return None
 
 
-def _github_app(c: _Checker, raw: Any, path: str, provider: Any) -> GitHubAppConfig | None:
-    if raw is None:
-        return None
-    a = c.mapping(raw, path, ("app_id", "client_id", "private_key", "installation_id"))
-    if provider != "github":
-        c.error(path, "is only for provider github")
-        return None
-    issuer = a.get("client_id", a.get("app_id"))
-    if issuer is None or isinstance(issuer, bool) or not isinstance(issuer, str | int) or \
-            ("client_id" in a and "app_id" in a):
-        c.error(path, "needs exactly one of app_id or client_id")
-    key = c.secret(a.get("private_key"), f"{path}.private_key")
-    inst = a.get("installation_id")
-    if not isinstance(inst, int) or isinstance(inst, bool) or inst <= 0:
-        c.error(f"{path}.installation_id", "must be the installation's numeric id")
-        return None
-    if key is None or issuer is None:
-        return None
-    return GitHubAppConfig(issuer=str(issuer), private_key=key, installation_id=inst)
+def _problem(shape: type[Any], path: str, error: Any) -> str | None:
+    """One pydantic error as ``key.path: what is wrong; what is allowed`` (None: it only
+    follows from errors reported inside the list it is about)."""
+    loc = [part for part in error["loc"] if part != "[key]"]
+    where = path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    kind, message = error["type"], str(error["msg"])
+    if kind == "missing":
+        message = "is required"
+    elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        message = f"unknown key; allowed: {', '.join(_keys(shape, loc[:-1]))}"
+    elif kind in ("dataclass_type", "dataclass_exact_type"):
+        message = f"must be a mapping with keys {', '.join(_keys(shape, loc))}"
+    elif kind == "literal_error":
+        expected = str(error["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
+        message = f"{error['input']!r} is not allowed; allowed: {expected}"
+    elif kind == "too_short":
+        if error["input"]:  # every item is invalid, and each one says why
+            return None
+        message = "must not be empty"
+    message = message.removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"{where.lstrip('.')}: {message}"
 
 
-def _pipeline(c: _Checker, raw: Any, path: str) -> PipelineConfig | None:
-    before = len(c.problems)
-    p = c.mapping(raw, path, _PIPELINE)
-    name = p.get("name")
-    if not isinstance(name, str) or not _PIPELINE_NAME.match(name):
-        c.error(f"{path}.name", "must be a CodePipeline pipeline name (letters, digits, . @ - _; "
-                "at most 100)")
-    paths = c.rules(p.get("paths"), f"{path}.paths", required=True)
-    tags = c.rules(p.get("tags"), f"{path}.tags", required=False)
-    variables: list[tuple[str, str]] = []
-    vraw = p.get("variables")
-    if vraw is not None:
-        if not isinstance(vraw, dict):
-            c.error(f"{path}.variables", "must map a pipeline variable name to a template")
-        else:
-            for vname, template in vraw.items():
-                vpath = f"{path}.variables.{vname}"
-                if not isinstance(vname, str) or not _VARIABLE_NAME.match(vname):
-                    c.error(vpath, "is not a valid CodePipeline variable name")
-                elif not isinstance(template, str):
-                    c.error(vpath, "must be a string template")
-                else:
-                    fields = re.findall(r"{([^{}]*)}", template)
-                    bad = [f for f in fields if f not in VARIABLE_FIELDS]
-                    if bad:
-                        c.error(vpath, f"unknown placeholder {{{bad[0]}}}; allowed: "
-                                + ", ".join("{" + f + "}" for f in VARIABLE_FIELDS))
-                    else:
-                        variables.append((vname, template))
-    action = p.get("source_action")
-    if action is not None and (not isinstance(action, str) or not _ACTION_NAME.match(action)):
-        c.error(f"{path}.source_action", "must be the name of the pipeline's source action")
-    if len(c.problems) > before or paths is None:
-        return None
-    return PipelineConfig(name=str(name), paths=paths, tags=tags, variables=tuple(variables),
-                          source_action=action)
+def _keys(shape: Any, loc: list[Any]) -> list[str]:
+    """The keys of the schema class found at ``loc`` below ``shape``."""
+    for part in loc:
+        if isinstance(part, str):
+            shape = _dataclass_in(get_type_hints(shape)[part])
+    return [f.name for f in dataclasses.fields(shape)]
+
+
+def _dataclass_in(hint: Any) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    return next((d for d in map(_dataclass_in, get_args(hint)) if d is not None), None)
+
+
+def read_secrets(config: Config) -> None:
+    """Read every secret reference now; ConfigError naming each unusable one by its key path.
+
+    ``serve`` calls this before it starts: a service that cannot verify a delivery or call
+    an API must not start. A provider may refuse a webhook secret's value
+    (``webhook_secret_problem``, e.g. a GitLab ``whsec_`` token that is not base64).
+    """
+    from providers import REGISTRY
+
+    problems: list[str] = []
+    for path, secret in _secrets_in(config.outcomes, "outcomes"):
+        try:
+            secret.values()
+        except SecretError as exc:
+            problems.append(f"{path}: {exc}")
+    for i, repo in enumerate(config.repositories):
+        check = REGISTRY[repo.provider].webhook_secret_problem
+        for path, secret in _secrets_in(repo, f"repositories[{i}]"):
+            try:
+                values = secret.values()
+            except SecretError as exc:  # its message names the reference
+                problems.append(f"{path}: {exc}")
+                continue
+            if any(s is secret for s in repo.webhook_secrets) and \
+                    (refused := next(filter(None, map(check, values)), None)):
+                problems.append(f"{path}: {secret.ref}: {refused}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _secrets_in(value: Any, path: str) -> list[tuple[str, SecretRef]]:
+    """Every secret reference in a configuration object, with its key path."""
+    if isinstance(value, SecretRef):
+        return [(path, value)]
+    if isinstance(value, tuple):
+        return [s for i, item in enumerate(value) for s in _secrets_in(item, f"{path}[{i}]")]
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return []
+    # a provider's options are keys of the repository itself
+    return [s for f in dataclasses.fields(value) for s in _secrets_in(
+        getattr(value, f.name), path if f.name == "options" else f"{path}.{f.name}")]
 
 
 def config_path(explicit: str | None) -> str:

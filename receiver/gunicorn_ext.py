@@ -20,11 +20,16 @@ from gunicorn.glogging import Logger
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.gthread import ThreadWorker as _GThreadWorker
 
+from providers import REGISTRY
 from receiver.logging import client_address, configure, debug_enabled, get_logger
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-KNOWN_PATHS = frozenset({"/healthz", "/readyz"} | {
-    f"/webhooks/{name}" for name in ("github", "gitlab", "bitbucket", "bitbucket-server")})
+
+
+def known_path(path: str) -> bool:
+    """A route of the service: a health check or ``/webhooks/<registered provider>``."""
+    return path in ("/healthz", "/readyz") or (
+        path.startswith("/webhooks/") and path[len("/webhooks/"):] in REGISTRY)
 
 
 class AccessLogger(Logger):  # type: ignore[misc]
@@ -46,7 +51,7 @@ class AccessLogger(Logger):  # type: ignore[misc]
             else "(other)",
             # only the service's own routes by name: a URL may carry anything (even a
             # secret someone pasted into it) and must not reach the log
-            "path": path if path in KNOWN_PATHS else "(other)",
+            "path": path if known_path(path) else "(other)",
             "status": int(status) if str(status).isdigit() else status,
             "duration_ms": round(request_time.total_seconds() * 1000, 2),
             "bytes": getattr(resp, "sent", None),

@@ -4,7 +4,7 @@ A few log events carry a metric. For those, this structlog processor adds the ``
 block and the metric values to the same JSON line, so CloudWatch Logs extracts the metrics
 and ops keep one stream. Namespace ``WebhookReceiver`` (env RECEIVER_METRICS_NAMESPACE);
 RECEIVER_METRICS=off turns it off (both read at start-up). Dimensions are only ever the
-provider (one of the four known names, else ``unknown``: a URL must not mint metric
+provider (a name in the provider registry, else ``unknown``: a URL must not mint metric
 dimensions), a fixed outcome, and an execution's final status (one of CodePipeline's).
 
 | metric | unit | dimensions | from event |
@@ -23,8 +23,6 @@ import os
 import time
 from collections.abc import MutableMapping
 from typing import Any
-
-KNOWN_PROVIDERS = frozenset({"github", "gitlab", "bitbucket", "bitbucket-server"})
 
 _OUTCOMES = {
     "webhook.accepted": "accepted",
@@ -53,8 +51,11 @@ class EmbeddedMetrics:
     start-up configuration: changing the environment later changes nothing."""
 
     def __init__(self, *, enabled: bool = True, namespace: str = "WebhookReceiver") -> None:
+        from providers import REGISTRY  # here: the providers import the logging set-up
+
         self.enabled = enabled
         self.namespace = namespace
+        self._providers = REGISTRY  # the registry itself, so a provider added later counts
 
     @classmethod
     def from_environ(cls) -> EmbeddedMetrics:
@@ -68,7 +69,7 @@ class EmbeddedMetrics:
         metrics = _METRICS.get(name)
         if not self.enabled or metrics is None:
             return event
-        if event.get("provider") not in KNOWN_PROVIDERS and \
+        if event.get("provider") not in self._providers and \
                 any("provider" in dims for _m, _u, dims, _f in metrics):
             event["provider"] = "unknown"
         if name in _OUTCOMES:

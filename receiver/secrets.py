@@ -12,6 +12,10 @@ Forms:
 
 The reference string (``ref``) is safe to log; the value never is, and ``repr`` shows only
 the reference. Every error message names the reference, never a value.
+
+A reference is checked for its form when the configuration is parsed (:func:`parse_ref`)
+and read when its value is first used, so a command that needs no secret runs without it
+(``receiver.config.read_secrets`` reads them all at ``serve``'s start-up).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import PlainValidator
 
 ALLOWED_FORMS = "env:NAME, file:PATH or aws-secretsmanager:ARN_OR_NAME[#json_key]"
 AWS_SCHEME = "aws-secretsmanager"
@@ -49,11 +55,14 @@ class SecretError(ValueError):
 
 
 class SecretRef:
-    """A resolved secret reference. ``values()`` are the currently accepted values."""
+    """A secret reference. ``values()`` are the currently accepted values, read on first use.
+
+    Built from a parsed reference (:func:`parse_ref`), or with its ``values`` given.
+    """
 
     __slots__ = ("_values", "ref")
 
-    def __init__(self, ref: str, values: tuple[str, ...]) -> None:
+    def __init__(self, ref: str, values: tuple[str, ...] | None = None) -> None:
         self.ref = ref
         self._values = values
 
@@ -61,12 +70,33 @@ class SecretRef:
         return f"SecretRef({self.ref!r})"
 
     def values(self) -> tuple[str, ...]:
-        """Every value that currently counts as this secret (more than one during a rotation)."""
-        return self._values
+        """Every value that currently counts as this secret (more than one during a rotation).
+
+        Raises SecretError when the first read fails (unset, unreadable or empty)."""
+        values = self._values
+        if values is None:
+            # two threads reading at once both read the same value: no lock needed
+            values = self._values = self._load()
+        return values
 
     def value(self) -> str:
         """The current value (the first of :meth:`values`)."""
         return self.values()[0]
+
+    def _load(self) -> tuple[str, ...]:
+        scheme, _, target = self.ref.partition(":")
+        if scheme == "env":
+            value = os.environ.get(target)
+            if value is None:
+                raise SecretError(f"{self.ref}: environment variable {target} is not set")
+        else:
+            try:
+                value = Path(target).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SecretError(f"{self.ref}: cannot read file ({exc.strerror})") from None
+        if not value:
+            raise SecretError(f"{self.ref}: the secret is empty")
+        return (value,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,34 +108,49 @@ class _Version:
 class AwsSecretRef(SecretRef):
     """An ``aws-secretsmanager:`` reference: ``AWSCURRENT`` first, then ``AWSPENDING`` if any.
 
-    The values are fetched when the reference is resolved (a failure then is a
-    :class:`SecretError`) and again on the first access after ``ttl`` seconds. A failed
-    refresh keeps serving the cached values and is retried on an access after a short
-    back-off. Thread-safe: one thread refreshes while the others keep the cached values.
+    The values are fetched on first use (a failure then is a :class:`SecretError`, and the
+    region and ``RECEIVER_SECRET_TTL_SECONDS`` are looked up then) and again on the first
+    access after ``ttl`` seconds. A failed refresh keeps serving the cached values and is
+    retried on an access after a short back-off. Thread-safe: one thread refreshes while
+    the others keep the cached values.
     """
 
     __slots__ = ("_clock", "_failures", "_json_key", "_lock", "_next_fetch", "_refreshing",
                  "_region", "_secret_id", "_ttl", "_version_ids")
 
-    def __init__(self, ref: str, secret_id: str, json_key: str | None, region: str, *,
-                 ttl: float, clock: Clock = time.monotonic) -> None:
+    def __init__(self, ref: str, secret_id: str, json_key: str | None, region: str | None, *,
+                 clock: Clock = time.monotonic) -> None:
+        super().__init__(ref)
         self._secret_id = secret_id
         self._json_key = json_key
-        self._region = region
-        self._ttl = ttl
+        self._region = region or ""  # "": the default region, looked up on first use
+        self._ttl = DEFAULT_TTL_SECONDS
         self._clock = clock
         self._lock = threading.Lock()
         self._refreshing = False
         self._failures = 0
-        current, pending = self._fetch(ref)
-        super().__init__(ref, _accepted(current, pending))
-        self._version_ids = _ids(current, pending)
-        self._next_fetch = clock() + ttl
+        self._version_ids: tuple[str, str | None] = ("", None)
+        self._next_fetch = 0.0
 
     def values(self) -> tuple[str, ...]:
-        """``AWSCURRENT``, then ``AWSPENDING`` when one exists and differs; refreshed per TTL."""
+        """``AWSCURRENT``, then ``AWSPENDING`` when one exists and differs; refreshed per TTL.
+
+        Raises SecretError when the first fetch fails (no values to serve yet)."""
+        if self._values is None:
+            return super().values()
         self._refresh_if_due()
         return self._values
+
+    def _load(self) -> tuple[str, ...]:
+        self._ttl = _ttl_from_env(self.ref)
+        self._region = self._region or _default_region() or ""
+        if not self._region:
+            raise SecretError(f"{self.ref}: no AWS region: set AWS_REGION or give the "
+                              "secret's ARN")
+        current, pending = self._fetch(self.ref)
+        self._version_ids = _ids(current, pending)
+        self._next_fetch = self._clock() + self._ttl
+        return _accepted(current, pending)
 
     def _refresh_if_due(self) -> None:
         with self._lock:
@@ -279,7 +324,7 @@ def _ttl_from_env(ref: str) -> float:
     return ttl
 
 
-def _resolve_aws(ref: str, target: str, clock: Clock) -> AwsSecretRef:
+def _parse_aws(ref: str, target: str, clock: Clock) -> AwsSecretRef:
     secret_id, sep, json_key = target.partition("#")  # '#' cannot occur in names or ARNs
     if sep and not json_key:
         raise SecretError(f"{ref}: the JSON key after '#' is empty")
@@ -287,15 +332,12 @@ def _resolve_aws(ref: str, target: str, clock: Clock) -> AwsSecretRef:
     if arn is None and not _SECRET_NAME.fullmatch(secret_id):
         raise SecretError(f"{ref}: {secret_id!r} is neither a secret name (letters, digits, "
                           "/_+=.@-) nor a Secrets Manager ARN")
-    ttl = _ttl_from_env(ref)
-    region = arn.group("region") if arn else _default_region()
-    if region is None:
-        raise SecretError(f"{ref}: no AWS region: set AWS_REGION or give the secret's ARN")
-    return AwsSecretRef(ref, secret_id, json_key if sep else None, region, ttl=ttl, clock=clock)
+    return AwsSecretRef(ref, secret_id, json_key if sep else None,
+                        arn.group("region") if arn else None, clock=clock)
 
 
-def resolve(ref: object, *, clock: Clock = time.monotonic) -> SecretRef:
-    """Parse and read a reference. Raises SecretError if malformed, unset, unreadable or empty.
+def parse_ref(ref: object, *, clock: Clock = time.monotonic) -> SecretRef:
+    """Check a reference's form; nothing is read. Raises SecretError if malformed.
 
     ``clock`` (monotonic seconds) times the cache of ``aws-secretsmanager:`` references.
     """
@@ -305,21 +347,26 @@ def resolve(ref: object, *, clock: Clock = time.monotonic) -> SecretRef:
     if not sep or not target:
         raise SecretError(f"must be a secret reference ({ALLOWED_FORMS})")
     if scheme == AWS_SCHEME:
-        return _resolve_aws(ref, target, clock)
-    if scheme == "env":
-        value = os.environ.get(target)
-        if value is None:
-            raise SecretError(f"{ref}: environment variable {target} is not set")
-    elif scheme == "file":
-        try:
-            value = Path(target).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SecretError(f"{ref}: cannot read file ({exc.strerror})") from None
-    else:
+        return _parse_aws(ref, target, clock)
+    if scheme not in ("env", "file"):
         raise SecretError(f"unknown secret scheme {scheme!r}; allowed: {ALLOWED_FORMS}")
-    if not value:
-        raise SecretError(f"{ref}: the secret is empty")
-    return SecretRef(ref, (value,))
+    return SecretRef(ref)
+
+
+def resolve(ref: object, *, clock: Clock = time.monotonic) -> SecretRef:
+    """Parse and read a reference now. Raises SecretError if malformed, unset, unreadable
+    or empty."""
+    secret = parse_ref(ref, clock=clock)
+    secret.values()
+    return secret
+
+
+def _secret_field(value: object) -> SecretRef:
+    return value if isinstance(value, SecretRef) else parse_ref(value)
+
+
+# a configuration field holding a secret reference (validated for its form, read on use)
+Secret = Annotated[SecretRef, PlainValidator(_secret_field)]
 
 
 def _log() -> Any:

@@ -159,7 +159,7 @@ def test_dynamodb_down_makes_readyz_and_webhooks_answer_503(tmp_path: Path) -> N
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: DynamoDB is unreachable
     secret = "ddb-down-secret"
     cfg = {
-        "state": {"backend": "dynamodb", "table": "t", "region": "us-east-1",
+        "state": {"backend": "dynamodb", "table": "unreachable", "region": "us-east-1",
                   "endpoint_url": dead},
         "launcher": {"backend": "log"},
         "repositories": [{"provider": "github", "name": "binkkatal/sample_app",

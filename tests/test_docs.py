@@ -148,10 +148,15 @@ def _spans(page: str) -> set[str]:
 def test_every_configuration_key_is_documented() -> None:
     spans = _spans("configuration.md")
     sections = {"state": config.StateConfig, "launcher": config.LauncherConfig,
-                "processing": config.ProcessingConfig, "server": config.ServerConfig}
+                "processing": config.ProcessingConfig, "server": config.ServerConfig,
+                "outcomes": config.OutcomesConfig}
     missing = [f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)
                if f"{name}.{f.name}" not in spans]
-    missing += [key for key in (*config._REPO, *config._PIPELINE) if key not in spans]
+    from providers import REGISTRY
+
+    keys = [*config._REPOSITORY_KEYS, *(f.name for f in fields(config.PipelineConfig)),
+            *(f.name for cls in REGISTRY.values() for f in fields(cls.Options))]
+    missing += [key for key in keys if key not in spans]
     missing += [f"{{{f}}}" for f in config.VARIABLE_FIELDS if f"{{{f}}}" not in spans]
     assert missing == []
 

@@ -14,7 +14,7 @@ import pytest
 import responses
 
 from providers.base import Diff
-from providers.gitlab import GitLabProvider
+from providers.gitlab import GitLabOptions, GitLabProvider
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
 from receiver.events import PushEvent
@@ -281,9 +281,9 @@ def _repo(*, secrets: tuple[SecretRef, ...] = (), name: str = "mike/diaspora",
           tolerance: float = 300.0, max_wait: float = 60.0) -> RepositoryConfig:
     return RepositoryConfig(
         provider="gitlab", name=name, api_url=api_url, webhook_secrets=secrets,
-        api_token=SecretRef("env:GITLAB_TOKEN", (token,)) if token else None, github_app=None,
-        branches=PathRules.compile(["master"]), pipelines=(), require_signed=require_signed,
-        signature_tolerance_seconds=tolerance, max_rate_limit_wait_seconds=max_wait)
+        api_token=SecretRef("env:GITLAB_TOKEN", (token,)) if token else None,
+        branches=PathRules.compile(["master"]), pipelines=(), max_rate_limit_wait_seconds=max_wait,
+        options=GitLabOptions(require_signed=require_signed, signature_tolerance_seconds=tolerance))
 
 
 def test_require_signed_refuses_a_correct_plain_token() -> None:

@@ -24,7 +24,7 @@ import requests
 
 import receiver.secrets as secrets_mod
 from providers.base import match_hex_hmac
-from receiver.config import parse
+from receiver.config import parse, read_secrets
 from receiver.errors import ConfigError, Unauthorized
 from receiver.logging import configure
 from receiver.secrets import TTL_ENV, AwsSecretRef, SecretRef, resolve
@@ -182,11 +182,12 @@ def test_reference_resolves_to_current_then_pending(
 
 
 @pytest.mark.parametrize("where", ["webhook_secrets", "api_token"])
-def test_config_load_resolves_the_reference(sm: Any, where: str) -> None:
-    ref = _json_key(sm)
-    repo = parse(config_with(ref, where)).repositories[0]
+def test_config_reads_the_reference_on_first_use(sm: Any, where: str) -> None:
+    ref = "aws-secretsmanager:hooks/bundle#gitlab"
+    repo = parse(config_with(ref, where)).repositories[0]  # before the secret even exists
     secret = repo.webhook_secrets[0] if where == "webhook_secrets" else repo.api_token
     assert secret is not None and secret.ref == ref
+    sm.create_secret(Name="hooks/bundle", SecretString=json.dumps(BUNDLE))
     assert secret.value() == BUNDLE_GITLAB
 
 
@@ -202,6 +203,8 @@ def test_repr_and_config_repr_show_the_reference_and_no_value(
 
 
 # --- start-up failures: a config error naming the key path and the reference -----------
+# A malformed reference is refused while parsing; one that cannot be read is refused by
+# read_secrets, which serve runs at start-up (commands that need no secret never read it).
 
 BASELINE_REF = "aws-secretsmanager:hooks/bundle#github"
 
@@ -216,8 +219,9 @@ def stored(sm: Any) -> Any:
 
 
 def test_baseline_reference_of_the_failure_table_loads(stored: Any) -> None:
-    repo = parse(config_with(BASELINE_REF)).repositories[0]
-    assert repo.webhook_secrets[0].values() == (BUNDLE_GITHUB,)
+    cfg = parse(config_with(BASELINE_REF))
+    read_secrets(cfg)
+    assert cfg.repositories[0].webhook_secrets[0].values() == (BUNDLE_GITHUB,)
 
 
 DEAD = "dead-endpoint"  # replaced by a closed port on 127.0.0.1
@@ -249,12 +253,13 @@ LOAD_FAILURES = {
     "ttl_of_zero": ("webhook_secrets", BASELINE_REF, {TTL_ENV: "0"},
                     "RECEIVER_SECRET_TTL_SECONDS='0' must be a number of seconds above 0"),
 }
+MALFORMED = {"empty_json_key", "malformed_secret_name"}  # the others are well-formed
 
 
-@pytest.mark.parametrize(("where", "ref", "env", "expected"), LOAD_FAILURES.values(),
-                         ids=LOAD_FAILURES.keys())
+@pytest.mark.parametrize(("case", "where", "ref", "env", "expected"),
+                         [(k, *v) for k, v in LOAD_FAILURES.items()], ids=LOAD_FAILURES.keys())
 def test_unusable_reference_is_a_config_error_naming_key_path_and_reference(
-        stored: Any, monkeypatch: pytest.MonkeyPatch, where: str, ref: str,
+        stored: Any, monkeypatch: pytest.MonkeyPatch, case: str, where: str, ref: str,
         env: dict[str, str | None], expected: str) -> None:
     for name, value in env.items():
         if value is None:
@@ -265,7 +270,10 @@ def test_unusable_reference_is_a_config_error_naming_key_path_and_reference(
     key_path = "repositories[0].webhook_secrets[0]" if where == "webhook_secrets" \
         else f"repositories[0].{where}"
     with pytest.raises(ConfigError) as info:
-        parse(config_with(ref, where))
+        if case in MALFORMED:
+            parse(config_with(ref, where))
+        else:
+            read_secrets(parse(config_with(ref, where)))
     assert len(info.value.problems) == 1, info.value.problems
     assert info.value.problems[0].startswith(f"{key_path}: {ref}: {expected}"), \
         info.value.problems

@@ -40,6 +40,7 @@ from providers.base import (
     load_json_object,
     printable,
     require_header,
+    unreadable_on_refusal,
     verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
@@ -112,6 +113,7 @@ class BitbucketServerProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
+    @unreadable_on_refusal
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
         """Tree difference base→head, after a containment check.
 
@@ -127,6 +129,8 @@ class BitbucketServerProvider(HttpProvider):
             return Diff("identical", frozenset(), None, 0)
         probe = self._commits(repo, since=base, until=head, limit=COMMITS_PROBE_LIMIT)
         if probe is None:
+            # a repository the token cannot see answers 404 as well as a missing commit
+            self.check_access(repo)
             return Diff("diverged", None, "commits answered 404 (no such commit): the "
                         "baseline or head commit is gone", client.calls - start)
         values, last_page = probe
@@ -215,6 +219,10 @@ class BitbucketServerProvider(HttpProvider):
                               "a next page): the server cut the list")
             start = next_start
         return None, f"changes needed more than {MAX_CHANGE_PAGES} pages"
+
+    def _repository_url(self, repo: RepositoryConfig) -> str:
+        """``GET /rest/api/1.0/projects/{key}/repos/{slug}``."""
+        return self._url(repo, "").removesuffix("/")
 
 
 def _repository_name(repo: object) -> str:

@@ -14,6 +14,8 @@ dimensions) and a fixed outcome.
 | PipelineStartFailures | Count | provider | pipeline.start_failed |
 | ProcessingTime | Milliseconds | provider | delivery.processed (duration_ms) |
 | CompareApiCalls | Count | provider | delivery.processed (compare_api_calls) |
+| IncompleteDiffs | Count | provider | changes.incomplete (every pipeline counted as changed) |
+| ProviderErrors | Count | provider | provider.error (a compare failed: retried, then failed) |
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
     "pipeline.start_failed": (("PipelineStartFailures", "Count", ("provider",), None),),
     "delivery.processed": (("ProcessingTime", "Milliseconds", ("provider",), "duration_ms"),
                            ("CompareApiCalls", "Count", ("provider",), "compare_api_calls")),
+    "changes.incomplete": (("IncompleteDiffs", "Count", ("provider",), None),),
+    "provider.error": (("ProviderErrors", "Count", ("provider",), None),),
 }
 
 

@@ -26,6 +26,8 @@ def git_api(fake_api: FakeAPI) -> tuple[FakeAPI, GitModel]:
         def get(self, path: str, default: Any = None) -> Any:  # type: ignore[override]
             if path.startswith(f"/repos/{REPO}/compare/"):
                 return compare
+            if path == f"/repos/{REPO}":
+                return lambda _rec: (200, {"full_name": REPO}, {})
             return default
 
     def compare(rec: Recorded) -> tuple[int, Any, dict[str, str]]:

@@ -177,21 +177,27 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _wait_until(condition: Any, failure: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+
+
 def test_serve_writes_one_service_started_line_and_only_json_lines(tmp_path: Path) -> None:
     config = yaml.safe_load(write_config(tmp_path, "https://api.github.com").read_text())
     svc = Service(config, tmp_path, env={"CLI_SECRET": "x"}, workers=2).start()
     try:
         assert svc.proc is not None
-        workers = _children(svc.proc.pid)
-        assert len(workers) == 2
+        master = svc.proc.pid
+        _wait_until(lambda: len(_children(master)) == 2, "the two workers did not start")
+        workers = _children(master)
         # gunicorn replaces a killed worker and says so on its error log: a second worker
         # start writes no second service.started, and gunicorn's line is JSON too
         os.kill(workers[0], signal.SIGKILL)
         svc.wait_for(lambda lines: any(e.get("event") == "gunicorn.log" for e in lines))
-        deadline = time.monotonic() + 30
-        while len(set(_children(svc.proc.pid)) - {workers[0]}) < 2:
-            assert time.monotonic() < deadline, "the killed worker was not replaced"
-            time.sleep(0.1)
+        _wait_until(lambda: len(set(_children(master)) - {workers[0]}) == 2,
+                    "the killed worker was not replaced")
     finally:
         svc.stop()
     raw = svc.log_path.read_text().splitlines()

@@ -424,7 +424,6 @@ class HttpProvider:
             headers["Authorization"] = f"Bearer {repo.api_token.value()}"
         return headers
 
-
     def check_access(self, repo: RepositoryConfig) -> None:
         """Provider.check_access: one GET of ``_repository_url(repo)``."""
         with refusals_unreadable(repo):

@@ -8,20 +8,28 @@ so nothing in a payload chooses a host, a path or a token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, cast
+from typing import Any, ClassVar, Concatenate, Literal, ParamSpec, Protocol, TypeVar, cast
 
 import orjson
 import requests
 
 from receiver.config import RepositoryConfig
-from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.errors import (
+    BadRequest,
+    Ignored,
+    ProviderError,
+    RepositoryUnreadable,
+    Unauthorized,
+)
 from receiver.events import PushEvent, RefType
 from receiver.secrets import SecretRef
 
@@ -146,7 +154,20 @@ class Provider(Protocol):
 
         Missing commits or a difference too large to list give an incomplete Diff (never
         an exception). Raises ProviderError when the API is unreachable, failing or rate
-        limited beyond the configured wait: a later retry may succeed.
+        limited beyond the configured wait: a later retry may succeed. Raises its subclass
+        RepositoryUnreadable when the API refuses the repository (401/403, a redirect) or
+        answers 404 for the repository itself, not only for a commit: one extra call, a
+        GET of the repository (as :meth:`check_access`), tells the two 404s apart.
+        """
+        ...
+
+    def check_access(self, repo: RepositoryConfig) -> None:
+        """Return if ``repo``'s token (or app) can read the repository at ``api_url``.
+
+        One GET of the repository itself. Raises RepositoryUnreadable (``cause`` in words,
+        with the HTTP status) when it is refused or not found, ProviderError when the API
+        cannot be reached or fails. Used by ``check-config --online`` and by
+        :meth:`changed_files` after a 404.
         """
         ...
 
@@ -388,7 +409,8 @@ class ApiClient:
             if resp.status_code >= 500:
                 self._backoff(attempt)
                 continue
-            raise ProviderError(f"{method} {_path_only(url)} answered HTTP {resp.status_code}")
+            raise ProviderError(f"{method} {_path_only(url)} answered HTTP {resp.status_code}",
+                                status=resp.status_code)
         raise ProviderError(f"{method} {_path_only(url)} failed after {self.attempts} attempts "
                             f"({last})")
 
@@ -471,6 +493,51 @@ class HttpProvider:
         if repo.api_token is not None:
             headers["Authorization"] = f"Bearer {repo.api_token.value()}"
         return headers
+
+    def check_access(self, repo: RepositoryConfig) -> None:
+        """Provider.check_access: one GET of ``_repository_url(repo)``."""
+        with refusals_unreadable(repo):
+            resp = self._client(repo).request("GET", self._repository_url(repo),
+                                              headers=self._headers(repo))
+        if resp.status_code == 404:
+            raise RepositoryUnreadable(repo.name, 404)
+
+    def _repository_url(self, repo: RepositoryConfig) -> str:
+        """The API URL of the repository itself (each provider names its own)."""
+        raise NotImplementedError
+
+
+@contextmanager
+def refusals_unreadable(repo: RepositoryConfig) -> Iterator[None]:
+    """Inside the block, an API answer refusing ``repo`` outright (401, 403, a redirect)
+    raises RepositoryUnreadable instead of a bare ProviderError (the cause is kept)."""
+    try:
+        yield
+    except RepositoryUnreadable:
+        raise
+    except ProviderError as exc:
+        if exc.status in (401, 403) or (exc.status is not None and 300 <= exc.status < 400):
+            raise RepositoryUnreadable(repo.name, exc.status) from exc
+        raise
+
+
+_S = TypeVar("_S")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def unreadable_on_refusal(
+        method: Callable[Concatenate[_S, RepositoryConfig, _P], _T],
+) -> Callable[Concatenate[_S, RepositoryConfig, _P], _T]:
+    """Decorate a provider method taking ``repo`` first: it runs inside
+    :func:`refusals_unreadable` for that repository."""
+
+    @functools.wraps(method)
+    def wrapper(self: _S, repo: RepositoryConfig, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with refusals_unreadable(repo):
+            return method(self, repo, *args, **kwargs)
+
+    return wrapper
 
 
 def _path_only(url: str) -> str:

@@ -42,6 +42,7 @@ from providers.base import (
     require_header,
     status_commit,
     status_key,
+    unreadable_on_refusal,
     verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
@@ -134,6 +135,7 @@ class BitbucketProvider(HttpProvider):
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
+    @unreadable_on_refusal
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
         """Tree difference base→head: one containment call, then the diffstat pages.
 
@@ -147,6 +149,8 @@ class BitbucketProvider(HttpProvider):
         start = client.calls
         status = self._relation(repo, base, head)
         if status is None:
+            # a repository the token cannot see answers 404 as well as a missing commit
+            self.check_access(repo)
             return Diff("diverged", None, "commits answered 404: the baseline or head commit "
                         "is gone", client.calls - start)
         if status == "behind":
@@ -246,6 +250,10 @@ class BitbucketProvider(HttpProvider):
             # next links carry every query parameter already; they are followed as given
             url, params = nxt, None
         return None, f"diffstat has more than {MAX_DIFFSTAT_PAGES} pages"
+
+    def _repository_url(self, repo: RepositoryConfig) -> str:
+        """``GET /2.0/repositories/{workspace}/{repo_slug}``."""
+        return self._repo_url(repo, "").removesuffix("/")
 
     # --- commit statuses ---------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from providers.base import (
     require_header,
     status_commit,
     status_key,
+    unreadable_on_refusal,
     verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
@@ -119,6 +120,7 @@ class BitbucketServerProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
+    @unreadable_on_refusal
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
         """Tree difference base→head, after a containment check.
 
@@ -134,6 +136,8 @@ class BitbucketServerProvider(HttpProvider):
             return Diff("identical", frozenset(), None, 0)
         probe = self._commits(repo, since=base, until=head, limit=COMMITS_PROBE_LIMIT)
         if probe is None:
+            # a repository the token cannot see answers 404 as well as a missing commit
+            self.check_access(repo)
             return Diff("diverged", None, "commits answered 404 (no such commit): the "
                         "baseline or head commit is gone", client.calls - start)
         values, last_page = probe
@@ -222,6 +226,10 @@ class BitbucketServerProvider(HttpProvider):
                               "a next page): the server cut the list")
             start = next_start
         return None, f"changes needed more than {MAX_CHANGE_PAGES} pages"
+
+    def _repository_url(self, repo: RepositoryConfig) -> str:
+        """``GET /rest/api/1.0/projects/{key}/repos/{slug}``."""
+        return self._url(repo, "").removesuffix("/")
 
     # --- commit statuses ---------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from providers.base import (
     require_header,
     split_ref,
     status_commit,
+    unreadable_on_refusal,
     verify_sha256_header,
 )
 from receiver.config import RepositoryConfig
@@ -236,12 +237,15 @@ class GitHubProvider(HttpProvider):
             headers["Authorization"] = f"Bearer {repo.api_token.value()}"
         return headers
 
+    @unreadable_on_refusal
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
         """Tree difference base→head; the union of both directions when they diverged."""
         client = self._client(repo)
         start = client.calls
         forward = self._compare(repo, base, head)
         if forward is None:
+            # GitHub answers 404 for a repository the token cannot see, too
+            self.check_access(repo)
             return Diff("diverged", None, "compare answered 404: the baseline or head commit "
                         "is gone", client.calls - start)
         status = str(forward.get("status"))
@@ -343,6 +347,10 @@ class GitHubProvider(HttpProvider):
             if "next" not in links or not files:
                 return frozenset(paths)
             page += 1
+
+    def _repository_url(self, repo: RepositoryConfig) -> str:
+        """``GET /repos/{owner}/{repo}``."""
+        return self._url(repo, "").removesuffix("/")
 
     # --- commit statuses ---------------------------------------------------------------
 

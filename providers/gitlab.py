@@ -61,6 +61,7 @@ from providers.base import (
     require_header,
     split_ref,
     status_commit,
+    unreadable_on_refusal,
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
@@ -231,6 +232,7 @@ class GitLabProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
+    @unreadable_on_refusal
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
         """Tree difference base→head from one straight compare (two calls in one rare case)."""
         client = self._client(repo)
@@ -238,8 +240,10 @@ class GitLabProvider(HttpProvider):
         doc = self._get(repo, _project_url(repo, "repository/compare"),
                         {"from": base, "to": head, "straight": "true"})
         if doc is None:
-            return Diff("diverged", None, "compare answered 404: the commits or the project "
-                        "are not found, or the token cannot read them", client.calls - start)
+            # a project the token cannot see answers 404 as well as a missing commit
+            self.check_access(repo)
+            return Diff("diverged", None, "compare answered 404: the baseline or head commit "
+                        "is gone", client.calls - start)
         commits = doc.get("commits")
         diffs = doc.get("diffs")
         if not isinstance(commits, list) or not isinstance(diffs, list):
@@ -283,6 +287,11 @@ class GitLabProvider(HttpProvider):
     def _commit_exists(self, repo: RepositoryConfig, sha: str) -> bool:
         url = _project_url(repo, f"repository/commits/{quote(sha, safe='')}")
         return self._get(repo, url) is not None
+
+    def _repository_url(self, repo: RepositoryConfig) -> str:
+        """``GET /projects/:id`` (the id being the URL-encoded path with namespace)."""
+        return f"{_api_root(repo.api_url)}/projects/{quote(repo.name, safe='')}"
+
 
     # --- commit statuses ---------------------------------------------------------------
 

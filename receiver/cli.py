@@ -42,6 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                "workers": args.workers, "threads": args.threads}
 
     class Server(BaseApplication):  # type: ignore[misc]
+        receiver_config = cfg  # for gunicorn_conf.when_ready's service.started line
+
         def load_config(self) -> None:
             # the module's names that are gunicorn settings, as gunicorn's own -c would read
             for key, value in options.items():
@@ -56,12 +58,90 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the configuration and report."""
+    """Validate the configuration and report. With ``--online`` also check what it names:
+    the state store answers, every pipeline exists, every repository's token can read it;
+    every failure is printed (stderr), and any failure exits 2."""
     cfg = _load(args.config)
     pipelines = sum(len(r.pipelines) for r in cfg.repositories)
     print(f"ok: {cfg.source}: {len(cfg.repositories)} repositories, {pipelines} pipelines, "
           f"state {cfg.state.backend}, launcher {cfg.launcher.backend}")
-    return 0
+    if not args.online:
+        return 0
+    failures = [*_check_state(cfg), *_check_pipelines(cfg), *_check_repositories(cfg)]
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def _check_state(cfg: config_mod.Config) -> list[str]:
+    """The state store answers (its readiness check)."""
+    from receiver.state import open_store
+
+    where = cfg.state.path if cfg.state.backend == "sqlite" else f"table {cfg.state.table}"
+    try:
+        open_store(cfg.state).ping()
+    except StateError as exc:
+        return [f"state store {cfg.state.backend} {where}: {exc}"]
+    print(f"ok: state store {cfg.state.backend} {where} answers")
+    return []
+
+
+def _check_pipelines(cfg: config_mod.Config) -> list[str]:
+    """``GetPipeline`` for every configured pipeline, through a client made as the launcher
+    makes its own (same region, endpoint and credentials)."""
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from receiver import aws
+
+    names = list(dict.fromkeys(p.name for r in cfg.repositories for p in r.pipelines))
+    if cfg.launcher.backend != "codepipeline":
+        print(f"skipped: {len(names)} pipelines not looked up: launcher "
+              f"{cfg.launcher.backend} starts none")
+        return []
+    client = aws.client("codepipeline", region_name=cfg.launcher.region,
+                        endpoint_url=cfg.launcher.endpoint_url,
+                        config=BotoConfig(retries={"mode": "standard", "total_max_attempts": 3},
+                                          connect_timeout=5, read_timeout=15))
+    failures = []
+    for name in names:
+        try:
+            client.get_pipeline(name=name)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+            if code == "PipelineNotFoundException":
+                failures.append(f"pipeline {name}: not found (GetPipeline)")
+            else:
+                message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+                failures.append(f"pipeline {name}: {code} (GetPipeline): {message}")
+        except BotoCoreError as exc:
+            # no credentials, no region, endpoint unreachable: the same for every pipeline
+            failures.append(f"pipelines: GetPipeline cannot be called ({type(exc).__name__}: "
+                            f"{str(exc)[:300]})")
+            return failures
+    if not failures:
+        print(f"ok: {len(names)} pipelines exist")
+    return failures
+
+
+def _check_repositories(cfg: config_mod.Config) -> list[str]:
+    """Each repository's token (or GitHub App) can read it: one GET of the repository."""
+    from providers import build_providers
+    from receiver.errors import ReceiverError, RepositoryUnreadable
+    from receiver.secrets import SecretError
+
+    providers = build_providers()
+    failures = []
+    for repo in cfg.repositories:
+        try:
+            providers[repo.provider].check_access(repo)
+        except RepositoryUnreadable as exc:
+            failures.append(f"repository {repo.provider} {repo.name}: {exc.cause}")
+        except (ReceiverError, SecretError) as exc:
+            failures.append(f"repository {repo.provider} {repo.name}: {exc}")
+    if not failures:
+        print(f"ok: {len(cfg.repositories)} repositories readable")
+    return failures
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -280,46 +360,84 @@ def _short(sha: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
+    """The argument parser (exposed for tests and docs). Every option and command has help."""
     from providers import REGISTRY
+    from receiver import __version__
 
-    parser = argparse.ArgumentParser(prog="webhook-receiver", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "the YAML configuration file (default: $RECEIVER_CONFIG)"
+    parser = argparse.ArgumentParser(
+        prog="webhook-receiver",
+        description="Receive push webhooks and start exactly the AWS CodePipeline pipelines "
+                    "whose monorepo modules changed.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="'webhook-receiver COMMAND --help' says more")
 
-    serve = sub.add_parser("serve", help="run the service under gunicorn")
-    serve.add_argument("--config")
-    serve.add_argument("--bind", default=os.environ.get("RECEIVER_BIND", "0.0.0.0:8080"))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 2)))
-    serve.add_argument("--threads", type=int, default=int(os.environ.get("RECEIVER_THREADS", 4)))
+    serve = sub.add_parser("serve", help="run the service under gunicorn",
+                           description="Run the service under gunicorn.")
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--bind", default=os.environ.get("RECEIVER_BIND", "0.0.0.0:8080"),
+                       help="HOST:PORT to listen on (default: $RECEIVER_BIND or %(default)s)")
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 2)),
+                       help="gunicorn worker processes (default: $WEB_CONCURRENCY or "
+                            "%(default)s)")
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("RECEIVER_THREADS", 4)),
+                       help="request threads per worker (default: $RECEIVER_THREADS or "
+                            "%(default)s)")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate the configuration")
-    check.add_argument("--config")
+    check = sub.add_parser(
+        "check-config", help="validate the configuration (--online: and what it names)",
+        description="Validate the configuration and print every error (exit 2). With "
+                    "--online also check that the state store answers, that every pipeline "
+                    "exists and that each repository's token can read it.")
+    check.add_argument("--config", help=config_help)
+    check.add_argument("--online", action="store_true",
+                       help="also call the state store, CodePipeline (GetPipeline) and each "
+                            "provider API; exit 2 naming every failure")
     check.set_defaults(func=cmd_check_config)
 
-    explain = sub.add_parser("explain", help="what would start between two commits")
-    explain.add_argument("--config")
-    explain.add_argument("--repository", required=True)
-    explain.add_argument("--provider", choices=sorted(REGISTRY))
-    explain.add_argument("--from", dest="from_sha", required=True)
-    explain.add_argument("--to", dest="to_sha", required=True)
+    explain = sub.add_parser(
+        "explain", help="what would start between two commits (dry run)",
+        description="Dry run: the changed paths between two commits, which rule of which "
+                    "pipeline each matched, and what would start.")
+    explain.add_argument("--config", help=config_help)
+    explain.add_argument("--repository", required=True,
+                         help="the repository's configured name, e.g. acme/mono")
+    explain.add_argument("--provider", choices=sorted(REGISTRY),
+                         help="the provider, when two repositories share the name")
+    explain.add_argument("--from", dest="from_sha", required=True,
+                         help="the commit to compare from (a baseline)")
+    explain.add_argument("--to", dest="to_sha", required=True,
+                         help="the commit to compare to (a pushed head)")
     explain.add_argument("--json", action="store_true", help="print the report as JSON")
     explain.set_defaults(func=cmd_explain)
 
-    history = sub.add_parser("history", help="why a pipeline did or did not start")
-    history.add_argument("--config")
+    history = sub.add_parser(
+        "history", help="why a pipeline did or did not start",
+        description="The decision records of deliveries, by pipeline, commit or delivery.")
+    history.add_argument("--config", help=config_help)
     which = history.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pipeline")
-    which.add_argument("--commit")
-    which.add_argument("--delivery")
-    history.add_argument("--limit", type=int, default=20)
+    which.add_argument("--pipeline", help="the records that decided about this pipeline")
+    which.add_argument("--commit", help="the records of pushes whose head is this commit")
+    which.add_argument("--delivery", help="the records of this provider delivery id")
+    history.add_argument("--limit", type=int, default=20,
+                         help="at most this many records, newest first (default: %(default)s)")
     history.add_argument("--json", action="store_true", help="one JSON record per line")
     history.set_defaults(func=cmd_history)
 
-    state = sub.add_parser("state", help="print baselines; 'state init' creates the backend; "
-                           "'state seed' sets baselines when adopting the service")
-    state.add_argument("action", nargs="?", choices=["init", "seed"])
-    state.add_argument("--config")
+    state = sub.add_parser(
+        "state", help="print baselines; 'state init' creates the backend; 'state seed' sets "
+                      "baselines when adopting the service",
+        description="One JSON line per (repository, branch, pipeline); 'state init' creates "
+                    "what the state backend needs (safe to run again); 'state seed' sets "
+                    "baselines and deployed commits from each pipeline's newest Succeeded "
+                    "execution or by hand.")
+    state.add_argument("action", nargs="?", choices=["init", "seed"],
+                       help="init: create the DynamoDB table or the SQLite schema; seed: set "
+                            "baselines (with --from-executions, or --pipeline and --commit)")
+    state.add_argument("--config", help=config_help)
     state.add_argument("--branch", help="seed: the branch (default: the repository's first "
                        "literal name in branches)")
     state.add_argument("--from-executions", action="store_true",

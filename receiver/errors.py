@@ -103,7 +103,43 @@ class DependencyError(ReceiverError):
 
 
 class ProviderError(DependencyError):
-    """The provider API failed in a way a later retry may fix (timeout, 5xx, rate limit)."""
+    """The provider API failed in a way a later retry may fix (timeout, 5xx, rate limit).
+
+    ``status`` is the HTTP status of the answer that refused the call outright (a 4xx or
+    3xx that is not a rate limit), None when no answer did (timeouts, 5xx, rate limits)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# why a repository cannot be read, by HTTP status, about "{repository}"
+_UNREADABLE = {
+    401: "the token is not accepted (missing, wrong, expired or revoked), so {repository} "
+         "cannot be read",
+    403: "the token lacks the permission to read {repository}",
+    404: "the token cannot read {repository}, or it does not exist",
+}
+_MOVED = "{repository} has moved (renamed or transferred): configure its new name"
+
+
+class RepositoryUnreadable(ProviderError):
+    """The configured repository cannot be read with the configured token and ``api_url``:
+    401/403, a 404 for the repository itself (not for a commit in it), or a redirect.
+
+    Not an incomplete difference: nothing says which files changed, and a retry helps only
+    once someone fixes the token, ``name`` or ``api_url``. So the delivery is retried and
+    finally fails, starting nothing. ``cause`` says why in words, about "it" (for lines that
+    name the repository already); ``str()`` names the repository; neither holds a secret.
+    """
+
+    def __init__(self, repository: str, status: int) -> None:
+        template = _UNREADABLE.get(status) or (
+            _MOVED if 300 <= status < 400 else "the API refused to read {repository}")
+        self.repository = repository
+        self.cause = f"{template.format(repository='it')} (HTTP {status})"
+        super().__init__(f"{template.format(repository=repository)} (HTTP {status})",
+                         status=status)
 
 
 class StateError(DependencyError):

@@ -7,6 +7,7 @@ serve`` loads the same settings and overrides only ``bind`` and ``workers``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 bind = os.environ.get("RECEIVER_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -49,3 +50,23 @@ def worker_exit(server: object, worker: object) -> None:
     receiver = extensions.get("receiver")
     if receiver is not None:
         receiver["worker"].stop(timeout=max(1.0, graceful_timeout - 5))
+
+
+def when_ready(server: Any) -> None:
+    """The master is listening: one ``service.started`` line per service start (workers,
+    forked after this and again whenever one is replaced, write none).
+
+    ``webhook-receiver serve`` hands its loaded configuration over as the application's
+    ``receiver_config``; under a plain ``gunicorn -c`` it is loaded from RECEIVER_CONFIG."""
+    from receiver import __version__
+    from receiver.config import config_path, load
+    from receiver.logging import configure, get_logger
+
+    cfg = getattr(server.app, "receiver_config", None) or load(config_path(None))
+    configure()
+    get_logger().info(
+        "service.started", bind=",".join(server.cfg.bind), config=cfg.source,
+        state=cfg.state.backend, launcher=cfg.launcher.backend,
+        repositories=len(cfg.repositories),
+        pipelines=sum(len(r.pipelines) for r in cfg.repositories),
+        workers=server.cfg.workers, version=__version__)

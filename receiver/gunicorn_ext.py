@@ -5,6 +5,9 @@
   (``/healthz``, ``/readyz``) are logged at debug level only: every task is probed often;
   so are webhook requests, whose ``webhook.*`` line already says status, duration and
   client. Requests the app never logged (refused by gunicorn, unknown paths) keep theirs.
+  gunicorn's error log ("Worker timeout", "Booting worker", a worker killed) is written as
+  the same JSON lines too (``event: gunicorn.log``, its text in ``message``), on stdout, so
+  every line there is one JSON object.
 - ``ThreadWorker``: gunicorn's gthread worker, except that a worker takes new connections
   only while it has a free thread, so connections spread over the workers (and the cores)
   instead of piling on one; and that an unknown Transfer-Encoding is answered 400 like
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -32,8 +36,37 @@ def known_path(path: str) -> bool:
         path.startswith("/webhooks/") and path[len("/webhooks/"):] in REGISTRY)
 
 
+class _JsonLines(logging.Handler):
+    """A handler for gunicorn's error log: each record becomes one ``gunicorn.log`` line of
+    the app's JSON log (level, ``message``, a traceback in ``exception``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            configure()
+            log = get_logger()
+            method = getattr(log, record.levelname.lower(), log.info)
+            method("gunicorn.log", message=record.getMessage(), exc_info=record.exc_info)
+        except Exception:  # a log line must never take the server down
+            self.handleError(record)
+
+
 class AccessLogger(Logger):  # type: ignore[misc]
-    """gunicorn logger class whose access lines are structured JSON; errors stay gunicorn's."""
+    """gunicorn logger class whose access and error lines are the app's JSON lines."""
+
+    def _set_handler(self, log: logging.Logger, output: str | None, fmt: logging.Formatter,
+                     stream: Any = None) -> None:
+        """gunicorn's error log on "-" (ours): JSON lines on stdout, not text on stderr.
+
+        Marked as gunicorn's own handler, so a configuration reload replaces it as it would
+        its own; a file or the access log is left to gunicorn."""
+        if log is not self.error_log or output != "-":
+            super()._set_handler(log, output, fmt, stream)
+            return
+        for old in [h for h in log.handlers if getattr(h, "_gunicorn", False)]:
+            log.removeHandler(old)
+        handler = _JsonLines()
+        handler._gunicorn = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any],
                request_time: timedelta) -> None:

@@ -15,6 +15,8 @@ dimensions), a fixed outcome, and an execution's final status (one of CodePipeli
 | ProcessingTime | Milliseconds | provider | delivery.processed (duration_ms) |
 | CompareApiCalls | Count | provider | delivery.processed (compare_api_calls) |
 | ExecutionsFinished | Count | status | execution.finished |
+| IncompleteDiffs | Count | provider | changes.incomplete (every pipeline counted as changed) |
+| ProviderErrors | Count | provider | provider.error (a compare failed: retried, then failed) |
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
     "execution.finished": (("ExecutionsFinished", "Count", ("status",), None),),
     "delivery.processed": (("ProcessingTime", "Milliseconds", ("provider",), "duration_ms"),
                            ("CompareApiCalls", "Count", ("provider",), "compare_api_calls")),
+    "changes.incomplete": (("IncompleteDiffs", "Count", ("provider",), None),),
+    "provider.error": (("ProviderErrors", "Count", ("provider",), None),),
 }
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Base, Decision, NoBase, decide, needs_diff
-from receiver.errors import LaunchError, ProviderError, StateError
+from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, StateError
 from receiver.events import Delivery, PushEvent
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
@@ -258,7 +258,12 @@ class Processor:
         try:
             return provider.changed_files(push.repo, base, push.head)
         except ProviderError as exc:
-            if not push.final:
+            unreadable = isinstance(exc, RepositoryUnreadable)
+            self.log.warning("provider.error", error=str(exc), base=base, head=push.head,
+                             final=push.final, unreadable=unreadable)
+            if not push.final or unreadable:
+                # a token that cannot read the repository must not deploy everything: on
+                # the last attempt the worker fails the delivery, starting nothing
                 raise RetryLater(str(exc)) from exc
             # out of attempts: a missed deployment is worse than an extra one
             return Diff("diverged", None, f"provider API failed on the last attempt: {exc}")

@@ -24,7 +24,13 @@ from providers.base import Diff
 from providers.bitbucket import COMMITS_FIELDS, BitbucketProvider
 from receiver.config import RepositoryConfig
 from receiver.config import parse as parse_config
-from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.errors import (
+    BadRequest,
+    Ignored,
+    ProviderError,
+    RepositoryUnreadable,
+    Unauthorized,
+)
 from receiver.events import PushEvent
 from receiver.secrets import SecretRef
 from tests.harness import FIXTURES, fixture_bytes
@@ -601,16 +607,64 @@ def test_long_push_asks_the_reverse_direction_once(api: responses.RequestsMock,
     assert diff == Diff(status, frozenset({"x.py"}), None, 3)  # type: ignore[arg-type]
 
 
-def test_commits_404_gives_an_incomplete_diff(api: responses.RequestsMock,
-                                              provider: BitbucketProvider,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commits_404_of_a_readable_repository_gives_an_incomplete_diff(
+        api: responses.RequestsMock, provider: BitbucketProvider,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     _commits(api, HEAD, BASE, {"type": "error", "error": {"message": "not found"}}, status=404)
+    api.get(REPO_URL, json={"type": "repository", "full_name": "amuniz/test-repos"})
 
     diff = provider.changed_files(repo_config(monkeypatch), BASE, HEAD)
 
     assert diff.paths is None and not diff.contained
     assert diff.reason == "commits answered 404: the baseline or head commit is gone"
-    assert diff.api_calls == 1
+    assert diff.api_calls == 2
+
+
+@pytest.mark.parametrize(("commits", "repository", "message"), [
+    pytest.param(404, 404, "the token cannot read amuniz/test-repos, or it does not exist "
+                 "(HTTP 404)", id="private-repository-not-visible"),
+    pytest.param(403, None, "the token lacks the permission to read amuniz/test-repos "
+                 "(HTTP 403)", id="commits-forbidden"),
+    pytest.param(401, None, "the token is not accepted (missing, wrong, expired or revoked), "
+                 "so amuniz/test-repos cannot be read (HTTP 401)", id="token-refused"),
+    pytest.param(404, 403, "the token lacks the permission to read amuniz/test-repos "
+                 "(HTTP 403)", id="repository-forbidden"),
+])
+def test_a_repository_the_token_cannot_read_raises_repository_unreadable(
+        api: responses.RequestsMock, provider: BitbucketProvider,
+        monkeypatch: pytest.MonkeyPatch, commits: int, repository: int | None,
+        message: str) -> None:
+    error = {"type": "error", "error": {"message": "Repository not found"}}
+    _commits(api, HEAD, BASE, error, status=commits)
+    if repository is not None:
+        api.get(REPO_URL, json=error, status=repository)
+
+    with pytest.raises(RepositoryUnreadable) as caught:
+        provider.changed_files(repo_config(monkeypatch), BASE, HEAD)
+
+    assert str(caught.value) == message and TOKEN not in str(caught.value)
+    assert len(api.calls) == (1 if repository is None else 2)
+
+
+def test_check_access_reads_the_repository_itself(api: responses.RequestsMock,
+                                                  provider: BitbucketProvider,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    api.get(REPO_URL, json={"type": "repository", "full_name": "amuniz/test-repos"})
+
+    provider.check_access(repo_config(monkeypatch))
+
+    assert api.calls[0].request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_check_access_says_why_a_repository_cannot_be_read(api: responses.RequestsMock,
+                                                           provider: BitbucketProvider,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    api.get(REPO_URL, status=404, json={"type": "error", "error": {"message": "not found"}})
+
+    with pytest.raises(RepositoryUnreadable) as caught:
+        provider.check_access(repo_config(monkeypatch))
+
+    assert caught.value.cause == "the token cannot read it, or it does not exist (HTTP 404)"
 
 
 def test_diffstat_404_gives_an_incomplete_diff(api: responses.RequestsMock,

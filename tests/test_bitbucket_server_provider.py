@@ -26,7 +26,13 @@ from responses import matchers
 from providers.bitbucket_server import CHANGES_CAP, BitbucketServerProvider
 from receiver import config
 from receiver.config import RepositoryConfig
-from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.errors import (
+    BadRequest,
+    Ignored,
+    ProviderError,
+    RepositoryUnreadable,
+    Unauthorized,
+)
 from receiver.events import PushEvent
 from receiver.secrets import SecretRef
 from tests.harness import FIXTURES, fixture_bytes
@@ -436,6 +442,9 @@ RECORDED: dict[str, Any] = json.loads(fixture_bytes(f"bitbucket-server/{RECORDED
 REC_BASE = "174561d625c9623b60d8aba09b7f08ddc9df45cd"
 REC_HEAD = "251fce291f086cdde68ae2a896148abb5b58033e"
 UNRELATED = "0123456789abcdef0123456789abcdef01234567"
+# GET .../projects/{key}/repos/{slug}, shaped as the REST API documents a repository
+REPOSITORY = {"slug": "test-repos", "id": 1, "name": "test-repos", "scmId": "git",
+              "state": "AVAILABLE", "project": {"key": "AMUNIZ", "id": 1, "name": "amuniz"}}
 EMPTY_COMMITS = {"values": [], "size": 0, "isLastPage": True, "start": 0, "limit": 100,
                  "nextPageStart": None}
 
@@ -496,6 +505,11 @@ class World:
     def url(repo: RepositoryConfig, resource: str) -> str:
         key, slug = repo.name.split("/")
         return f"{repo.api_url}/rest/api/1.0/projects/{key}/repos/{slug}/{resource}"
+
+    @staticmethod
+    def repo_url(repo: RepositoryConfig) -> str:
+        key, slug = repo.name.split("/")
+        return f"{repo.api_url}/rest/api/1.0/projects/{key}/repos/{slug}"
 
     def commits(self, repo: RepositoryConfig, since: str, until: str, body: Any, *,
                 limit: int = 100, status: int = 200) -> None:
@@ -647,11 +661,59 @@ def test_unknown_baseline_on_the_commits_call_gives_an_incomplete_diff(world: Wo
     world.commits(repo, UNRELATED, REC_HEAD,
                   {"errors": [{"message": f"Commit '{UNRELATED}' does not exist"}]},
                   status=status)
+    world.api.add(responses.GET, world.repo_url(repo), json=REPOSITORY)
 
     diff = world.provider.changed_files(repo, UNRELATED, REC_HEAD)
 
     assert diff.paths is None and diff.reason is not None and "gone" in diff.reason
-    assert (diff.contained, diff.api_calls) == (False, 1)
+    # the repository's 200 after the commits call says it is the commit that is missing
+    assert (diff.contained, diff.api_calls) == (False, 2)
+
+
+@pytest.mark.parametrize(("commits", "repository", "message"), [
+    pytest.param(404, 404, "the token cannot read AMUNIZ/test-repos, or it does not exist "
+                 "(HTTP 404)", id="private-repository-not-visible"),
+    pytest.param(403, None, "the token lacks the permission to read AMUNIZ/test-repos "
+                 "(HTTP 403)", id="commits-forbidden"),
+    pytest.param(401, None, "the token is not accepted (missing, wrong, expired or revoked), "
+                 "so AMUNIZ/test-repos cannot be read (HTTP 401)", id="token-refused"),
+    pytest.param(404, 401, "the token is not accepted (missing, wrong, expired or revoked), "
+                 "so AMUNIZ/test-repos cannot be read (HTTP 401)", id="repository-refused"),
+])
+def test_a_repository_the_token_cannot_read_raises_repository_unreadable(
+        world: World, commits: int, repository: int | None, message: str) -> None:
+    repo = world.repo()
+    error = {"errors": [{"exceptionName": "com.atlassian.bitbucket.repository."
+                         "NoSuchRepositoryException",
+                         "message": "Repository AMUNIZ/test-repos does not exist."}]}
+    world.commits(repo, REC_BASE, REC_HEAD, error, status=commits)
+    if repository is not None:
+        world.api.add(responses.GET, world.repo_url(repo), json=error, status=repository)
+
+    with pytest.raises(RepositoryUnreadable) as caught:
+        world.provider.changed_files(repo, REC_BASE, REC_HEAD)
+
+    assert str(caught.value) == message and TOKEN not in str(caught.value)
+    assert len(world.api.calls) == (1 if repository is None else 2) and world.sleeps == []
+
+
+def test_check_access_reads_the_repository_with_the_token(world: World) -> None:
+    repo = world.repo()
+    world.api.add(responses.GET, world.repo_url(repo), json=REPOSITORY)
+
+    world.provider.check_access(repo)
+
+    assert world.api.calls[0].request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_check_access_says_why_a_repository_cannot_be_read(world: World) -> None:
+    repo = world.repo()
+    world.api.add(responses.GET, world.repo_url(repo), status=404, json={"errors": []})
+
+    with pytest.raises(RepositoryUnreadable) as caught:
+        world.provider.check_access(repo)
+
+    assert caught.value.cause == "the token cannot read it, or it does not exist (HTTP 404)"
 
 
 def test_changes_answering_404_gives_an_incomplete_diff_with_the_reason(world: World) -> None:

@@ -30,7 +30,7 @@ from responses import matchers
 from providers.github import GitHubProvider
 from receiver import config
 from receiver.config import RepositoryConfig
-from receiver.errors import ProviderError
+from receiver.errors import ProviderError, RepositoryUnreadable
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github"
 GITHUB = "https://api.github.com"
@@ -146,6 +146,9 @@ class World:
 
     def compare_url(self, repo: RepositoryConfig, base: str, head: str) -> str:
         return f"{repo.api_url}/repos/{repo.name}/compare/{base}...{head}"
+
+    def repo_url(self, repo: RepositoryConfig) -> str:
+        return f"{repo.api_url}/repos/{repo.name}"
 
     def commit_url(self, repo: RepositoryConfig, commit_sha: str) -> str:
         return f"{repo.api_url}/repos/{repo.name}/commits/{commit_sha}"
@@ -397,11 +400,71 @@ def test_vanished_baseline_gives_an_incomplete_diff_not_an_exception(world: Worl
                   status=404, json={"message": "Not Found",
                                     "documentation_url": "https://docs.github.com/rest"})
 
+    world.api.add(responses.GET, world.repo_url(repo), json={"full_name": repo.name})
+
     diff = world.provider.changed_files(repo, base, head)
 
     assert diff.paths is None and not diff.contained
     assert diff.reason is not None and "404" in diff.reason
-    assert diff.api_calls == 1 and world.sleeps == []
+    # the compare's 404, then the repository's 200: it is the commit that is gone
+    assert diff.api_calls == 2 and world.sleeps == []
+
+
+# --- a repository the token cannot read ----------------------------------------------
+
+
+@pytest.mark.parametrize("api_url", API_URLS)
+@pytest.mark.parametrize(("compare", "repository", "message"), [
+    pytest.param(404, 404, "the token cannot read acme/private, or it does not exist "
+                 "(HTTP 404)", id="private-repository-not-visible"),
+    pytest.param(403, None, "the token lacks the permission to read acme/private (HTTP 403)",
+                 id="compare-forbidden"),
+    pytest.param(401, None, "the token is not accepted (missing, wrong, expired or revoked), "
+                 "so acme/private cannot be read (HTTP 401)", id="token-refused"),
+    pytest.param(301, None, "acme/private has moved (renamed or transferred): configure its "
+                 "new name (HTTP 301)", id="repository-renamed"),
+    pytest.param(404, 403, "the token lacks the permission to read acme/private (HTTP 403)",
+                 id="repository-forbidden"),
+])
+def test_a_repository_the_token_cannot_read_raises_repository_unreadable(
+        world: World, api_url: str, compare: int, repository: int | None,
+        message: str) -> None:
+    repo = world.repo(name="acme/private", api_url=api_url)
+    base, head = sha("base"), sha("head")
+    world.api.add(responses.GET, world.compare_url(repo, base, head), status=compare,
+                  json={"message": "Not Found"})
+    if repository is not None:
+        world.api.add(responses.GET, world.repo_url(repo), status=repository,
+                      json={"message": "Not Found"})
+
+    with pytest.raises(RepositoryUnreadable) as caught:
+        world.provider.changed_files(repo, base, head)
+
+    assert str(caught.value) == message
+    assert TOKEN not in str(caught.value) and TOKEN not in repr(caught.value.args)
+    assert len(world.api.calls) == (1 if repository is None else 2) and world.sleeps == []
+
+
+def test_check_access_reads_the_repository_with_the_token(world: World) -> None:
+    repo = world.repo()
+    world.api.add(responses.GET, world.repo_url(repo), json={"full_name": repo.name})
+
+    world.provider.check_access(repo)
+
+    (request,) = world.requests_to("/repos/")
+    assert urlsplit(request.url).path == "/repos/acme/mono"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_check_access_says_why_a_repository_cannot_be_read(world: World) -> None:
+    repo = world.repo(name="acme/private")
+    world.api.add(responses.GET, world.repo_url(repo), status=404, json={"message": "Not Found"})
+
+    with pytest.raises(RepositoryUnreadable) as caught:
+        world.provider.check_access(repo)
+
+    assert caught.value.cause == "the token cannot read it, or it does not exist (HTTP 404)"
+    assert caught.value.repository == "acme/private"
 
 
 # --- rate limits, errors, timeouts -----------------------------------------------------
@@ -450,8 +513,10 @@ def test_rate_limit_beyond_the_wait_budget_raises_without_sleeping(
     world.api.add(responses.GET, world.compare_url(repo, base, head), status=status,
                   headers=headers, json={"message": "API rate limit exceeded"})
 
-    with pytest.raises(ProviderError, match="rate limited"):
+    with pytest.raises(ProviderError, match="rate limited") as caught:
         world.provider.changed_files(repo, base, head)
+
+    assert not isinstance(caught.value, RepositoryUnreadable)
 
     assert world.sleeps == [] and len(world.api.calls) == 1
 
@@ -464,9 +529,11 @@ def test_rate_limited_on_every_attempt_raises_naming_the_status(world: World) ->
                            "X-RateLimit-Reset": str(int(NOW) + 5)},
                   json={"message": "API rate limit exceeded"})
 
-    with pytest.raises(ProviderError, match="HTTP 403"):
+    with pytest.raises(ProviderError, match="HTTP 403") as caught:
         world.provider.changed_files(repo, base, head)
 
+    # a rate limit says nothing about access: the repository is not called unreadable
+    assert not isinstance(caught.value, RepositoryUnreadable)
     assert len(world.api.calls) == 3
     # no wait after the last attempt: nothing would use it
     assert world.sleeps == [pytest.approx(5.0, abs=1.0)] * 2
@@ -480,7 +547,7 @@ def test_forbidden_without_an_exhausted_rate_limit_fails_at_once(world: World) -
                            "X-RateLimit-Reset": str(int(NOW) + 10)},
                   json={"message": "Resource not accessible by integration"})
 
-    with pytest.raises(ProviderError, match="403"):
+    with pytest.raises(RepositoryUnreadable, match="403"):
         world.provider.changed_files(repo, base, head)
 
     assert world.sleeps == [] and len(world.api.calls) == 1

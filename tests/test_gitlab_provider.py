@@ -16,7 +16,13 @@ import responses
 from providers.base import Diff
 from providers.gitlab import GitLabOptions, GitLabProvider
 from receiver.config import RepositoryConfig
-from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
+from receiver.errors import (
+    BadRequest,
+    Ignored,
+    ProviderError,
+    RepositoryUnreadable,
+    Unauthorized,
+)
 from receiver.events import PushEvent
 from receiver.matcher import PathRules
 from receiver.secrets import SecretRef
@@ -357,6 +363,7 @@ HEAD = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
 MID = "b6568db1bc1dcd7f8b4d5a946b0b91f9dacd7327"
 COMPARE = f"{API}/api/v4/projects/mike%2Fdiaspora/repository/compare"
 COMMIT_BASE = f"{API}/api/v4/projects/mike%2Fdiaspora/repository/commits/{BASE}"
+PROJECT = f"{API}/api/v4/projects/mike%2Fdiaspora"
 
 
 def _commit(sha: str, *parents: str) -> dict[str, Any]:
@@ -440,11 +447,48 @@ def test_nested_namespace_is_url_encoded_once_under_api_v4(api: responses.Reques
     assert diff.paths == frozenset({"a.txt"})
 
 
-def test_compare_404_is_an_incomplete_diff(api: responses.RequestsMock) -> None:
+def test_compare_404_of_a_readable_project_is_an_incomplete_diff(
+        api: responses.RequestsMock) -> None:
     api.get(COMPARE, status=404, json={"message": "404 Ref Not Found"})
+    api.get(PROJECT, json={"id": 3, "path_with_namespace": "mike/diaspora"})
     diff = GitLabProvider().changed_files(_repo(), BASE, HEAD)
-    assert (diff.status, diff.paths, diff.api_calls) == ("diverged", None, 1)
+    assert (diff.status, diff.paths, diff.api_calls) == ("diverged", None, 2)
     assert diff.reason is not None and "404" in diff.reason
+
+
+@pytest.mark.parametrize(("compare", "project", "cause"), [
+    pytest.param(404, 404, "the token cannot read mike/diaspora, or it does not exist "
+                 "(HTTP 404)", id="project-not-visible"),
+    pytest.param(403, None, "the token lacks the permission to read mike/diaspora (HTTP 403)",
+                 id="compare-forbidden"),
+    pytest.param(401, None, "the token is not accepted (missing, wrong, expired or revoked), "
+                 "so mike/diaspora cannot be read (HTTP 401)", id="token-refused"),
+    pytest.param(404, 401, "the token is not accepted (missing, wrong, expired or revoked), "
+                 "so mike/diaspora cannot be read (HTTP 401)", id="project-refused"),
+])
+def test_a_project_the_token_cannot_read_raises_repository_unreadable(
+        api: responses.RequestsMock, compare: int, project: int | None, cause: str) -> None:
+    api.get(COMPARE, status=compare, json={"message": f"{compare} Project Not Found"})
+    if project is not None:
+        api.get(PROJECT, status=project, json={"message": f"{project} Project Not Found"})
+    with pytest.raises(RepositoryUnreadable) as caught:
+        GitLabProvider().changed_files(_repo(token="glpat-SECRET-value"), BASE, HEAD)
+    assert str(caught.value) == cause
+    assert "glpat-SECRET-value" not in str(caught.value)
+    assert len(api.calls) == (1 if project is None else 2)
+
+
+def test_check_access_reads_the_project_once(api: responses.RequestsMock) -> None:
+    api.get(PROJECT, json={"id": 3, "path_with_namespace": "mike/diaspora"})
+    GitLabProvider().check_access(_repo(token="glpat-example"))
+    assert api.calls[0].request.headers["Authorization"] == "Bearer glpat-example"
+
+
+def test_check_access_names_an_invisible_project(api: responses.RequestsMock) -> None:
+    api.get(PROJECT, status=404, json={"message": "404 Project Not Found"})
+    with pytest.raises(RepositoryUnreadable) as caught:
+        GitLabProvider().check_access(_repo())
+    assert caught.value.cause == "the token cannot read it, or it does not exist (HTTP 404)"
 
 
 def test_empty_compare_checks_the_base_commit_and_finds_head_contained(

@@ -239,14 +239,23 @@ def _repository(provider: str, name: str, api: FakeAPI, kind: str) -> dict[str, 
                                                "paths": ["**"]}]}
 
 
+def _readable(_rec: Recorded) -> tuple[int, Any, dict[str, str]]:
+    return 200, {}, {}
+
+
 def service_config(db: Path, api_a: FakeAPI, api_b: FakeAPI,
                    limit: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """Config and environment: home repositories on ``api_a``, other ones on ``api_b``."""
+    """Config and environment: home repositories on ``api_a``, other ones on ``api_b``.
+
+    Each repository itself is readable on its API (GET of the repository answers 200), so a
+    compare the API answers 404 is a missing commit: every pipeline counts as changed."""
     repos = []
     env = {env_name("SIGNING", "gitlab"): GITLAB_SIGNING}
     for p in PROVIDERS:
         repos.append(_repository(p, WIRES[p].home, api_a, "HOME"))
         repos.append(_repository(p, WIRES[p].other, api_b, "OTHER"))
+        api_a.routes[WIRES[p].api_root(WIRES[p].home)] = _readable
+        api_b.routes[WIRES[p].api_root(WIRES[p].other)] = _readable
         env.update({env_name("HOME_SECRET", p): SECRETS[p],
                     env_name("OTHER_SECRET", p): OTHER_SECRETS[p],
                     env_name("HOME_TOKEN", p): TOKENS[p],

@@ -44,6 +44,17 @@ def test_pipeline_starts_and_failures_are_counted() -> None:
         == [("PipelineStartFailures", "Count", ["provider"])]
 
 
+@pytest.mark.parametrize(("event", "metric"), [
+    ("changes.incomplete", "IncompleteDiffs"), ("provider.error", "ProviderErrors"),
+])
+def test_incomplete_diffs_and_provider_errors_are_counted_by_provider(event: str,
+                                                                      metric: str) -> None:
+    line = emf(None, "warning", {"event": event, "provider": "bitbucket-server",
+                                 "error": "the token cannot read it"})
+    assert directives(line) == [(metric, "Count", ["provider"])]
+    assert (line[metric], line["provider"]) == (1, "bitbucket-server")
+
+
 def test_unknown_provider_path_cannot_mint_a_dimension_value() -> None:
     line = emf(None, "info", {"event": "webhook.rejected", "provider": "x" * 40})
     assert line["provider"] == "unknown"

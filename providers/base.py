@@ -171,6 +171,17 @@ class Provider(Protocol):
         """
         ...
 
+    def git_token(self, repo: RepositoryConfig) -> str | None:
+        """The token for HTTPS git (``diff: git``): the repository's ``api_token`` (GitHub:
+        the App's installation token), None for none. Raises ProviderError when a token
+        must be minted and cannot be."""
+        ...
+
+    def git_username(self, repo: RepositoryConfig) -> str | None:
+        """The user name sent with :meth:`git_token`, for a provider whose git server
+        tells token kinds apart by it (Bitbucket Cloud's ``api_username``); else None."""
+        ...
+
     def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
         """Create or replace the status named ``status.name`` on ``commit`` (40 or 64 hex).
 
@@ -505,6 +516,14 @@ class HttpProvider:
     def _repository_url(self, repo: RepositoryConfig) -> str:
         """The API URL of the repository itself (each provider names its own)."""
         raise NotImplementedError
+
+    def git_token(self, repo: RepositoryConfig) -> str | None:
+        """Provider.git_token: the ``api_token``."""
+        return repo.api_token.value() if repo.api_token is not None else None
+
+    def git_username(self, repo: RepositoryConfig) -> str | None:
+        """Provider.git_username: none."""
+        return None
 
 
 @contextmanager

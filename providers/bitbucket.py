@@ -120,6 +120,10 @@ class BitbucketProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
+    def git_username(self, repo: RepositoryConfig) -> str | None:
+        """Provider.git_username: ``api_username`` (an Atlassian API token goes with it)."""
+        return repo.options_as(BitbucketOptions).api_username
+
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if repo.api_token is None:

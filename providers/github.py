@@ -229,6 +229,13 @@ class GitHubProvider(HttpProvider):
                 self._apps[repo.key] = GitHubAppAuth(app, repo.api_url, client, self._clock)
             return client
 
+    def git_token(self, repo: RepositoryConfig) -> str | None:
+        """Provider.git_token: with ``github_app``, the installation token (HTTPS git takes
+        it as the password of user ``x-access-token``)."""
+        self._client(repo)  # makes the App's token source on first use
+        app = self._apps.get(repo.key)
+        return super().git_token(repo) if app is None else app.token()
+
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
         if repo.key in self._apps:

@@ -148,9 +148,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Dry run: changed paths between two commits, matching rules, what would start.
 
     The verdicts come from :func:`receiver.decide.decide`, the function the service uses.
+    The difference comes from the provider's compare API, or with ``--git-dir`` from a
+    local clone (no API, no secret). Without ``--from`` each pipeline is compared from its
+    stored baseline on ``--branch``.
     """
     from providers import build_providers
-    from receiver.decide import decide, needs_diff
+    from providers.base import Diff
+    from receiver.decide import Base, Decision, NoBase, decide, needs_diff
+    from receiver.gitdiff import local_changed_files
 
     cfg = _load(args.config)
     candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
@@ -161,35 +166,65 @@ def cmd_explain(args: argparse.Namespace) -> int:
               + ("; add --provider" if candidates else ""), file=sys.stderr)
         return 2
     repo = candidates[0]
-    diff = None
-    if needs_diff(args.from_sha, args.to_sha):
-        diff = build_providers()[repo.provider].changed_files(repo, args.from_sha, args.to_sha)
-    decisions = decide({p.name: p.paths for p in repo.pipelines}, args.from_sha, args.to_sha,
-                       diff, new_branch=repo.new_branch)
     names = [p.name for p in repo.pipelines]
+    bases: dict[str, Base] = dict.fromkeys(names, args.from_sha)
+    if args.from_sha is None:  # each pipeline from its stored baseline
+        from receiver.state import open_store
+
+        branch = args.branch or _first_literal_branch(repo)
+        stored = open_store(cfg.state).baselines(repo.key, branch or "")
+        missing = [n for n in names if n not in stored]
+        if branch is None or missing:
+            print(f"error: no stored baseline on branch {branch!r} for "
+                  f"{', '.join(missing) or 'any pipeline'}; give --from", file=sys.stderr)
+            return 2
+        bases = {n: stored[n].commit or NoBase.NOTHING_DEPLOYED for n in names}
+
+    def difference(base: str) -> Diff:
+        if args.git_dir:
+            return local_changed_files(args.git_dir, base, args.to_sha)
+        return build_providers()[repo.provider].changed_files(repo, base, args.to_sha)
+
+    decisions: dict[str, Decision] = {}
+    diffs: dict[str, Diff] = {}
+    for base in dict.fromkeys(bases.values()):
+        group = {p.name: p.paths for p in repo.pipelines if bases[p.name] == base}
+        diff = None
+        if needs_diff(base, args.to_sha):
+            assert isinstance(base, str)
+            diff = diffs[base] = difference(base)
+        decisions.update(decide(group, base, args.to_sha, diff, new_branch=repo.new_branch))
     would_start = [n for n in names if decisions[n].verdict == "changed"]
-    paths = sorted(diff.paths) if diff is not None and diff.paths is not None else []
-    per_path: dict[str, list[dict[str, str]]] = {path: [] for path in paths}
+    per_path: dict[str, list[dict[str, str]]] = {
+        path: [] for d in diffs.values() if d.paths is not None for path in sorted(d.paths)}
     for name in would_start:
         for hit in decisions[name].matches:
             per_path[hit.path].append({"pipeline": name, "rule": hit.glob})
-    complete = all(d.complete for d in decisions.values())
+    froms = {n: b if isinstance(b, str) else None for n, b in bases.items()}
+    single = len(set(bases.values())) == 1
+    diff = next(iter(diffs.values()), None) if single else None
     report: dict[str, Any] = {
-        "repository": repo.name, "provider": repo.provider, "from": args.from_sha,
-        "to": args.to_sha, "compare": diff.status if diff is not None else "identical",
-        "api_calls": diff.api_calls if diff is not None else 0, "complete": complete,
+        "repository": repo.name, "provider": repo.provider,
+        "from": next(iter(froms.values())) if single else froms, "to": args.to_sha,
+        "compare": (diff.status if diff is not None else "identical") if single
+        else {base: d.status for base, d in diffs.items()},
+        "api_calls": sum(d.api_calls for d in diffs.values()),
+        "complete": all(d.complete for d in decisions.values()),
         "changed_paths": per_path, "would_start": would_start,
         "unchanged": [n for n in names if n not in would_start],
     }
-    if diff is None or diff.contained:
+    reasons = {d.reason for d in decisions.values() if not d.complete and d.reason}
+    if all(d.verdict == "contained" for d in decisions.values()):
         report["note"] = "the 'to' commit is already contained in 'from': nothing starts"
-    elif not complete:
-        report.update(reason=diff.reason,
+    elif not report["complete"]:
+        report.update(reason="; ".join(sorted(reasons)),
                       note="difference incomplete: every pipeline counts as changed")
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{repo.provider} {repo.name}: {args.from_sha} -> {args.to_sha}")
+    print(f"{repo.provider} {repo.name}: "
+          + (f"{report['from']}" if single else "each pipeline's baseline")
+          + f" -> {args.to_sha}" + (f" (local clone {args.git_dir})" if args.git_dir else ""))
     print(f"compare: {report['compare']}, {len(per_path)} changed paths, "
           f"{report['api_calls']} API calls")
     if "note" in report:
@@ -407,8 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the repository's configured name, e.g. acme/mono")
     explain.add_argument("--provider", choices=sorted(REGISTRY),
                          help="the provider, when two repositories share the name")
-    explain.add_argument("--from", dest="from_sha", required=True,
-                         help="the commit to compare from (a baseline)")
+    explain.add_argument("--from", dest="from_sha",
+                         help="the commit to compare from (default: each pipeline's stored "
+                              "baseline on --branch)")
+    explain.add_argument("--branch", help="with no --from: the branch whose baselines to use "
+                         "(default: the repository's first literal name in branches)")
+    explain.add_argument("--git-dir", help="compute the difference in this local clone "
+                         "instead of through the provider's API (no secret needed)")
     explain.add_argument("--to", dest="to_sha", required=True,
                          help="the commit to compare to (a pushed head)")
     explain.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -138,6 +138,14 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GitConfig:
+    """The ``diff: git`` strategy's mirrors: one bare, blobless clone per repository."""
+
+    __pydantic_config__ = FORBID
+    cache_dir: Text = "var/git"
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomesConfig:
     """How execution outcomes are learnt: EventBridge events on ``/events/codepipeline``
     (verified by ``api_keys``) and a poll every ``poll_seconds`` of running executions."""
@@ -188,6 +196,10 @@ class RepositoryConfig:
     # succeeded: a failed last start falls back to the deployed commit (receiver/outcomes.py)
     baseline: Literal["succeeded", "started"] = "succeeded"
     commit_status: Annotated[bool, Field(strict=True)] = False
+    # where the changed paths come from: the provider's compare API, or a git mirror
+    diff: Literal["api", "git"] = "api"
+    git_url: Annotated[str, matching(r"https?://[^/\s]+/\S+", "an http(s) clone URL like "
+                                     "https://github.com/acme/mono.git")] | None = None
     options: Any = None
 
     @property
@@ -225,6 +237,7 @@ class Config:
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
+    git: GitConfig = field(default_factory=GitConfig)
     source: str = ""
     # both looked up on every webhook request: indexed once, not scanned per request
     _by_name: Mapping[tuple[str, str], RepositoryConfig] = field(
@@ -265,6 +278,7 @@ class _Document:
     processing: Annotated[ProcessingConfig, _Section] = field(default_factory=ProcessingConfig)
     server: Annotated[ServerConfig, _Section] = field(default_factory=ServerConfig)
     outcomes: Annotated[OutcomesConfig, _Section] = field(default_factory=OutcomesConfig)
+    git: Annotated[GitConfig, _Section] = field(default_factory=GitConfig)
 
 
 _REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
@@ -295,7 +309,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         raise ConfigError(problems)
     return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
                   processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
-                  source=source)
+                  git=doc.git, source=source)
 
 
 def _repository(item: Any, path: str, registry: Mapping[str, Any],
@@ -330,6 +344,17 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
         if any(p.name == pipeline.name for p in repo.pipelines[:j]):
             problems.append(f"{path}.pipelines[{j}].name: pipeline {pipeline.name!r} is listed "
                             "twice")
+    if repo.diff == "git" and repo.git_url is None:
+        from receiver.gitdiff import default_git_url  # here: it imports the providers
+
+        public = repo.api_url == cls.default_api_url
+        url = default_git_url(repo.provider, repo.name) if public else None
+        if url is None:
+            problems.append(f"{path}.git_url: is required with diff: git for "
+                            f"{'this api_url' if cls.default_api_url else provider} "
+                            "(the public hosts' clone URLs are known; a self-managed one is not)")
+            return None
+        repo = dataclasses.replace(repo, git_url=url)
     return dataclasses.replace(repo, options=options)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Base, Decision, NoBase, decide, needs_diff
 from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, StateError
 from receiver.events import Delivery, PushEvent
+from receiver.gitdiff import GitMirror
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch
@@ -132,6 +134,8 @@ class Processor:
                                         on_change=self._status_of_outcome)
         self.region = (config.launcher.region or os.environ.get("AWS_REGION")
                        or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        self._mirrors: dict[str, GitMirror] = {}  # diff: git, one per repository
+        self._mirrors_lock = threading.Lock()
         # kept for the process's life: its threads keep their store connections
         self._starts = ThreadPoolExecutor(max_workers=START_PARALLELISM,
                                           thread_name_prefix="receiver-start")
@@ -145,6 +149,8 @@ class Processor:
             if repo is None:
                 self.log.warning("delivery.dropped", reason="repository no longer configured")
                 return
+            if repo.diff == "git":
+                self._fetch(repo, delivery)
             summary = PushSummary()
             for event in delivery.events:
                 if event.after is None:  # a deletion: the route never records one
@@ -253,12 +259,41 @@ class Processor:
                         "contained", decisions[name].base, source="compare",
                         reason=f"head is contained in the last started commit {last[:12]}")
 
+    def _mirror(self, repo: RepositoryConfig) -> GitMirror:
+        """This process's mirror of ``repo`` (made on first use)."""
+        with self._mirrors_lock:
+            mirror = self._mirrors.get(repo.key)
+            if mirror is None:
+                provider = self.providers[repo.provider]
+                assert repo.git_url is not None  # config fills it in for diff: git
+                mirror = GitMirror(
+                    provider=repo.provider, name=repo.name, url=repo.git_url,
+                    cache_dir=self.config.git.cache_dir,
+                    token=lambda: provider.git_token(repo), username=provider.git_username(repo))
+                self._mirrors[repo.key] = mirror
+            return mirror
+
+    def _fetch(self, repo: RepositoryConfig, delivery: Delivery) -> None:
+        """``diff: git``: one fetch for the whole delivery (its branches and heads). A fetch
+        the server refuses or that cannot reach it is retried, never "everything changed"."""
+        refs = [e.ref_name for e in delivery.events if e.ref_type == "branch"]
+        refs += [e.after for e in delivery.events if e.after]
+        try:
+            self._mirror(repo).fetch(refs)
+        except ProviderError as exc:
+            self.log.warning("provider.error", error=str(exc), final=delivery.attempts
+                             >= self.config.processing.max_attempts, diff="git")
+            raise RetryLater(str(exc)) from exc
+
     def _diff(self, push: Push, base: str) -> Diff:
         provider = self.providers[push.repo.provider]
         try:
+            if push.repo.diff == "git":
+                return self._mirror(push.repo).changed_files(base, push.head)
             return provider.changed_files(push.repo, base, push.head)
         except ProviderError as exc:
-            unreadable = isinstance(exc, RepositoryUnreadable)
+            # git: a mirror that cannot fetch is never an incomplete difference either
+            unreadable = isinstance(exc, RepositoryUnreadable) or push.repo.diff == "git"
             self.log.warning("provider.error", error=str(exc), base=base, head=push.head,
                              final=push.final, unreadable=unreadable)
             if not push.final or unreadable:

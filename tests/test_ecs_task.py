@@ -260,6 +260,7 @@ def _secret_also_in_environment(task: dict[str, Any]) -> None:
     pytest.param(_set("networkMode", "bridge"), "networkMode must be awsvpc", id="bridge networking"),
     pytest.param(_set("requiresCompatibilities", ["EC2"]), "FARGATE", id="EC2 only"),
     pytest.param(_without_secret("GITHUB_TOKEN"), "needs env:GITHUB_TOKEN", id="a secret the config references is missing"),
+    pytest.param(_without_secret("EVENTS_API_KEY"), "needs env:EVENTS_API_KEY", id="the events API key of outcomes.api_keys is missing"),
     pytest.param(_delete("c.secrets.0.valueFrom"), "botocore: Missing required parameter", id="a secret without valueFrom"),
     pytest.param(_set("c.secrets.0.valueFrom", "arn:aws:ssm:us-east-1:123456789012:parameter/x"), "not a full Secrets Manager secret ARN", id="a secret from SSM instead of Secrets Manager"),
     pytest.param(_secret_also_in_environment, "plain-text", id="a secret also given in plain text"),

@@ -5,6 +5,12 @@ intrinsic functions it uses resolved to plain values), so its task definition ca
 compared with ecs-task.json field by field and run through the same Fargate checks
 (tests/test_ecs_task.py), and its IAM policies compared with the reviewed policy files in
 config/. ecs-task.json stays the source the other tests check; the stack must equal it.
+
+The execution-outcome resources (EventBridge rule, connection, API destination, invoke role)
+are also in config/eventbridge-outcomes.yaml for deployments without the stack: both
+templates render to the same resources, and what they send is checked against the service
+itself - the rule's pattern against receiver/outcomes.py, and the request the API destination
+makes against a running service.
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ import fnmatch
 import inspect
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 from cfnlint.api import lint
+from moto.events.models import EventPattern
 
-from receiver import metrics, worker
+from receiver import metrics, outcomes, worker
 from receiver.state import dynamodb
+from tests.harness import Service
 from tests.test_ecs_task import (
     EXECUTION_ROLE_POLICY,
     PRODUCTION_CONFIG,
@@ -36,13 +47,18 @@ from tests.test_ecs_task import (
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "deploy" / "stack.yaml"
+OUTCOMES_SNIPPET = ROOT / "config" / "eventbridge-outcomes.yaml"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+OUTCOME_RESOURCES = ("OutcomesConnection", "OutcomesDestination", "OutcomesInvokeRole",
+                     "OutcomesRule")
 ACCOUNT = "123456789012"  # the account of ecs-task.json and the policy files
 REGION = "us-east-1"
 # the stack's secret parameters and the environment variable each one fills
 SECRET_PARAMETERS = {"GITHUB_WEBHOOK_SECRET": "GitHubWebhookSecretArn",
                      "GITHUB_TOKEN": "GitHubTokenArn",
                      "GITLAB_WEBHOOK_TOKEN": "GitLabWebhookTokenArn",
-                     "GITLAB_TOKEN": "GitLabTokenArn"}
+                     "GITLAB_TOKEN": "GitLabTokenArn",
+                     "EVENTS_API_KEY": "EventsApiKeySecretArn"}
 # resources whose Ref is a name given by one of their properties
 NAMED_BY = {"AWS::Logs::LogGroup": "LogGroupName", "AWS::DynamoDB::Table": "TableName"}
 
@@ -89,7 +105,8 @@ def production_parameters() -> dict[str, str]:
     return {param: by_name[env] for env, param in SECRET_PARAMETERS.items()} | {
         "CertificateArn": f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0f6c-example",
         "VpcId": "vpc-0example", "PublicSubnetIds": "subnet-0public",
-        "PrivateSubnetIds": "subnet-0private"}
+        "PrivateSubnetIds": "subnet-0private", "ServiceHostName": "webhooks.example.com",
+        "PipelineNamePrefix": "acme-"}
 
 
 class Renderer:
@@ -198,9 +215,10 @@ def stack_task_definition(parameters: dict[str, str] | None = None) -> dict[str,
 # --- cfn-lint --------------------------------------------------------------------------
 
 
-def test_cfn_lint_finds_nothing_in_the_stack() -> None:
-    # no ignore_checks in the template: any error or warning fails here
-    assert [str(m) for m in lint(STACK.read_text())] == []
+@pytest.mark.parametrize("template", [STACK, OUTCOMES_SNIPPET], ids=lambda p: p.name)
+def test_cfn_lint_finds_nothing_in_the_template(template: Path) -> None:
+    # no ignore_checks in the templates: any error or warning fails here
+    assert [str(m) for m in lint(template.read_text())] == []
 
 
 def test_cfn_lint_catches_a_broken_copy() -> None:
@@ -383,3 +401,177 @@ def test_renderer_resolves_everything_it_is_given() -> None:
     doc["Resources"]["LogGroup"]["Properties"]["RetentionInDays"] = {"Fn::Select": [0, [1]]}
     with pytest.raises(AssertionError, match="Fn::Select"):
         Renderer(doc, production_parameters()).resource("LogGroup")
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+def _injected(renderer: Renderer) -> dict[str, str]:
+    container = renderer.resource("TaskDefinition")["Properties"]["ContainerDefinitions"][0]
+    return {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+
+
+def test_stack_execution_role_reads_exactly_the_secrets_its_task_definition_injects() -> None:
+    r = render()
+    granted = {g for g in grants(_role_policy(r, "ExecutionRole"))
+               if g[0].startswith("secretsmanager:")}
+    assert granted == {("secretsmanager:GetSecretValue", arn) for arn in _injected(r).values()}
+
+
+def test_connection_sends_the_secret_the_service_verifies_events_with() -> None:
+    # outcomes.api_keys of the baked-in config names env:NAME; the task injects NAME from a
+    # secret, and the connection must resolve that very secret
+    r = render()
+    config = yaml.safe_load(PRODUCTION_CONFIG.read_text())
+    (reference,) = config["outcomes"]["api_keys"]
+    assert reference.startswith("env:")
+    secret = _injected(r)[reference.removeprefix("env:")]
+    auth = r.resource("OutcomesConnection")["Properties"]["AuthParameters"]
+    assert auth["ApiKeyAuthParameters"]["ApiKeyValue"] == f"{{{{resolve:secretsmanager:{secret}}}}}"
+
+
+# --- execution outcomes: the snippet, the rule, the API destination ---------------------
+
+
+def _outcome_differences(stack: dict[str, Any], snippet: dict[str, Any]) -> list[str]:
+    """The outcome resources (and the parameters they use) that differ between the two."""
+    s, o = render(doc=stack), render(doc=snippet)
+    differ = [n for n in OUTCOME_RESOURCES if s.resource(n) != o.resource(n)]
+    shape = ("Type", "AllowedPattern")
+    return differ + [p for p in snippet["Parameters"]
+                     if {k: stack["Parameters"][p].get(k) for k in shape}
+                     != {k: snippet["Parameters"][p].get(k) for k in shape}]
+
+
+def test_snippet_and_stack_define_the_same_outcome_resources() -> None:
+    snippet = load_stack(OUTCOMES_SNIPPET.read_text())
+    assert set(snippet["Resources"]) == set(OUTCOME_RESOURCES)
+    assert _outcome_differences(load_stack(), snippet) == []
+
+
+def _header(doc: dict[str, Any]) -> None:
+    doc["Resources"]["OutcomesConnection"]["Properties"]["AuthParameters"][
+        "ApiKeyAuthParameters"]["ApiKeyName"] = "x-events-key"
+
+
+def _path(doc: dict[str, Any]) -> None:
+    doc["Resources"]["OutcomesDestination"]["Properties"]["InvocationEndpoint"] = {
+        "Fn::Sub": "https://${ServiceHostName}/events/pipeline"}
+
+
+def _detail_type(doc: dict[str, Any]) -> None:
+    doc["Resources"]["OutcomesRule"]["Properties"]["EventPattern"]["detail-type"] = [
+        "CodePipeline Stage Execution State Change"]
+
+
+def _prefix_pattern(doc: dict[str, Any]) -> None:
+    doc["Parameters"]["PipelineNamePrefix"]["AllowedPattern"] = ".*"
+
+
+@pytest.mark.parametrize(("mutate", "differs"), [
+    pytest.param(_header, "OutcomesConnection", id="another header name"),
+    pytest.param(_path, "OutcomesDestination", id="another endpoint path"),
+    pytest.param(_detail_type, "OutcomesRule", id="another detail-type"),
+    pytest.param(_prefix_pattern, "PipelineNamePrefix", id="a looser parameter pattern"),
+])
+def test_outcome_comparison_catches_a_snippet_that_drifted(
+        mutate: Callable[[dict[str, Any]], None], differs: str) -> None:
+    snippet = load_stack(OUTCOMES_SNIPPET.read_text())
+    mutate(snippet)
+    assert _outcome_differences(load_stack(), snippet) == [differs]
+
+
+def pipeline_event(pipeline: str, **changes: Any) -> dict[str, Any]:
+    """A pipeline-execution event in the shape the CodePipeline user guide ("Monitoring
+    CodePipeline events") shows, for ``pipeline``; ``changes`` replace top-level fields."""
+    return {
+        "version": "0", "id": "01234567-0123-0123-0123-012345678901",
+        "detail-type": "CodePipeline Pipeline Execution State Change",
+        "source": "aws.codepipeline", "account": ACCOUNT, "time": "2026-12-01T10:00:00Z",
+        "region": REGION, "resources": [f"arn:aws:codepipeline:{REGION}:{ACCOUNT}:{pipeline}"],
+        "detail": {"pipeline": pipeline, "execution-id": "12345678-1234-5678-abcd-12345678abcd",
+                   "state": "SUCCEEDED", "version": 1, "pipeline-execution-attempt": 1},
+        **changes}
+
+
+def _rule_matches(event: dict[str, Any]) -> bool:
+    # moto's implementation of EventBridge's pattern matching (TestEventPattern is not one
+    # of the calls moto serves)
+    pattern = render().resource("OutcomesRule")["Properties"]["EventPattern"]
+    return bool(EventPattern.load(json.dumps(pattern)).matches_event(event))
+
+
+def _configured_pipelines() -> list[str]:
+    config = yaml.safe_load(PRODUCTION_CONFIG.read_text())
+    return [p["name"] for repo in config["repositories"] for p in repo["pipelines"]]
+
+
+@pytest.mark.parametrize("pipeline", _configured_pipelines())
+def test_rule_forwards_each_configured_pipelines_events_which_the_service_parses(
+        pipeline: str) -> None:
+    event = pipeline_event(pipeline)
+    assert _rule_matches(event)
+    assert outcomes.parse_event(event).pipeline == pipeline
+
+
+def test_rule_pattern_is_the_source_and_detail_type_the_service_accepts() -> None:
+    pattern = render().resource("OutcomesRule")["Properties"]["EventPattern"]
+    assert pattern["detail-type"] == [outcomes.DETAIL_TYPE]
+    (source,) = pattern["source"]
+    # parse_event raises Ignored for any other source
+    event = pipeline_event("acme-collections-deploy", source=source)
+    assert outcomes.parse_event(event).status == "Succeeded"
+
+
+@pytest.mark.parametrize("event", [
+    pipeline_event("acme-collections-deploy", source="aws.codebuild"),
+    pipeline_event("acme-collections-deploy",
+                   **{"detail-type": "CodePipeline Stage Execution State Change"}),
+    pipeline_event("team-b-deploy"),
+], ids=["another source", "another detail-type", "a pipeline outside the prefix"])
+def test_rule_does_not_forward_other_events(event: dict[str, Any]) -> None:
+    assert not _rule_matches(event)
+
+
+def test_service_authenticates_and_parses_the_request_the_api_destination_makes(
+        tmp_path: Path) -> None:
+    r = render()
+    destination = r.resource("OutcomesDestination")["Properties"]
+    header = r.resource("OutcomesConnection")["Properties"]["AuthParameters"][
+        "ApiKeyAuthParameters"]["ApiKeyName"]
+    endpoint = urlsplit(destination["InvocationEndpoint"])
+    assert (endpoint.scheme, endpoint.netloc) == ("https", "webhooks.example.com")
+    # the production config with local state and no AWS calls; its outcomes section as is
+    config = yaml.safe_load(PRODUCTION_CONFIG.read_text()) | {
+        "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
+        "launcher": {"backend": "log"}}
+    key = "events-api-key-from-the-secret"
+    env = {name: f"test-value-of-{name.lower()}" for name in SECRET_PARAMETERS} | {
+        "EVENTS_API_KEY": key}
+    svc = Service(config, tmp_path, env=env, workers=1).start()
+    try:
+        body = json.dumps(pipeline_event("acme-collections-deploy")).encode()
+        # the headers EventBridge sends to an API destination, and the connection's key
+        sent = {"Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "Amazon/EventBridge/ApiDestinations"}
+        answer = requests.request(destination["HttpMethod"], svc.url + endpoint.path,
+                                  data=body, headers=sent | {header: key}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        # authenticated and parsed; only the execution is not one this service started
+        assert answer.json() == {"status": "ignored",
+                                 "reason": "an execution this service did not start"}
+        wrong_header = requests.request(destination["HttpMethod"], svc.url + endpoint.path,
+                                        data=body, headers=sent | {"x-api-token": key},
+                                        timeout=10)
+        assert wrong_header.status_code == 401
+    finally:
+        svc.stop()
+
+
+# --- docs ------------------------------------------------------------------------------
+
+
+def test_every_stack_parameter_is_in_the_deploy_docs_table() -> None:
+    rows = [line for line in DEPLOY_DOC.read_text().splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert set(load_stack()["Parameters"]) <= documented

@@ -771,6 +771,96 @@ def bench_outcome_to_status(ctx: Ctx) -> list[Row]:
                 "one status write", "< 0.5 s", median < 0.5)]
 
 
+def bench_diff_strategies(ctx: Ctx) -> list[Row]:
+    """A repository of 50,000 files, a push of 10,000 changed files across 100 commits:
+    the time from the 202 to ``delivery.processed`` and the provider API calls, with
+    ``diff: git`` (a git http-backend server on 127.0.0.1) and with ``diff: api`` (a
+    GitHub stand-in with GitHub's 300-file cap and 20 ms a call), in one run."""
+    import base64
+
+    from tests.gitserver import GitServer, WorkClone, fast_import_history
+
+    push = fixture_bytes(PUSH_FIXTURE)
+    doc = json.loads(push)
+    name = doc["repository"]["full_name"]
+    auth = "Basic " + base64.b64encode(b"x-access-token:bench-token").decode()
+    server = GitServer(ctx.tmp / "git-server", {auth})
+    server.create(name)
+    work = WorkClone(ctx.tmp / "git-work", server.url(name), auth)
+    modules = [f"m{i:03d}" for i in range(200)]
+    work.commit({"README.md": "bench\n"}, "root")
+    base = fast_import_history(work, commits=1, paths=[
+        f"services/{modules[i % 200]}/f{i}.py" for i in range(50_000)])
+    changed = [f"services/{modules[i % 100]}/new{i}.py" for i in range(10_000)]  # 100 modules
+    head = fast_import_history(work, commits=100, paths=changed)
+    work.push("master")
+    commits = work.git("rev-list", f"{base}..{head}").split()
+    by_commit = {sha: changed[n::100] for n, sha in enumerate(reversed(commits))}
+    api = _DiffAPI(base, head, commits, by_commit, delay=0.02)
+    pipelines = [{"name": f"{m}-deploy", "paths": [f"services/{m}/**"]} for m in modules]
+    print(f"  {len(commits)} commits, {len(changed)} changed files of 50,000; 200 pipelines")
+    rows: list[Row] = []
+    took: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    try:
+        for strategy in ("api", "git"):
+            repo = {**repo_entry(name, api.url, pipelines), "diff": strategy,
+                    "git_url": server.url(name), "api_token": "env:BENCH_GIT_TOKEN"}
+            workdir = ctx.tmp / f"diff-{strategy}"
+            workdir.mkdir()
+            config = {"state": {"backend": "sqlite", "path": str(workdir / "state.db")},
+                      "launcher": {"backend": "log"},
+                      "git": {"cache_dir": str(workdir / "git")}, "repositories": [repo]}
+            svc = Service(config, workdir, env={**ENV, "BENCH_GIT_TOKEN": "bench-token"},
+                          workers=WORKERS, name=f"diff-{strategy}").start()
+            try:
+                before = api.count()
+                body = with_commits(push, doc["after"], head, doc["before"], base)
+                check(post(svc.url + "/webhooks/github", body, f"diff-{strategy}"), 202, "push")
+                answered = time.time()
+                line = _wait_log(svc, "delivery.processed", lambda e: True)
+                took[strategy] = ts(line) - answered
+                calls[strategy] = api.count() - before
+                started = len(svc.events("pipeline.started"))
+                print(f"  diff: {strategy}: {took[strategy]:.2f} s to the decision, "
+                      f"{calls[strategy]} API calls, {started} pipelines started "
+                      f"(100 changed), {line['changed_files']} changed files")
+            finally:
+                svc.stop()
+    finally:
+        api.close()
+        server.close()
+    rows.append(Row("8 push of 10,000 files: decision time, git", took["git"], "s",
+                    took["api"], "api, 20 ms a call", "info", None))
+    rows.append(Row("8 push of 10,000 files: API calls, git", calls["git"], "calls",
+                    calls["api"], "api", "0", calls["git"] == 0))
+    return rows
+
+
+class _DiffAPI(fakes.FakeGitHub):
+    """GitHub's compare (300 files at most, silently) and single-commit API over a history."""
+
+    def __init__(self, base: str, head: str, commits: list[str],
+                 files: dict[str, list[str]], delay: float) -> None:
+        self.base, self.head, self.commits, self.by_commit = base, head, commits, files
+        super().__init__([], delay)
+
+    def answer(self, method: str, path: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, Any]:
+        path = path.split("?", 1)[0]
+        if path.endswith(f"/compare/{self.base}...{self.head}"):
+            every = [f for c in self.commits for f in self.by_commit[c]]
+            return 200, {"status": "ahead", "ahead_by": len(self.commits), "behind_by": 0,
+                         "total_commits": len(self.commits),
+                         "commits": [{"sha": c} for c in reversed(self.commits)],
+                         "files": [{"filename": f, "status": "modified"} for f in every[:300]]}
+        sha = path.rsplit("/", 1)[1]
+        if "/commits/" in path and sha in self.by_commit:
+            return 200, {"sha": sha, "files": [{"filename": f, "status": "modified"}
+                                               for f in self.by_commit[sha]]}
+        return 404, {"message": "Not Found"}
+
+
 def _arrivals(api: fakes.FakeGitHub, path_end: str) -> int:
     with api.lock:
         return sum(called.endswith(path_end) for _t, called in api.calls)
@@ -800,7 +890,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="1,2,3,4,5,6",
+    parser.add_argument("--only", default="1,2,3,4,5,6,8",
                         help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
@@ -833,6 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (4, "matching at scale", lambda: bench_matching(ctx)),
         (5, "memory per worker", lambda: bench_memory(ctx, floor_rss)),
         (6, "execution outcome to commit status", lambda: bench_outcome_to_status(ctx)),
+        (8, "diff strategies on a 10,000-file push", lambda: bench_diff_strategies(ctx)),
     ]
     failed = False
     for number, title, fn in benches:

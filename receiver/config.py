@@ -121,6 +121,7 @@ class RepositoryConfig:
     signature_tolerance_seconds: float = 300.0
     baseline: str = "succeeded"
     commit_status: bool = False
+    reconcile_seconds: float = 300.0  # 0: branch heads are not reconciled
 
     @property
     def key(self) -> str:
@@ -277,7 +278,7 @@ _TOP = ("state", "launcher", "processing", "server", "outcomes", "repositories")
 _REPO = ("provider", "name", "api_url", "webhook_secrets", "api_token", "github_app", "branches",
          "pipelines", "new_branch", "max_compare_commits", "request_timeout_seconds",
          "max_rate_limit_wait_seconds", "api_username", "require_signed",
-         "signature_tolerance_seconds", "baseline", "commit_status")
+         "signature_tolerance_seconds", "baseline", "commit_status", "reconcile_seconds")
 _PIPELINE = ("name", "paths", "tags", "variables", "source_action")
 
 
@@ -417,6 +418,9 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
     tolerance = c.typed(r, "signature_tolerance_seconds", path, float, 300.0,
                         lambda v: 0 < v <= 3600, "a number of seconds above 0 and at most 3600")
     baseline = c.choice(r, "baseline", path, ("succeeded", "started"), "succeeded")
+    reconcile = c.typed(r, "reconcile_seconds", path, float, 300.0,
+                        lambda v: v == 0 or 1 <= v <= 86400,
+                        "0 (off) or a number of seconds from 1 to 86400")
     commit_status = r.get("commit_status", False)
     if not isinstance(commit_status, bool):
         c.error(f"{path}.commit_status", "must be true or false")
@@ -443,7 +447,7 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         request_timeout_seconds=timeout, max_rate_limit_wait_seconds=max_wait,
         api_username=username, require_signed=bool(require_signed),
         signature_tolerance_seconds=tolerance, baseline=baseline,
-        commit_status=bool(commit_status),
+        commit_status=bool(commit_status), reconcile_seconds=reconcile,
     )
 
 

@@ -27,6 +27,7 @@ from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch
 from receiver.outcomes import Observation, OutcomeRecorder, Source
+from receiver.reconcile import caught_up
 from receiver.state.base import NOTHING_DEPLOYED, Baseline, Execution, StateStore
 from receiver.statuses import StatusJob, StatusWriter, console_url, status_for
 
@@ -145,8 +146,13 @@ class Processor:
                 push = Push(repo, event, event.after, delivery, final, summary)
                 if event.ref_type == "tag":
                     self._tag(push)
+                elif caught_up(self.store, repo, delivery, event):
+                    continue  # reconciled, but a delivery brought the head first
                 else:
                     self._branch(push)
+                    # the reconciler's last known head (receiver/reconcile.py)
+                    self.store.note_head(repo.key, event.ref_name, push.head, None,
+                                         self.clock())
                 self.store.record_decision(push.decision_record(self.clock()))
             self.log.info(
                 "delivery.processed",

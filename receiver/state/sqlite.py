@@ -42,6 +42,7 @@ from receiver.state.base import (
     START_RETENTION_SECONDS,
     Baseline,
     Execution,
+    Head,
     StartRecord,
 )
 from receiver.state.sqlite_insert import InsertStatement, open_statement
@@ -139,6 +140,15 @@ CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     until REAL NOT NULL
+);
+-- the last known head of each watched branch (the reconciler's memory): one row a branch
+CREATE TABLE IF NOT EXISTS heads (
+    repository TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    etag TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (repository, branch)
 );
 CREATE TABLE IF NOT EXISTS status_writes (
     key TEXT PRIMARY KEY,
@@ -634,3 +644,19 @@ class SQLiteStore:
             cur = conn.execute("INSERT OR IGNORE INTO status_writes (key, claimed_at)"
                                " VALUES (?, ?)", (key, now))
             return cur.rowcount == 1
+
+    def heads(self, repository: str) -> dict[str, Head]:
+        rows = self._query("SELECT branch, sha, etag, updated_at FROM heads"
+                           " WHERE repository = ?", (repository,))
+        return {row[0]: Head(row[1], row[2], row[3]) for row in rows}
+
+    def note_head(self, repository: str, branch: str, sha: str | None, etag: str | None,
+                  now: float) -> None:
+        with self._tx() as conn:
+            if sha is None:
+                conn.execute("DELETE FROM heads WHERE repository = ? AND branch = ?",
+                             (repository, branch))
+            else:
+                conn.execute("INSERT OR REPLACE INTO heads (repository, branch, sha, etag,"
+                             " updated_at) VALUES (?, ?, ?, ?, ?)",
+                             (repository, branch, sha, etag, now))

@@ -97,6 +97,13 @@ class Push:
             "error": outcome.error if outcome else None,
         }
 
+    @property
+    def behind(self) -> bool:
+        """Every pipeline found the head contained in a newer commit it already stands on
+        (a late, out-of-order delivery): the branch's known head stays the newer one."""
+        return bool(self.trace) and all(t["verdict"] == "contained" and t["diff"] == "compare"
+                                        for t in self.trace.values())
+
     def decision_record(self, now: float) -> dict[str, Any]:
         """The "why" record of this push: what each pipeline was compared from and did."""
         return {
@@ -150,9 +157,9 @@ class Processor:
                     continue  # reconciled, but a delivery brought the head first
                 else:
                     self._branch(push)
-                    # the reconciler's last known head (receiver/reconcile.py)
-                    self.store.note_head(repo.key, event.ref_name, push.head, None,
-                                         self.clock())
+                    if not push.behind:  # the reconciler's last known head (reconcile.py)
+                        self.store.note_head(repo.key, event.ref_name, push.head, None,
+                                             self.clock())
                 self.store.record_decision(push.decision_record(self.clock()))
             self.log.info(
                 "delivery.processed",

@@ -63,6 +63,44 @@ class Diff:
         return self.status in ("behind", "identical")
 
 
+# below this share of the limit (or, where no limit is announced, this many calls) the
+# reconciler leaves the rest of a repository's branches for a later pass
+LOW_BUDGET_SHARE = 0.10
+LOW_BUDGET_FLOOR = 50
+
+
+@dataclass(frozen=True, slots=True)
+class BranchHead:
+    """What a provider said about one branch's head.
+
+    ``sha`` is its head commit (validated lower-case hex), None when the branch does not
+    exist or when ``not_modified`` (a 304: the head is the one the given ETag stands for).
+    ``etag`` is the answer's ETag (None where the provider gives none or it is not used).
+    ``remaining``/``limit`` are the rate-limit budget the answer announced (None when it
+    announced none), ``reset_at`` when it refills (UNIX seconds), ``near_limit`` a
+    provider's own low-budget flag (Bitbucket Cloud's ``X-RateLimit-NearLimit``).
+    """
+
+    sha: str | None
+    etag: str | None = None
+    not_modified: bool = False
+    remaining: int | None = None
+    limit: int | None = None
+    reset_at: float | None = None
+    near_limit: bool = False
+
+    @property
+    def low_budget(self) -> bool:
+        """The rate-limit budget is low: further reads should wait for a later pass."""
+        if self.near_limit:
+            return True
+        if self.remaining is None:
+            return False
+        if self.limit:
+            return self.remaining < self.limit * LOW_BUDGET_SHARE
+        return self.remaining < LOW_BUDGET_FLOOR
+
+
 StatusState = Literal["pending", "running", "success", "failure", "error"]
 HaltReason = Literal["stopped", "cancelled", "superseded"]
 
@@ -191,6 +229,19 @@ class Provider(Protocol):
         ProviderError (message in words, naming the repository and what the token needs,
         never the token) for 401/403/404, any other refusal, a rate limit, or when the
         retries run out; ValueError when ``commit`` is not a full lower-case commit id.
+        """
+        ...
+
+    def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
+        """The head commit of ``branch`` (a plain name, no ``refs/heads/``), one API read.
+
+        ``etag`` is the one a previous answer gave for this branch, sent as
+        ``If-None-Match`` where the provider honours it (GitHub, whose 304 costs no rate
+        limit); the answer is then ``not_modified``. A branch that does not exist gives
+        ``sha`` None. Same credentials, time-outs and retries as ``changed_files``. Raises
+        ProviderError (in words, never the token) for 401/403, a repository that is not
+        found (or that the token cannot see), a malformed answer, a rate limit beyond the
+        wait budget, or when the retries run out.
         """
         ...
 
@@ -557,6 +608,65 @@ def unreadable_on_refusal(
             return method(self, repo, *args, **kwargs)
 
     return wrapper
+
+
+def rate_budget(resp: requests.Response) -> dict[str, Any]:
+    """The rate-limit fields of :class:`BranchHead` from an answer's headers: GitHub's and
+    Data Center's ``X-RateLimit-*``, GitLab's ``RateLimit-*`` (reset as epoch seconds),
+    Bitbucket Cloud's ``X-RateLimit-NearLimit``. Absent or malformed headers give None."""
+
+    def number(name: str) -> float | None:
+        for prefix in ("X-RateLimit-", "RateLimit-"):
+            value = resp.headers.get(prefix + name)
+            if value is not None:
+                try:
+                    return float(value)
+                except ValueError:
+                    return None
+        return None
+
+    remaining, limit = number("Remaining"), number("Limit")
+    return {"remaining": None if remaining is None else int(remaining),
+            "limit": None if limit is None else int(limit), "reset_at": number("Reset"),
+            "near_limit": resp.headers.get("X-RateLimit-NearLimit", "").lower() == "true"}
+
+
+def branch_missing(resp: requests.Response) -> bool:
+    """Whether a 404 to a branch read says the branch is missing, not the repository (the
+    providers' texts: GitHub "Branch not found", GitLab "404 Branch Not Found", Bitbucket
+    Cloud's error message naming the branch). Any other 404 is the repository's."""
+    text = error_message(resp).lower()
+    return "branch" in text and "repositor" not in text and "project" not in text
+
+
+def branch_answer(resp: requests.Response, repository: str, sha_of: Callable[[Any], object],
+                  *, etags: bool = False) -> BranchHead:
+    """The :class:`BranchHead` of one branch read's answer: 304 not modified, 404 a missing
+    branch (ProviderError when the repository is the one missing), else ``sha_of(JSON
+    body)`` validated as a commit id (ProviderError when it is not). The ETag is kept only
+    with ``etags`` (a provider whose conditional reads are used): others would change it
+    on every read for nothing."""
+    budget = rate_budget(resp)
+    etag = resp.headers.get("ETag") if etags else None
+    if resp.status_code == 304:
+        return BranchHead(None, etag, True, **budget)
+    if resp.status_code == 404:
+        if branch_missing(resp):
+            return BranchHead(None, None, **budget)
+        raise ProviderError(f"{repository} was not found (HTTP 404), or the token cannot "
+                            "read it")
+    try:
+        sha = sha_of(resp.json())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        sha = None
+    return BranchHead(head_sha(sha, repository), etag, **budget)
+
+
+def head_sha(value: object, repository: str) -> str:
+    """A branch head from a provider answer, checked as a full lower-case commit id."""
+    if not isinstance(value, str) or not _SHA.fullmatch(value):
+        raise ProviderError(f"the branch answer for {repository} has no commit id")
+    return value
 
 
 def _path_only(url: str) -> str:

@@ -27,11 +27,13 @@ from urllib.parse import quote, urlsplit
 from pydantic import Field
 
 from providers.base import (
+    BranchHead,
     CommitStatus,
     CompareStatus,
     Diff,
     Headers,
     HttpProvider,
+    branch_answer,
     check_status_answer,
     checked_delivery_id,
     checked_sha,
@@ -281,6 +283,21 @@ class BitbucketProvider(HttpProvider):
         resp = post_status(client, url, self._headers(repo), body)
         check_status_answer(client, resp, repository=repo.name, commit=commit,
                             needs=BITBUCKET_STATUS_NEEDS)
+
+    # --- branch heads ------------------------------------------------------------------
+
+    def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
+        """``GET /2.0/repositories/{workspace}/{repo_slug}/refs/branches/{name}``.
+
+        Checked against developer.atlassian.com "Bitbucket Cloud REST API: Refs" ("Get a
+        branch": ``name``, ``target.hash``, ``type`` branch). ``etag`` is not used.
+        Bitbucket Cloud announces no remaining budget, only ``X-RateLimit-NearLimit``
+        (true below a fifth of the hourly limit), which counts as a low budget.
+        """
+        url = self._repo_url(repo, f"refs/branches/{quote(branch, safe='')}")
+        resp = self._client(repo).request("GET", url, headers=self._headers(repo))
+        return branch_answer(resp, repo.name, lambda doc: doc["target"]["hash"])
+
 
 
 # --- payload helpers -------------------------------------------------------------------

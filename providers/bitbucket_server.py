@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from providers.base import (
+    BranchHead,
     CommitStatus,
     CompareStatus,
     Diff,
@@ -40,9 +41,11 @@ from providers.base import (
     checked_delivery_id,
     checked_sha,
     fit_text,
+    head_sha,
     load_json_object,
     post_status,
     printable,
+    rate_budget,
     require_header,
     status_commit,
     status_key,
@@ -255,6 +258,47 @@ class BitbucketServerProvider(HttpProvider):
         check_status_answer(client, resp, repository=repo.name, commit=commit,
                             needs=SERVER_STATUS_NEEDS)
 
+    # --- branch heads ------------------------------------------------------------------
+
+    def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
+        """``GET /rest/api/latest/projects/{key}/repos/{slug}/branches?filterText={branch}``.
+
+        Checked against developer.atlassian.com "Bitbucket Data Center REST API: Repository
+        / Get branches" (a page of ``values`` with ``id`` ``refs/heads/...``,
+        ``displayId`` and ``latestCommit``; ``isLastPage``/``nextPageStart``).
+        ``filterText`` matches substrings, so the branch is the value whose ``displayId``
+        is exactly ``branch``, looked for over at most BRANCH_PAGES pages; none means
+        the branch does not exist. A 404 is the repository's. ``etag`` is not used.
+        """
+        key, _, slug = repo.name.partition("/")
+        url = (f"{repo.api_url}/rest/api/latest/projects/{quote(key, safe='')}"
+               f"/repos/{quote(slug, safe='')}/branches")
+        client = self._client(repo)
+        start = 0
+        for _ in range(BRANCH_PAGES):
+            resp = client.request("GET", url, headers=self._headers(repo), params={
+                "filterText": branch, "start": start, "limit": BRANCH_PAGE_LIMIT})
+            if resp.status_code == 404:
+                raise ProviderError(f"{repo.name} was not found (HTTP 404), or the token "
+                                    "cannot read it")
+            try:
+                page = resp.json()
+                values = list(page["values"])
+            except (ValueError, KeyError, TypeError):
+                raise ProviderError("branches answer is not a page of values") from None
+            for value in values:
+                if isinstance(value, dict) and value.get("displayId") == branch:
+                    return BranchHead(head_sha(value.get("latestCommit"), repo.name),
+                                      **rate_budget(resp))
+            next_start = page.get("nextPageStart")
+            if page.get("isLastPage") is not False or not isinstance(next_start, int) \
+                    or next_start <= start:
+                return BranchHead(None, **rate_budget(resp))
+            start = next_start
+        raise ProviderError(f"branches of {repo.name} matching {branch!r} span more than "
+                            f"{BRANCH_PAGES} pages")
+
+
 
 def _repository_name(repo: object) -> str:
     """``PROJECT/slug`` (``~user/slug`` for a personal repository)."""
@@ -350,3 +394,9 @@ def _builds_url(repo: RepositoryConfig, commit: str) -> str:
     key, _, slug = repo.name.partition("/")
     return (f"{repo.api_url}/rest/api/latest/projects/{quote(key, safe='')}"
             f"/repos/{quote(slug, safe='')}/commits/{quote(commit, safe='')}/builds")
+
+
+# --- branch heads ----------------------------------------------------------------------
+
+BRANCH_PAGE_LIMIT = 100  # branches a filterText page lists (substring matches)
+BRANCH_PAGES = 5  # pages looked through for the exact displayId: then ProviderError

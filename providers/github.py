@@ -26,11 +26,13 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Validat
 
 from providers.base import (
     ApiClient,
+    BranchHead,
     CommitStatus,
     Diff,
     Headers,
     HttpProvider,
     StatusState,
+    branch_answer,
     check_status_answer,
     checked_delivery_id,
     checked_sha,
@@ -385,6 +387,31 @@ class GitHubProvider(HttpProvider):
             resp = post_status(client, url, self._headers(repo), body)
         check_status_answer(client, resp, repository=repo.name, commit=commit,
                             needs=GITHUB_STATUS_NEEDS)
+
+    # --- branch heads ------------------------------------------------------------------
+
+    def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
+        """``GET /repos/{owner}/{repo}/branches/{branch}``, conditional on ``etag``.
+
+        Checked against docs.github.com "Get a branch" (answer: ``name``, ``commit.sha``;
+        404 "Branch not found") and "Use conditional requests": an authorized request
+        with ``If-None-Match`` that is answered 304 does not count against the primary
+        rate limit. The ETag is kept per branch by the caller. A revoked GitHub App
+        installation token is replaced once, as for compare.
+        """
+        client = self._client(repo)
+        app = self._apps.get(repo.key)
+        url = self._url(repo, f"branches/{quote(branch, safe='')}")
+        conditional = {"If-None-Match": etag} if etag else {}
+        headers = {**self._headers(repo), **conditional}
+        resp = client.request("GET", url, headers=headers,
+                              ok=(200, 304, 401) if app is not None else (200, 304))
+        if resp.status_code == 401 and app is not None:
+            app.invalidate(headers["Authorization"].removeprefix("Bearer "))
+            resp = client.request("GET", url, headers={**self._headers(repo), **conditional},
+                                  ok=(200, 304))
+        return branch_answer(resp, repo.name, lambda doc: doc["commit"]["sha"], etags=True)
+
 
 
 def _spec(base: str, head: str) -> str:

@@ -43,11 +43,13 @@ import requests
 from pydantic import Field
 
 from providers.base import (
+    BranchHead,
     CommitStatus,
     CompareStatus,
     Diff,
     Headers,
     HttpProvider,
+    branch_answer,
     check_status_answer,
     checked_delivery_id,
     checked_sha,
@@ -322,6 +324,21 @@ class GitLabProvider(HttpProvider):
             return
         check_status_answer(client, resp, repository=repo.name, commit=commit,
                             needs=GITLAB_STATUS_NEEDS)
+
+    # --- branch heads ------------------------------------------------------------------
+
+    def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
+        """``GET /api/v4/projects/:id/repository/branches/:branch`` (the name URL-encoded).
+
+        Checked against GitLab's doc/api/branches.md "Get single repository branch"
+        (answer: ``name``, ``commit.id``; 404 "404 Branch Not Found", while a project the
+        token cannot see is "404 Project Not Found"). ``etag`` is not used: GitLab counts
+        a conditional read like any other. The budget comes from ``RateLimit-*``.
+        """
+        url = _project_url(repo, f"repository/branches/{quote(branch, safe='')}")
+        resp = self._client(repo).request("GET", url, headers=self._headers(repo))
+        return branch_answer(resp, repo.name, lambda doc: doc["commit"]["id"])
+
 
 
 def _push(provider: str, doc: dict[str, Any]) -> PushEvent:

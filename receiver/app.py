@@ -31,6 +31,7 @@ from receiver.leased import LeasedLoop
 from receiver.logging import client_address, configure, get_logger
 from receiver.outcomes import parse_event, poll_outcomes
 from receiver.processor import Processor
+from receiver.reconcile import Reconciler
 from receiver.state import StateStore, open_store
 from receiver.statuses import StatusWriter
 from receiver.worker import Worker
@@ -65,15 +66,22 @@ def create_app(config: Config, *, store: StateStore | None = None,
     poller = LeasedLoop("outcomes-poll", config.outcomes.poll_seconds, store, worker.owner,
                         poll, run_at_start=False)
 
+    reconciler = Reconciler(config, store, providers, worker.notify, worker.owner)
+    reconcile_loop = (LeasedLoop("reconcile", reconciler.interval, store, worker.owner,
+                                 reconciler.run, run_at_start=True)
+                      if reconciler.interval is not None else None)
+
     if start_worker:
         worker.start()
         if not launcher.dry_run:  # a dry-run start is Succeeded at once: nothing to poll
             poller.start()
+        if reconcile_loop is not None:
+            reconcile_loop.start()
 
     app = Flask("receiver")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["receiver"] = {"config": config, "store": store, "worker": worker,
-                                  "poller": poller}
+                                  "poller": poller, "reconciler": reconcile_loop}
 
     @app.before_request
     def started() -> None:

@@ -369,7 +369,8 @@ def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> str:
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(record.recorded_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    lines = [f"{when} delivery {record.delivery_id} ({record.provider} "
+    source = "reconciler" if record.delivery_id.startswith("reconcile:") else "delivery"
+    lines = [f"{when} {source} {record.delivery_id} ({record.provider} "
              f"{record.repository}, attempt {record.attempt}): {record.ref_type} "
              f"{record.ref} {_short(record.before)} -> {_short(record.head)}"]
     for p in record.pipelines:

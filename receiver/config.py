@@ -89,6 +89,12 @@ def _template(template: str) -> str:
     return template
 
 
+def _reconcile_interval(seconds: float) -> float:
+    if seconds != 0 and not 1 <= seconds <= 86400:
+        raise ValueError("must be 0 (off) or a number of seconds from 1 to 86400")
+    return seconds
+
+
 def _repository_name(name: str) -> str:
     if name.count("/") < 1 or any(part in ("", ".", "..") for part in name.split("/")):
         raise ValueError("must be the repository path, like owner/repo")
@@ -200,6 +206,9 @@ class RepositoryConfig:
     diff: Literal["api", "git"] = "api"
     git_url: Annotated[str, matching(r"https?://[^/\s]+/\S+", "an http(s) clone URL like "
                                      "https://github.com/acme/mono.git")] | None = None
+    # read each watched branch's head this often, catching up pushes no webhook brought
+    reconcile_seconds: Annotated[float, Field(strict=True), AfterValidator(
+        _reconcile_interval)] = 300.0
     options: Any = None
 
     @property

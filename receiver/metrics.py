@@ -17,6 +17,7 @@ dimensions), a fixed outcome, and an execution's final status (one of CodePipeli
 | ExecutionsFinished | Count | status | execution.finished |
 | IncompleteDiffs | Count | provider | changes.incomplete (every pipeline counted as changed) |
 | ProviderErrors | Count | provider | provider.error (a compare failed: retried, then failed) |
+| MissedPushes | Count | provider | reconcile.missed |
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
     "pipeline.started": (("PipelinesStarted", "Count", ("provider",), None),),
     "pipeline.start_failed": (("PipelineStartFailures", "Count", ("provider",), None),),
     "execution.finished": (("ExecutionsFinished", "Count", ("status",), None),),
+    "reconcile.missed": (("MissedPushes", "Count", ("provider",), None),),
     "delivery.processed": (("ProcessingTime", "Milliseconds", ("provider",), "duration_ms"),
                            ("CompareApiCalls", "Count", ("provider",), "compare_api_calls")),
     "changes.incomplete": (("IncompleteDiffs", "Count", ("provider",), None),),

@@ -29,6 +29,7 @@ from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.matcher import RuleMatch
 from receiver.outcomes import Observation, OutcomeRecorder, Source
+from receiver.reconcile import caught_up
 from receiver.state.base import (
     NOTHING_DEPLOYED,
     Baseline,
@@ -105,6 +106,13 @@ class Push:
             error=outcome.error if outcome else None,
         )
 
+    @property
+    def behind(self) -> bool:
+        """Every pipeline found the head contained in a newer commit it already stands on
+        (a late, out-of-order delivery): the branch's known head stays the newer one."""
+        return bool(self.trace) and all(t.verdict == "contained" and t.diff == "compare"
+                                        for t in self.trace.values())
+
     def decision_record(self, now: float) -> DecisionRecord:
         """The "why" record of this push: what each pipeline was compared from and did."""
         return DecisionRecord(
@@ -158,8 +166,13 @@ class Processor:
                 push = Push(repo, event, event.after, delivery, final, summary)
                 if event.ref_type == "tag":
                     self._tag(push)
+                elif caught_up(self.store, repo, delivery, event):
+                    continue  # reconciled, but a delivery brought the head first
                 else:
                     self._branch(push)
+                    if not push.behind:  # the reconciler's last known head (reconcile.py)
+                        self.store.note_head(repo.key, event.ref_name, push.head, None,
+                                             self.clock())
                 self.store.record_decision(push.decision_record(self.clock()))
             self.log.info(
                 "delivery.processed",

@@ -534,3 +534,21 @@ def test_a_status_write_is_claimed_once(store: StateStore) -> None:
     assert store.claim_status_write("k1", 1.0) is True
     assert store.claim_status_write("k1", 2.0) is False
     assert store.claim_status_write("k2", 2.0) is True
+
+
+def test_heads_are_noted_per_branch_replaced_and_forgotten(store: StateStore) -> None:
+    from receiver.state.base import Head
+
+    assert store.heads("github:acme/mono") == {}
+    store.note_head("github:acme/mono", "main", A, '"etag-a"', 10.0)
+    store.note_head("github:acme/mono", "release/1.x", B, None, 11.0)
+    store.note_head("github:acme/other", "main", C, None, 12.0)
+    assert store.heads("github:acme/mono") == {"main": Head(A, '"etag-a"', 10.0),
+                                               "release/1.x": Head(B, None, 11.0)}
+    # a later note replaces sha and etag together (an ETag belongs to one head)
+    store.note_head("github:acme/mono", "main", C, None, 20.0)
+    assert store.heads("github:acme/mono")["main"] == Head(C, None, 20.0)
+    store.note_head("github:acme/mono", "release/1.x", None, None, 21.0)
+    store.note_head("github:acme/mono", "gone-already", None, None, 21.0)  # harmless
+    assert store.heads("github:acme/mono") == {"main": Head(C, None, 20.0)}
+    assert store.heads("github:acme/other") == {"main": Head(C, None, 12.0)}

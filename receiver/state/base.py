@@ -96,6 +96,16 @@ class StartRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Head:
+    """The last known head of one watched branch: the commit a processed delivery (or the
+    reconciler) last saw there, and the provider's ETag for it (GitHub: conditional reads)."""
+
+    sha: str
+    etag: str | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineDecision:
     """One pipeline's verdict in one push, and why."""
 
@@ -273,3 +283,12 @@ class StateStore(Protocol):
 
         Only the holder (same owner and attempt, still pending) can finish an intent.
         """
+
+    def heads(self, repository: str) -> dict[str, Head]:
+        """The last known head of every branch of ``repository`` (its state key), by branch
+        name; branches never seen (or forgotten) are absent."""
+
+    def note_head(self, repository: str, branch: str, sha: str | None, etag: str | None,
+                  now: float) -> None:
+        """Remember ``sha`` (with ``etag``, None when unknown) as the head of ``branch``,
+        replacing what was known; ``sha`` None forgets the branch (it was deleted)."""

@@ -15,6 +15,10 @@ Single-table design (table name from ``state.table``; keys are strings):
   final status it also carries ``gsi1pk = OPEN_EXECUTION`` and ``gsi1sk = started_at``, so
   the outcome poll reads exactly the running ones from the same sparse GSI; TTL.
 - lease: pk ``LEASE#{name}``, sk ``LEASE``; (owner, until), taken by a conditional put.
+- head: pk ``HEAD#{repository}``, sk ``BRANCH#{branch}``; the last known head of one
+  watched branch (``sha``, ``etag`` when the provider gave one, ``updated_at``), written
+  after each processed branch push and by the reconciler; one Query reads a repository's
+  heads; no TTL (deleted when the reconciler finds the branch gone).
 - status write: pk ``STATUS#{key}``, sk ``STATUS``; created once per commit status; TTL.
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
   only by its owner; TTL.
@@ -58,6 +62,7 @@ from receiver.state.base import (
     Baseline,
     DecisionRecord,
     Execution,
+    Head,
     StartRecord,
 )
 
@@ -647,3 +652,31 @@ class DynamoDBStore:
                   "expires_at": _n(int(now + START_TTL_SECONDS))},
             ConditionExpression="attribute_not_exists(pk)")
         return answer is not None
+
+    def heads(self, repository: str) -> dict[str, Head]:
+        found: dict[str, Head] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _s(f"HEAD#{repository}")},
+        }
+        while True:
+            page = self._call("query", **kwargs)
+            for item in page.get("Items", []):
+                branch = str(item["sk"]["S"]).removeprefix("BRANCH#")
+                found[branch] = Head(str(_get_s(item, "sha")), _get_s(item, "etag"),
+                                     _get_n(item, "updated_at"))
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def note_head(self, repository: str, branch: str, sha: str | None, etag: str | None,
+                  now: float) -> None:
+        key = {"pk": _s(f"HEAD#{repository}"), "sk": _s(f"BRANCH#{branch}")}
+        if sha is None:
+            self._call("delete_item", TableName=self.table, Key=key)
+            return
+        item: dict[str, Any] = {**key, "sha": _s(sha), "updated_at": _n(now)}
+        if etag is not None:
+            item["etag"] = _s(etag)
+        self._call("put_item", TableName=self.table, Item=item)

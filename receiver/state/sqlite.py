@@ -32,6 +32,7 @@ from receiver.state.base import (
     Baseline,
     DecisionRecord,
     Execution,
+    Head,
     StartRecord,
 )
 
@@ -96,6 +97,15 @@ CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     until REAL NOT NULL
+);
+-- the last known head of each watched branch (the reconciler's memory): one row a branch
+CREATE TABLE IF NOT EXISTS heads (
+    repository TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    etag TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (repository, branch)
 );
 CREATE TABLE IF NOT EXISTS status_writes (
     key TEXT PRIMARY KEY,
@@ -477,3 +487,18 @@ class SQLiteStore:
         cur = self._execute("INSERT OR IGNORE INTO status_writes (key, claimed_at)"
                             " VALUES (?, ?)", (key, now))
         return cur.rowcount == 1
+
+    def heads(self, repository: str) -> dict[str, Head]:
+        rows = self._query("SELECT branch, sha, etag, updated_at FROM heads"
+                           " WHERE repository = ?", (repository,))
+        return {row[0]: Head(row[1], row[2], row[3]) for row in rows}
+
+    def note_head(self, repository: str, branch: str, sha: str | None, etag: str | None,
+                  now: float) -> None:
+        if sha is None:
+            self._execute("DELETE FROM heads WHERE repository = ? AND branch = ?",
+                          (repository, branch))
+        else:
+            self._execute("INSERT OR REPLACE INTO heads (repository, branch, sha, etag,"
+                          " updated_at) VALUES (?, ?, ?, ?, ?)",
+                          (repository, branch, sha, etag, now))

@@ -32,6 +32,7 @@ from providers.base import (
     check_status_answer,
     checked_delivery_id,
     checked_sha,
+    file_answer,
     fit_text,
     load_json_object,
     post_status,
@@ -255,6 +256,15 @@ class BitbucketProvider(HttpProvider):
         resp = post_status(client, url, self._headers(repo), body)
         check_status_answer(client, resp, repository=repo.name, commit=commit,
                             needs=BITBUCKET_STATUS_NEEDS)
+
+    def file_content(self, repo: RepositoryConfig, path: str, commit: str) -> bytes | None:
+        """``GET /2.0/repositories/{workspace}/{repo_slug}/src/{sha}/{path}``: a file's raw
+        bytes (a directory would answer a JSON listing; the map's path names a file). 404
+        when the path does not exist at that commit."""
+        url = self._repo_url(repo, f"src/{status_commit(commit)}/{quote(path, safe='/')}")
+        headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
+        resp = self._client(repo).request("GET", url, headers=headers)
+        return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 
 # --- payload helpers -------------------------------------------------------------------

@@ -49,11 +49,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the configuration and report."""
+    """Validate the configuration and report; with --module-map, a repository-side module
+    map file instead (against the allow list of each configured repository that reads
+    one, when a configuration is given; on its own otherwise)."""
+    if args.module_map:
+        return _check_module_map(args)
     cfg = _load(args.config)
     pipelines = sum(len(r.pipelines) for r in cfg.repositories)
     print(f"ok: {cfg.source}: {len(cfg.repositories)} repositories, {pipelines} pipelines, "
           f"state {cfg.state.backend}, launcher {cfg.launcher.backend}")
+    return 0
+
+
+def _check_module_map(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from receiver.module_map import PipelineSet, parse_file
+
+    try:
+        content = Path(args.module_map).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{args.module_map}: cannot read ({exc.strerror})"]) from None
+    chosen = args.config or os.environ.get("RECEIVER_CONFIG")
+    repos: list[config_mod.RepositoryConfig | None] = \
+        [r for r in _load(chosen).repositories if r.module_map] if chosen else []
+    problems: list[str] = []
+    found = None
+    for repo in repos or [None]:
+        allow = repo.module_map.allow if repo and repo.module_map else None
+        found, errors = parse_file(content, allow, args.module_map,
+                                   repo.module_selectors() if repo else None)
+        if found is not None and repo is not None:
+            _, errors = PipelineSet.of(repo).joined(found)
+        where = f" (for {repo.provider} {repo.name})" if repo and len(repos) > 1 else ""
+        problems.extend(f"{e}{where}" for e in errors if f"{e}{where}" not in problems)
+    if problems or found is None:
+        raise ConfigError(problems)
+    templates = len(found.modules.templates)
+    print(f"ok: {args.module_map}: {len(found.pipelines)} pipelines ({templates} templates)")
     return 0
 
 
@@ -64,6 +97,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """
     from providers import build_providers
     from receiver.decide import decide, needs_diff
+    from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
+    from receiver.state import open_store
 
     cfg = _load(args.config)
     candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
@@ -75,17 +110,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     repo = candidates[0]
     diff = None
+    providers = build_providers()
     if needs_diff(args.from_sha, args.to_sha):
-        diff = build_providers()[repo.provider].changed_files(repo, args.from_sha, args.to_sha)
-    decisions = decide({p.name: p.paths for p in repo.pipelines}, args.from_sha, args.to_sha,
+        diff = providers[repo.provider].changed_files(repo, args.from_sha, args.to_sha)
+    # the pipelines the service would use for a push of 'to' (a repository-side map included)
+    resolved = Resolved(PipelineSet.of(repo))
+    if repo.module_map:
+        maps = RepositoryMaps(open_store(cfg.state), provider_source(providers), lambda: 0.0)
+        resolved = maps.resolve(repo, args.to_sha, keep=False)
+    decisions = decide(resolved.pipelines.modules.selectors, args.from_sha, args.to_sha,
                        diff, new_branch=repo.new_branch)
-    names = [p.name for p in repo.pipelines]
+    names = sorted(decisions)
     would_start = [n for n in names if decisions[n].verdict == "changed"]
     paths = sorted(diff.paths) if diff is not None and diff.paths is not None else []
     per_path: dict[str, list[dict[str, str]]] = {path: [] for path in paths}
     for name in would_start:
-        for hit in decisions[name].matches:
-            per_path[hit.path].append({"pipeline": name, "rule": hit.glob})
+        for path, glob, via in decisions[name].selected():
+            per_path[path].append({"pipeline": name, "rule": glob,
+                                   **({"via": via} if via else {})})
     complete = all(d.complete for d in decisions.values())
     report: dict[str, Any] = {
         "repository": repo.name, "provider": repo.provider, "from": args.from_sha,
@@ -94,6 +136,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "changed_paths": per_path, "would_start": would_start,
         "unchanged": [n for n in names if n not in would_start],
     }
+    if resolved.problems:
+        report["module_map_errors"] = list(resolved.problems)
     if diff is None or diff.contained:
         report["note"] = "the 'to' commit is already contained in 'from': nothing starts"
     elif not complete:
@@ -108,8 +152,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if "note" in report:
         print(f"note: {report['note']}" + (f" ({report['reason']})" if report.get("reason")
                                            else ""))
+    for problem in resolved.problems:
+        print(f"module map invalid at 'to' (the last valid one is used): {problem}")
     for path, hits in per_path.items():
-        rules = ", ".join(f"{h['pipeline']} ({h['rule']})" for h in hits) or "no pipeline"
+        rules = ", ".join(f"{h['pipeline']} ({h['rule']})"
+                          + (f" via {h['via']}" if "via" in h else "")
+                          for h in hits) or "no pipeline"
         print(f"  {path}  ->  {rules}")
     print("would start: " + (", ".join(would_start) or "nothing"))
     print("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
@@ -252,7 +300,9 @@ def _describe(record: dict[str, Any]) -> str:
         if p["reason"]:
             why.append(p["reason"])
         if p["matched"]:
-            shown = ", ".join(f"{path} ({glob})" for path, glob in p["matched"][:3])
+            # a third element names the dependency whose path brought the pipeline in
+            shown = ", ".join(f"via {m[2]}: {m[0]} ({m[1]})" if len(m) > 2
+                              else f"{m[0]} ({m[1]})" for m in p["matched"][:3])
             more = p["matched_count"] - min(3, len(p["matched"]))
             why.append(f"matched {shown}" + (f" +{more} more" if more > 0 else ""))
         if p["execution_id"]:
@@ -281,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration")
     check.add_argument("--config")
+    check.add_argument("--module-map", metavar="FILE", help="validate a module map file")
     check.set_defaults(func=cmd_check_config)
 
     explain = sub.add_parser("explain", help="what would start between two commits")

@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from receiver import modules as modules_mod
 from receiver.errors import ConfigError
 from receiver.matcher import GlobError, PathRules
+from receiver.modules import ModuleMap
 from receiver.secrets import ALLOWED_FORMS, SecretError, SecretRef, resolve
 
 PROVIDERS = ("github", "gitlab", "bitbucket", "bitbucket-server")
@@ -26,7 +28,7 @@ DEFAULT_API_URLS = {
     "gitlab": "https://gitlab.com",
     "bitbucket": "https://api.bitbucket.org",
 }
-VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths")
+VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths", "module")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9.@_-]{1,100}$")
 _VARIABLE_NAME = re.compile(r"^[A-Za-z0-9@\-_]{1,128}$")
 _ACTION_NAME = re.compile(r"^[A-Za-z0-9.@_-]{1,100}$")
@@ -98,6 +100,17 @@ class PipelineConfig:
     tags: PathRules | None = None
     variables: tuple[tuple[str, str], ...] = ()
     source_action: str | None = None
+    # a template's concrete pipeline: its module value (the name is then the concrete one)
+    module: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleMapConfig:
+    """A repository-side module map: the file read at each pushed head, and the glob
+    patterns every pipeline name in it must match."""
+
+    path: str
+    allow: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +134,9 @@ class RepositoryConfig:
     signature_tolerance_seconds: float = 300.0
     baseline: str = "succeeded"
     commit_status: bool = False
+    # templates, modules and dependencies of ``pipelines`` (None: each pipeline's own paths)
+    modules: ModuleMap | None = None
+    module_map: ModuleMapConfig | None = None
 
     @property
     def key(self) -> str:
@@ -130,6 +146,10 @@ class RepositoryConfig:
     def watches_branch(self, branch: str) -> bool:
         """Whether pushes to ``branch`` are evaluated."""
         return self.branches.matching_include(branch) is not None
+
+    def module_selectors(self) -> ModuleMap:
+        """The selectors of the configured pipelines (see receiver.modules)."""
+        return self.modules or ModuleMap.plain({p.name: p.paths for p in self.pipelines})
 
     def tag_pipelines(self, tag: str) -> tuple[PipelineConfig, ...]:
         """Pipelines whose ``tags`` rule selects ``tag``."""
@@ -277,8 +297,8 @@ _TOP = ("state", "launcher", "processing", "server", "outcomes", "repositories")
 _REPO = ("provider", "name", "api_url", "webhook_secrets", "api_token", "github_app", "branches",
          "pipelines", "new_branch", "max_compare_commits", "request_timeout_seconds",
          "max_rate_limit_wait_seconds", "api_username", "require_signed",
-         "signature_tolerance_seconds", "baseline", "commit_status")
-_PIPELINE = ("name", "paths", "tags", "variables", "source_action")
+         "signature_tolerance_seconds", "baseline", "commit_status", "modules", "module_map")
+_PIPELINE = ("name", "paths", "tags", "variables", "source_action", "depends_on")
 
 
 def parse(raw: Any, source: str = "<config>") -> Config:
@@ -421,19 +441,13 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
     if not isinstance(commit_status, bool):
         c.error(f"{path}.commit_status", "must be true or false")
     pipelines_raw = r.get("pipelines")
-    pipelines: list[PipelineConfig] = []
     if not isinstance(pipelines_raw, list) or not pipelines_raw:
         c.error(f"{path}.pipelines", "is required: a non-empty list of {name, paths}")
         pipelines_raw = []
-    names: set[str] = set()
-    for j, p in enumerate(pipelines_raw):
-        pipe = _pipeline(c, p, f"{path}.pipelines[{j}]")
-        if pipe is None:
-            continue
-        if pipe.name in names:
-            c.error(f"{path}.pipelines[{j}].name", f"pipeline {pipe.name!r} is listed twice")
-        names.add(pipe.name)
-        pipelines.append(pipe)
+    pipelines = _pipelines(c, pipelines_raw, path)
+    module_map, problems = modules_mod.build(pipelines_raw, r.get("modules"), path=path)
+    c.problems.extend(problems)
+    map_source = _module_map(c, r.get("module_map"), f"{path}.module_map")
     if len(c.problems) > before or branches is None or provider is None:
         return None
     return RepositoryConfig(
@@ -443,8 +457,54 @@ def _repository(c: _Checker, item: Any, path: str) -> RepositoryConfig | None:
         request_timeout_seconds=timeout, max_rate_limit_wait_seconds=max_wait,
         api_username=username, require_signed=bool(require_signed),
         signature_tolerance_seconds=tolerance, baseline=baseline,
-        commit_status=bool(commit_status),
+        commit_status=bool(commit_status), modules=module_map, module_map=map_source,
     )
+
+
+def _pipelines(c: _Checker, raw: list[Any], path: str) -> list[PipelineConfig]:
+    pipelines: list[PipelineConfig] = []
+    names: set[str] = set()
+    for j, p in enumerate(raw):
+        pipe = _pipeline(c, p, _join(path, f"pipelines[{j}]"))
+        if pipe is None:
+            continue
+        if pipe.name in names:
+            c.error(_join(path, f"pipelines[{j}].name"), f"pipeline {pipe.name!r} is listed "
+                    "twice")
+        names.add(pipe.name)
+        pipelines.append(pipe)
+    return pipelines
+
+
+def parse_pipelines(raw: list[Any], path: str = "") -> tuple[tuple[PipelineConfig, ...],
+                                                               list[str]]:
+    """The pipeline entries of a ``pipelines`` list (as in a repository), each problem's
+    key path prefixed with ``path``; the entries' templates and dependencies are
+    receiver.modules.build's."""
+    c = _Checker()
+    return tuple(_pipelines(c, raw, path)), c.problems
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _module_map(c: _Checker, raw: Any, path: str) -> ModuleMapConfig | None:
+    if raw is None:
+        return None
+    m = c.mapping(raw, path, ("path", "allow"))
+    file = m.get("path")
+    if not isinstance(file, str) or not file or file.startswith("/") or \
+            any(part in ("", ".", "..") for part in file.split("/")):
+        c.error(f"{path}.path", "must be a repository-root-relative file path, like "
+                ".webhook-receiver.yaml")
+        return None
+    allow = c.str_list(m.get("allow"), f"{path}.allow")
+    if not allow:
+        c.error(f"{path}.allow", "is required: glob patterns every pipeline name in the file "
+                "must match, like acme-*")
+        return None
+    return ModuleMapConfig(path=file, allow=tuple(allow))
 
 
 def _is_signing_token(value: str) -> bool:
@@ -482,11 +542,19 @@ def _pipeline(c: _Checker, raw: Any, path: str) -> PipelineConfig | None:
     before = len(c.problems)
     p = c.mapping(raw, path, _PIPELINE)
     name = p.get("name")
-    if not isinstance(name, str) or not _PIPELINE_NAME.match(name):
+    is_template = isinstance(name, str) and modules_mod.PLACEHOLDER in name
+    if not isinstance(name, str) or \
+            not _PIPELINE_NAME.match(name.replace(modules_mod.PLACEHOLDER, "m")):
         c.error(f"{path}.name", "must be a CodePipeline pipeline name (letters, digits, . @ - _; "
-                "at most 100)")
-    paths = c.rules(p.get("paths"), f"{path}.paths", required=True)
+                "at most 100), or a template of one with {module}")
+    # a template's paths as rules of every module: what its concrete pipelines may select
+    globs = c.str_list(p.get("paths"), f"{path}.paths")
+    paths = c.rules([modules_mod.any_module(g) for g in globs] if globs is not None else None,
+                    f"{path}.paths", required=True)
     tags = c.rules(p.get("tags"), f"{path}.tags", required=False)
+    if is_template and p.get("tags") is not None:
+        c.error(f"{path}.tags", "is not for a template: a tag push has no changed paths to "
+                "find modules in")
     variables: list[tuple[str, str]] = []
     vraw = p.get("variables")
     if vraw is not None:
@@ -502,7 +570,10 @@ def _pipeline(c: _Checker, raw: Any, path: str) -> PipelineConfig | None:
                 else:
                     fields = re.findall(r"{([^{}]*)}", template)
                     bad = [f for f in fields if f not in VARIABLE_FIELDS]
-                    if bad:
+                    if "module" in fields and not is_template:
+                        c.error(vpath, "{module} is only for a template pipeline (a name "
+                                "with {module})")
+                    elif bad:
                         c.error(vpath, f"unknown placeholder {{{bad[0]}}}; allowed: "
                                 + ", ".join("{" + f + "}" for f in VARIABLE_FIELDS))
                     else:

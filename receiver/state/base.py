@@ -187,3 +187,11 @@ class StateStore(Protocol):
 
         Only the holder (same owner and attempt, still pending) can finish an intent.
         """
+
+    def module_map(self, repository: str) -> tuple[str, str] | None:
+        """The last valid repository-side module map of ``repository`` (its state key):
+        (commit it was read at, file text), or None when none was kept."""
+
+    def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
+        """Keep ``text`` (a valid module map file read at ``commit``) as ``repository``'s
+        last valid map, replacing the one kept. Text up to 1 MiB (the read's cap)."""

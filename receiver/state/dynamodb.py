@@ -18,6 +18,9 @@ Single-table design (table name from ``state.table``; keys are strings):
 - status write: pk ``STATUS#{key}``, sk ``STATUS``; created once per commit status; TTL.
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
   only by its owner; TTL.
+- module map: pk ``MODULEMAP#{repository}``, sk ``MODULEMAP``; the last valid
+  repository-side module map file (``body``, zlib-compressed text) and the ``commit`` it
+  was read at; replaced by each newer valid one; no TTL.
 - decision ("why") record, zlib-compressed JSON, written under three keys so each question
   is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and ``HISTORY#COMMIT#{head}`` (the
   whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that pipeline's entry, only when it
@@ -594,3 +597,17 @@ class DynamoDBStore:
                   "expires_at": _n(int(now + START_TTL_SECONDS))},
             ConditionExpression="attribute_not_exists(pk)")
         return answer is not None
+
+    def module_map(self, repository: str) -> tuple[str, str] | None:
+        item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                          Key={"pk": _s(f"MODULEMAP#{repository}"),
+                               "sk": _s("MODULEMAP")}).get("Item")
+        if item is None:
+            return None
+        return str(item["commit"]["S"]), zlib.decompress(item["body"]["B"]).decode("utf-8")
+
+    def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
+        # compressed: a map of thousands of modules must fit DynamoDB's 400 KB items
+        self._call("put_item", TableName=self.table, Item={
+            "pk": _s(f"MODULEMAP#{repository}"), "sk": _s("MODULEMAP"), "commit": _s(commit),
+            "body": {"B": zlib.compress(text.encode("utf-8"), 6)}, "updated_at": _n(now)})

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver import config as config_mod
+from receiver import modules as modules_mod
 from receiver.errors import ConfigError, ProviderError, StateError
 
 
@@ -117,7 +118,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     resolved = Resolved(PipelineSet.of(repo))
     if repo.module_map:
         maps = RepositoryMaps(open_store(cfg.state), provider_source(providers), lambda: 0.0)
-        resolved = maps.resolve(repo, args.to_sha, keep=False)
+        try:
+            resolved = maps.resolve(repo, args.to_sha, keep=False)
+        except ValueError:
+            print("error: --to must be a full commit id to read the repository's module map",
+                  file=sys.stderr)
+            return 2
     decisions = decide(resolved.pipelines.modules.selectors, args.from_sha, args.to_sha,
                        diff, new_branch=repo.new_branch)
     names = sorted(decisions)
@@ -195,6 +201,12 @@ def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                   "give --branch", file=sys.stderr)
             return 2
         for pipeline in repo.pipelines:
+            if modules_mod.PLACEHOLDER in pipeline.name:
+                # a template stands for concrete pipelines: each is seeded by hand, by name
+                found = repo.module_selectors().source(args.pipeline or "")
+                if found is None or found[0] != pipeline.name:
+                    continue
+                pipeline = dataclasses.replace(pipeline, name=args.pipeline, module=found[1])
             if args.pipeline and pipeline.name != args.pipeline:
                 continue
             commit, started_at, execution_id = args.commit, time.time(), None

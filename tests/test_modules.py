@@ -22,9 +22,11 @@ from receiver.matcher import PathRules, RuleMatch
 from receiver.module_map import PipelineSet, parse_file
 from receiver.modules import ModuleMap, Selector, Template, build
 from receiver.processor import Processor
+from receiver.state.base import StateStore
 from receiver.state.sqlite import SQLiteStore
 from tests.gitmodel import GitModel
 from tests.test_processor import ModelProvider, RecordingLauncher
+from tests.test_state_contract import store  # noqa: F401  (both backends, moto for DynamoDB)
 
 REPO = "acme/mono"
 KEY = f"github:{REPO}"
@@ -396,13 +398,12 @@ def test_a_concrete_pipeline_is_compared_from_its_own_baseline(tmp_path: Path) -
     assert billing["baseline"] == c1
 
 
-def test_the_state_store_keeps_the_last_valid_module_map(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    store.init()
+def test_the_state_store_keeps_the_last_valid_module_map(store: StateStore) -> None:  # noqa: F811
     assert store.module_map(KEY) is None
     store.save_module_map(KEY, BASE, "pipelines: []\n", 1.0)
-    store.save_module_map(KEY, HEAD, FILE, 2.0)
-    assert store.module_map(KEY) == (HEAD, FILE)
+    big = FILE + "".join(f"  - name: acme-m{i}\n    paths: [m/{i}/**]\n" for i in range(5000))
+    store.save_module_map(KEY, HEAD, big, 2.0)
+    assert store.module_map(KEY) == (HEAD, big)
     assert store.module_map("github:other/repo") is None
 
 
@@ -418,3 +419,63 @@ def test_history_prints_which_dependency_brought_a_pipeline_in() -> None:
     assert ("  web: started; baseline aaaaaaaaaaaa; diff compare; matched via libs-common: "
             "libs/common/x.py (libs/common/**); execution e1") in _describe(record)
     assert json.dumps(record)  # the record stays plain JSON
+
+
+# --- the command line: explain and state seed with templates --------------------------------
+
+def _cli_config(tmp_path: Path, api_url: str) -> Path:
+    import yaml
+
+    raw = raw_config(api_url=api_url)
+    raw["state"] = {"path": str(tmp_path / "cli.db")}
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "receiver.cli", *args], capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, "PROC_SECRET": "module-map-test-secret",
+                               "PYTHONPATH": str(Path(__file__).parent.parent)})
+
+
+def test_explain_shows_concrete_names_and_the_dependency_that_brought_each_in(
+        tmp_path: Path, fake_api: Any) -> None:
+    from tests.harness import Recorded
+
+    git = GitModel()
+    a = git.commit(None, {"services/billing/a.py": "1", "libs/ui/u.py": "1"})
+    b = git.commit(a, {"services/billing/a.py": "2", "libs/ui/u.py": "2"})
+
+    class Routes(dict[str, Any]):
+        def get(self, path: str, default: Any = None) -> Any:
+            return compare if path.startswith(f"/repos/{REPO}/compare/") else default
+
+    def compare(rec: Recorded) -> tuple[int, Any, dict[str, str]]:
+        base, _, head = rec.path.rsplit("/", 1)[1].partition("...")
+        return 200, git.github_compare(base, head), {}
+
+    fake_api.routes = Routes()
+    config = str(_cli_config(tmp_path, fake_api.url))
+    done = _cli("explain", "--config", config, "--repository", REPO, "--from", a, "--to", b)
+    assert done.returncode == 0, done.stderr
+    assert "  libs/ui/u.py  ->  web (libs/ui/**) via ui-kit" in done.stdout
+    assert ("  services/billing/a.py  ->  acme-billing-deploy (services/{module}/**)"
+            in done.stdout)
+    assert "would start: acme-billing-deploy, web\n" in done.stdout
+    assert "unchanged:   docs\n" in done.stdout
+
+
+def test_state_seed_sets_a_concrete_pipelines_baseline_by_name(tmp_path: Path,
+                                                               fake_api: Any) -> None:
+    config = str(_cli_config(tmp_path, fake_api.url))
+    done = _cli("state", "seed", "--config", config, "--pipeline", "acme-billing-deploy",
+                "--commit", BASE)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["pipeline"] == "acme-billing-deploy"
+    rows = [json.loads(line) for line in _cli("state", "--config", config).stdout.splitlines()]
+    assert [(r["pipeline"], r["baseline_commit"]) for r in rows] == [
+        ("acme-billing-deploy", BASE)]

@@ -14,6 +14,10 @@ compare from. Verdicts:
 - ``unchanged``: the difference is complete and selects nothing: the baseline moves on.
 - ``contained``: the head is already part of the base (a repeated or out-of-order
   delivery): nothing starts and nothing moves.
+
+What selects a pipeline is its :class:`~receiver.modules.Selector`: its own path rules (or a
+``{module}`` template) and its flattened dependencies; a decision names in ``via`` each
+dependency whose paths selected it.
 """
 
 from __future__ import annotations

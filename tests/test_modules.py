@@ -479,3 +479,41 @@ def test_state_seed_sets_a_concrete_pipelines_baseline_by_name(tmp_path: Path,
     rows = [json.loads(line) for line in _cli("state", "--config", config).stdout.splitlines()]
     assert [(r["pipeline"], r["baseline_commit"]) for r in rows] == [
         ("acme-billing-deploy", BASE)]
+
+
+# --- the repository-side map over the state store ------------------------------------------
+
+def test_repository_maps_keep_the_last_valid_file_for_every_reader(tmp_path: Path) -> None:
+    from receiver.module_map import RepositoryMaps
+
+    repo = parse(raw_config([{"name": "docs", "paths": ["docs/**"]}], {},
+                            module_map={"path": ".webhook-receiver.yaml",
+                                        "allow": ["acme-*"]})).repositories[0]
+    files: dict[str, bytes | None] = {BASE: FILE.encode(), HEAD: b"pipelines: [",
+                                      "c" * 40: None}
+    reads: list[str] = []
+
+    def read(_repo: Any, path: str, commit: str) -> bytes | None:
+        reads.append(path)
+        return files[commit]
+
+    shared = SQLiteStore(str(tmp_path / "maps.db"))
+    shared.init()
+    first = RepositoryMaps(shared, read, lambda: 1.0)
+    # nothing kept yet: an invalid file leaves the configured pipelines alone
+    alone = first.resolve(repo, HEAD)
+    assert alone.problems and alone.kept is None
+    assert "acme-web" not in alone.pipelines.configs
+    valid = first.resolve(repo, BASE)
+    assert (valid.problems, sorted(valid.pipelines.configs)) == (
+        (), ["acme-web", "acme-{module}-deploy", "docs"])
+    assert valid.pipelines.pipeline("acme-x-deploy").name == "acme-x-deploy"
+    # another process (a new reader over the same store) falls back to the kept file
+    other = RepositoryMaps(shared, read, lambda: 2.0)
+    kept = other.resolve(repo, HEAD)
+    assert kept.kept == BASE
+    assert kept.problems[0].startswith(".webhook-receiver.yaml: not valid YAML")
+    assert "acme-web" in kept.pipelines.configs
+    # a head without the file has the configured pipelines only
+    assert "acme-web" not in other.resolve(repo, "c" * 40).pipelines.configs
+    assert reads == [".webhook-receiver.yaml"] * 4

@@ -12,6 +12,9 @@
    (normal and force push); again with CodePipeline itself at 100 ms per start.
 4. Matching at scale: 5,000 pipelines against 5,000 to 50,000 changed paths.
 5. Resident memory of each gunicorn worker after 5,000 and 10,000 deliveries.
+6. An execution outcome event to its commit status request.
+7. The module map at scale: 5,000 concrete pipelines of a template and a three-level
+   dependency graph decided against 5,000 to 50,000 changed paths (bench/modules.py).
 
 Everything listens on and talks to 127.0.0.1 only. Needs ``wrk`` and ``webhook`` on PATH
 (see bench/README.md); installs nothing. ``--only 1,3`` runs a subset.
@@ -49,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from bench import fakes, matching, wrk  # noqa: E402
+from bench import modules as module_bench  # noqa: E402
 from receiver import gunicorn_conf  # noqa: E402
 from receiver.matcher import match  # noqa: E402
 from tests.harness import AWS_ENV, Service, fixture_bytes, free_port, wait_http  # noqa: E402
@@ -644,6 +648,20 @@ def bench_matching(ctx: Ctx) -> list[Row]:
     ]
 
 
+# --- 7. module map -------------------------------------------------------------------------
+
+
+def bench_modules(ctx: Ctx) -> list[Row]:
+    f = module_bench.run()
+    return [
+        Row("7 decide 5,000 template modules + deps x 50,000 paths", float(f["decide_s"]), "s",
+            float(f["compile_s"]), "compiling 5,000 rules", "< 0.5 s",
+            float(f["decide_s"]) < 0.5 and bool(f["agree"])),
+        Row("7 growth 5,000 -> 50,000 paths", float(f["growth"]), "x", float(f["linear"]),
+            "linear", "<= 1.20x linear", float(f["growth"]) <= 1.2 * float(f["linear"])),
+    ]
+
+
 # --- 5. memory -----------------------------------------------------------------------------
 
 
@@ -890,7 +908,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="1,2,3,4,5,6,8",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8",
                         help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
@@ -923,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (4, "matching at scale", lambda: bench_matching(ctx)),
         (5, "memory per worker", lambda: bench_memory(ctx, floor_rss)),
         (6, "execution outcome to commit status", lambda: bench_outcome_to_status(ctx)),
+        (7, "module map at scale", lambda: bench_modules(ctx)),
         (8, "diff strategies on a 10,000-file push", lambda: bench_diff_strategies(ctx)),
     ]
     failed = False

@@ -245,6 +245,17 @@ class Provider(Protocol):
         """
         ...
 
+    def file_content(self, repo: RepositoryConfig, path: str, commit: str) -> bytes | None:
+        """The raw bytes of the file ``path`` (repository-root-relative) at ``commit`` (40
+        or 64 hex), through the provider's file API (the repository-side module map).
+
+        None when the file does not exist at that commit. Raises ProviderError for any
+        other refusal, when the retries run out, for a rate limit beyond the wait budget,
+        or when the file is larger than ``MAX_FILE_BYTES``; ValueError when ``commit`` is
+        not a full lower-case commit id.
+        """
+        ...
+
 
 def verify_for(provider: Provider, headers: Headers, body: bytes,
                repos: Sequence[RepositoryConfig]) -> SecretRef:
@@ -764,3 +775,25 @@ def error_message(resp: requests.Response) -> str:
             if isinstance(candidate, str) and candidate:
                 return printable(candidate, 200)
     return printable(orjson.dumps(doc).decode(), 200)
+
+
+# --- files ------------------------------------------------------------------------------
+
+MAX_FILE_BYTES = 1024 * 1024  # a file read through a provider's API (the module map)
+
+
+def file_answer(resp: requests.Response, *, repository: str, path: str,
+                commit: str) -> bytes | None:
+    """The body of a raw-file answer: None on 404; ProviderError for any other non-200
+    or a body over ``MAX_FILE_BYTES``."""
+    if resp.status_code == 404:
+        return None
+    if resp.status_code != 200:
+        raise ProviderError(f"reading {path} at {commit[:12]} of {repository} answered HTTP "
+                            f"{resp.status_code}: {error_message(resp)}")
+    declared = resp.headers.get("Content-Length")
+    if (declared is not None and declared.isdigit() and int(declared) > MAX_FILE_BYTES) or \
+            len(resp.content) > MAX_FILE_BYTES:
+        raise ProviderError(f"{path} at {commit[:12]} of {repository} is larger than "
+                            f"{MAX_FILE_BYTES} bytes")
+    return resp.content

@@ -37,6 +37,7 @@ from providers.base import (
     check_status_answer,
     checked_delivery_id,
     checked_sha,
+    file_answer,
     fit_text,
     load_json_object,
     post_status,
@@ -298,6 +299,14 @@ class BitbucketProvider(HttpProvider):
         resp = self._client(repo).request("GET", url, headers=self._headers(repo))
         return branch_answer(resp, repo.name, lambda doc: doc["target"]["hash"])
 
+    def file_content(self, repo: RepositoryConfig, path: str, commit: str) -> bytes | None:
+        """``GET /2.0/repositories/{workspace}/{repo_slug}/src/{sha}/{path}``: a file's raw
+        bytes (a directory would answer a JSON listing; the map's path names a file). 404
+        when the path does not exist at that commit."""
+        url = self._repo_url(repo, f"src/{status_commit(commit)}/{quote(path, safe='/')}")
+        headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
+        resp = self._client(repo).request("GET", url, headers=headers)
+        return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 
 # --- payload helpers -------------------------------------------------------------------

@@ -40,6 +40,7 @@ from providers.base import (
     check_status_answer,
     checked_delivery_id,
     checked_sha,
+    file_answer,
     fit_text,
     head_sha,
     load_json_object,
@@ -298,6 +299,16 @@ class BitbucketServerProvider(HttpProvider):
         raise ProviderError(f"branches of {repo.name} matching {branch!r} span more than "
                             f"{BRANCH_PAGES} pages")
 
+    def file_content(self, repo: RepositoryConfig, path: str, commit: str) -> bytes | None:
+        """``GET /rest/api/latest/projects/{key}/repos/{slug}/raw/{path}?at={sha}``: the
+        file's raw bytes. 404 when the path does not exist at that commit."""
+        key, _, slug = repo.name.partition("/")
+        url = (f"{repo.api_url}/rest/api/latest/projects/{quote(key, safe='')}/repos/"
+               f"{quote(slug, safe='')}/raw/{quote(path, safe='/')}")
+        headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
+        resp = self._client(repo).request("GET", url, headers=headers,
+                                          params={"at": status_commit(commit)})
+        return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 
 def _repository_name(repo: object) -> str:

@@ -36,6 +36,7 @@ from providers.base import (
     check_status_answer,
     checked_delivery_id,
     checked_sha,
+    file_answer,
     fit_text,
     load_json_object,
     post_status,
@@ -412,6 +413,22 @@ class GitHubProvider(HttpProvider):
                                   ok=(200, 304))
         return branch_answer(resp, repo.name, lambda doc: doc["commit"]["sha"], etags=True)
 
+    def file_content(self, repo: RepositoryConfig, path: str, commit: str) -> bytes | None:
+        """``GET /repos/{owner}/{repo}/contents/{path}?ref={sha}`` with the raw media type
+        (``application/vnd.github.raw+json``: the file's bytes, not base64 JSON; files up
+        to 100 MB). 404 when the path does not exist at that commit."""
+        client = self._client(repo)
+        app = self._apps.get(repo.key)
+        url = self._url(repo, f"contents/{quote(path, safe='/')}")
+        params: dict[str, str | int] = {"ref": status_commit(commit)}
+        headers = {**self._headers(repo), "Accept": "application/vnd.github.raw+json"}
+        resp = client.request("GET", url, headers=headers, params=params,
+                              ok=(200, 401) if app is not None else (200,))
+        if resp.status_code == 401 and app is not None:
+            app.invalidate(headers["Authorization"].removeprefix("Bearer "))
+            headers = {**self._headers(repo), "Accept": "application/vnd.github.raw+json"}
+            resp = client.request("GET", url, headers=headers, params=params)
+        return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 
 def _spec(base: str, head: str) -> str:

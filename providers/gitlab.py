@@ -54,6 +54,7 @@ from providers.base import (
     checked_delivery_id,
     checked_sha,
     constant_time_equal,
+    file_answer,
     fit_text,
     hmac_sha256,
     load_json_object,
@@ -326,6 +327,17 @@ class GitLabProvider(HttpProvider):
                             needs=GITLAB_STATUS_NEEDS)
 
     # --- branch heads ------------------------------------------------------------------
+
+    def file_content(self, repo: RepositoryConfig, path: str, commit: str) -> bytes | None:
+        """``GET /api/v4/projects/:id/repository/files/:file_path/raw?ref=:sha``, the path
+        URL-encoded as one segment (GitLab's doc/api/repository_files.md "Get raw file from
+        repository"). 404 when the file does not exist at that commit."""
+        url = _project_url(repo, f"repository/files/{quote(path, safe='')}/raw")
+        headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
+        resp = self._client(repo).request("GET", url, headers=headers,
+                                          params={"ref": status_commit(commit)})
+        return file_answer(resp, repository=repo.name, path=path, commit=commit)
+
 
     def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
         """``GET /api/v4/projects/:id/repository/branches/:branch`` (the name URL-encoded).

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from receiver import config as config_mod
+from receiver import modules as modules_mod
 from receiver.errors import ConfigError, ProviderError, StateError
 from receiver.secrets import SecretError
 
@@ -61,6 +62,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the configuration and report. With ``--online`` also check what it names:
     the state store answers, every pipeline exists, every repository's token can read it;
     every failure is printed (stderr), and any failure exits 2."""
+    if args.module_map:
+        return _check_module_map(args)
     cfg = _load(args.config)
     pipelines = sum(len(r.pipelines) for r in cfg.repositories)
     print(f"ok: {cfg.source}: {len(cfg.repositories)} repositories, {pipelines} pipelines, "
@@ -144,6 +147,35 @@ def _check_repositories(cfg: config_mod.Config) -> list[str]:
     return failures
 
 
+def _check_module_map(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from receiver.module_map import PipelineSet, parse_file
+
+    try:
+        content = Path(args.module_map).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{args.module_map}: cannot read ({exc.strerror})"]) from None
+    chosen = args.config or os.environ.get("RECEIVER_CONFIG")
+    repos: list[config_mod.RepositoryConfig | None] = \
+        [r for r in _load(chosen).repositories if r.module_map] if chosen else []
+    problems: list[str] = []
+    found = None
+    for repo in repos or [None]:
+        allow = repo.module_map.allow if repo and repo.module_map else None
+        found, errors = parse_file(content, allow, args.module_map,
+                                   repo.module_selectors() if repo else None)
+        if found is not None and repo is not None:
+            _, errors = PipelineSet.of(repo).joined(found)
+        where = f" (for {repo.provider} {repo.name})" if repo and len(repos) > 1 else ""
+        problems.extend(f"{e}{where}" for e in errors if f"{e}{where}" not in problems)
+    if problems or found is None:
+        raise ConfigError(problems)
+    templates = len(found.modules.templates)
+    print(f"ok: {args.module_map}: {len(found.pipelines)} pipelines ({templates} templates)")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Dry run: changed paths between two commits, matching rules, what would start.
 
@@ -155,7 +187,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from providers import build_providers
     from providers.base import Diff
     from receiver.decide import Base, Decision, NoBase, decide, needs_diff
-    from receiver.gitdiff import local_changed_files
+    from receiver.gitdiff import local_changed_files, local_file_content
+    from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
+    from receiver.state import open_store
 
     cfg = _load(args.config)
     candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
@@ -166,40 +200,53 @@ def cmd_explain(args: argparse.Namespace) -> int:
               + ("; add --provider" if candidates else ""), file=sys.stderr)
         return 2
     repo = candidates[0]
-    names = [p.name for p in repo.pipelines]
-    bases: dict[str, Base] = dict.fromkeys(names, args.from_sha)
+    providers = build_providers()
+    # the pipelines the service would use for a push of 'to' (a repository-side map included)
+    resolved = Resolved(PipelineSet.of(repo))
+    if repo.module_map:
+        read = provider_source(providers) if not args.git_dir else (
+            lambda _repo, path, commit: local_file_content(args.git_dir, path, commit))
+        maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0)
+        try:
+            resolved = maps.resolve(repo, args.to_sha, keep=False)
+        except ValueError:
+            print("error: --to must be a full commit id to read the repository's module map",
+                  file=sys.stderr)
+            return 2
+    selectors = resolved.pipelines.modules.selectors
+    bases: dict[str, Base] = dict.fromkeys(selectors, args.from_sha)
     if args.from_sha is None:  # each pipeline from its stored baseline
-        from receiver.state import open_store
-
         branch = args.branch or _first_literal_branch(repo)
         stored = open_store(cfg.state).baselines(repo.key, branch or "")
-        missing = [n for n in names if n not in stored]
+        missing = [n for n in selectors if n not in stored]
         if branch is None or missing:
             print(f"error: no stored baseline on branch {branch!r} for "
                   f"{', '.join(missing) or 'any pipeline'}; give --from", file=sys.stderr)
             return 2
-        bases = {n: stored[n].commit or NoBase.NOTHING_DEPLOYED for n in names}
+        bases = {n: stored[n].commit or NoBase.NOTHING_DEPLOYED for n in selectors}
 
     def difference(base: str) -> Diff:
         if args.git_dir:
             return local_changed_files(args.git_dir, base, args.to_sha)
-        return build_providers()[repo.provider].changed_files(repo, base, args.to_sha)
+        return providers[repo.provider].changed_files(repo, base, args.to_sha)
 
     decisions: dict[str, Decision] = {}
     diffs: dict[str, Diff] = {}
     for base in dict.fromkeys(bases.values()):
-        group = {p.name: p.paths for p in repo.pipelines if bases[p.name] == base}
+        group = {n: sel for n, sel in selectors.items() if bases[n] == base}
         diff = None
         if needs_diff(base, args.to_sha):
             assert isinstance(base, str)
             diff = diffs[base] = difference(base)
         decisions.update(decide(group, base, args.to_sha, diff, new_branch=repo.new_branch))
+    names = sorted(decisions)
     would_start = [n for n in names if decisions[n].verdict == "changed"]
     per_path: dict[str, list[dict[str, str]]] = {
         path: [] for d in diffs.values() if d.paths is not None for path in sorted(d.paths)}
     for name in would_start:
-        for hit in decisions[name].matches:
-            per_path[hit.path].append({"pipeline": name, "rule": hit.glob})
+        for path, glob, via in decisions[name].selected():
+            per_path[path].append({"pipeline": name, "rule": glob,
+                                   **({"via": via} if via else {})})
     froms = {n: b if isinstance(b, str) else None for n, b in bases.items()}
     single = len(set(bases.values())) == 1
     diff = next(iter(diffs.values()), None) if single else None
@@ -213,6 +260,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "changed_paths": per_path, "would_start": would_start,
         "unchanged": [n for n in names if n not in would_start],
     }
+    if resolved.problems:
+        report["module_map_errors"] = list(resolved.problems)
     reasons = {d.reason for d in decisions.values() if not d.complete and d.reason}
     if all(d.verdict == "contained" for d in decisions.values()):
         report["note"] = "the 'to' commit is already contained in 'from': nothing starts"
@@ -230,8 +279,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if "note" in report:
         print(f"note: {report['note']}" + (f" ({report['reason']})" if report.get("reason")
                                            else ""))
+    for problem in resolved.problems:
+        print(f"module map invalid at 'to' (the last valid one is used): {problem}")
     for path, hits in per_path.items():
-        rules = ", ".join(f"{h['pipeline']} ({h['rule']})" for h in hits) or "no pipeline"
+        rules = ", ".join(f"{h['pipeline']} ({h['rule']})"
+                          + (f" via {h['via']}" if "via" in h else "")
+                          for h in hits) or "no pipeline"
         print(f"  {path}  ->  {rules}")
     print("would start: " + (", ".join(would_start) or "nothing"))
     print("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
@@ -269,6 +322,12 @@ def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                   "give --branch", file=sys.stderr)
             return 2
         for pipeline in repo.pipelines:
+            if modules_mod.PLACEHOLDER in pipeline.name:
+                # a template stands for concrete pipelines: each is seeded by hand, by name
+                found = repo.module_selectors().source(args.pipeline or "")
+                if found is None or found[0] != pipeline.name:
+                    continue
+                pipeline = dataclasses.replace(pipeline, name=args.pipeline, module=found[1])
             if args.pipeline and pipeline.name != args.pipeline:
                 continue
             commit, started_at, execution_id = args.commit, time.time(), None
@@ -379,7 +438,9 @@ def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> str:
         if p.reason:
             why.append(p.reason)
         if p.matched:
-            shown = ", ".join(f"{path} ({glob})" for path, glob in p.matched[:3])
+            # a third element names the dependency whose path brought the pipeline in
+            shown = ", ".join(f"via {m[2]}: {m[0]} ({m[1]})" if len(m) > 2
+                              else f"{m[0]} ({m[1]})" for m in p.matched[:3])
             more = p.matched_count - min(3, len(p.matched))
             why.append(f"matched {shown}" + (f" +{more} more" if more > 0 else ""))
         if p.execution_id:
@@ -432,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--online", action="store_true",
                        help="also call the state store, CodePipeline (GetPipeline) and each "
                             "provider API; exit 2 naming every failure")
+    check.add_argument("--module-map", metavar="FILE",
+                       help="validate a repository-side module map file (for the monorepo's "
+                            "own CI) instead of the configuration")
     check.set_defaults(func=cmd_check_config)
 
     explain = sub.add_parser(

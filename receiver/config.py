@@ -33,11 +33,13 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from receiver import modules as modules_mod
 from receiver.errors import ConfigError
 from receiver.matcher import GlobError, PathRules, glob_to_regex
+from receiver.modules import ModuleMap
 from receiver.secrets import Secret, SecretError, SecretRef
 
-VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths")
+VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths", "module")
 T = TypeVar("T")
 # every schema class refuses keys it does not declare
 FORBID = ConfigDict(extra="forbid")
@@ -93,6 +95,26 @@ def _reconcile_interval(seconds: float) -> float:
     if seconds != 0 and not 1 <= seconds <= 86400:
         raise ValueError("must be 0 (off) or a number of seconds from 1 to 86400")
     return seconds
+
+
+def _pipeline_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.@_-]{1,100}", name.replace(modules_mod.PLACEHOLDER, "m")):
+        raise ValueError("must be a CodePipeline pipeline name (letters, digits, . @ - _; at "
+                         "most 100), or a template of one with {module}")
+    return name
+
+
+def _any_module(globs: Any) -> Any:
+    globs = _listed(globs)
+    return [modules_mod.any_module(g) if isinstance(g, str) else g for g in globs] \
+        if isinstance(globs, list) else globs
+
+
+def _repository_path(path: str) -> str:
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/")):
+        raise ValueError("must be a repository-root-relative file path, like "
+                         ".webhook-receiver.yaml")
+    return path
 
 
 def _repository_name(name: str) -> str:
@@ -166,9 +188,9 @@ class PipelineConfig:
     """One CodePipeline pipeline and the rules that select it."""
 
     __pydantic_config__ = FORBID
-    name: Annotated[str, matching(r"[A-Za-z0-9.@_-]{1,100}", "a CodePipeline pipeline name "
-                                  "(letters, digits, . @ - _; at most 100)")]
-    paths: Rules
+    name: Annotated[str, AfterValidator(_pipeline_name)]
+    # a template's paths as rules of every module: what its concrete pipelines may select
+    paths: Annotated[Rules, BeforeValidator(_any_module)]
     tags: Rules | None = None
     # a mapping in YAML: pipeline variable name -> template
     variables: Annotated[tuple[tuple[str, str], ...], converted(dict[
@@ -176,6 +198,21 @@ class PipelineConfig:
         Annotated[str, AfterValidator(_template)]], lambda d: tuple(d.items()))] = ()
     source_action: Annotated[str, matching(r"[A-Za-z0-9.@_-]{1,100}", "the name of the "
                                            "pipeline's source action")] | None = None
+    # modules or pipelines whose paths also select this one (receiver/modules.py)
+    depends_on: Annotated[tuple[Text, ...], BeforeValidator(_listed)] = ()
+    # a template's concrete pipeline: its module value, set by receiver/module_map.py (not
+    # a configuration key)
+    module: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleMapConfig:
+    """A repository-side module map: the file read at each pushed head, and the glob
+    patterns every pipeline name in it must match."""
+
+    __pydantic_config__ = FORBID
+    path: Annotated[str, AfterValidator(_repository_path)]
+    allow: Annotated[tuple[Text, ...], BeforeValidator(_listed)] = ()  # required: _repository
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +246,11 @@ class RepositoryConfig:
     # read each watched branch's head this often, catching up pushes no webhook brought
     reconcile_seconds: Annotated[float, Field(strict=True), AfterValidator(
         _reconcile_interval)] = 300.0
+    # a repository-side module map (pipelines and modules read at each pushed head)
+    module_map: ModuleMapConfig | None = None
+    # the templates, modules and dependencies of ``pipelines``, built from the ``modules``
+    # key and each pipeline's ``depends_on`` by receiver.modules.build (None: plain paths)
+    modules: Any = None
     options: Any = None
 
     @property
@@ -219,6 +261,10 @@ class RepositoryConfig:
     def watches_branch(self, branch: str) -> bool:
         """Whether pushes to ``branch`` are evaluated."""
         return self.branches.matching_include(branch) is not None
+
+    def module_selectors(self) -> ModuleMap:
+        """The selectors of the configured pipelines (see receiver.modules)."""
+        return self.modules or ModuleMap.plain({p.name: p.paths for p in self.pipelines})
 
     def tag_pipelines(self, tag: str) -> tuple[PipelineConfig, ...]:
         """Pipelines whose ``tags`` rule selects ``tag``."""
@@ -292,6 +338,7 @@ class _Document:
 
 _REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
                          if f.name != "options")
+_PIPELINE_KEYS = tuple(f.name for f in dataclasses.fields(PipelineConfig) if f.name != "module")
 
 
 def parse(raw: Any, source: str = "<config>") -> Config:
@@ -340,19 +387,32 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
             problems.append(f"{path}.{key}: unknown key; allowed: {', '.join(_REPOSITORY_KEYS)}"
                             f"; options of provider {provider}: "
                             f"{', '.join(option_keys) or 'none'}")
-    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS}
+    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS and k != "modules"}
     if cls.default_api_url is not None:
         common.setdefault("api_url", cls.default_api_url)
     repo = _validate(RepositoryConfig, common, path, problems)
     # options validators may look at the whole repository (e.g. api_token or github_app)
     options = _validate(cls.Options, {k: v for k, v in item.items() if k in option_keys}, path,
                         problems, context={"repository": item})
+    listed = item.get("pipelines")
+    raw_pipelines: list[Any] = listed if isinstance(listed, list) else []
+    problems.extend(_pipeline_problems(raw_pipelines, f"{path}.pipelines"))
     if repo is None or options is None:
         return None
-    for j, pipeline in enumerate(repo.pipelines):
-        if any(p.name == pipeline.name for p in repo.pipelines[:j]):
-            problems.append(f"{path}.pipelines[{j}].name: pipeline {pipeline.name!r} is listed "
-                            "twice")
+    found = [f"{path}.pipelines[{j}].name: pipeline {pipeline.name!r} is listed twice"
+             for j, pipeline in enumerate(repo.pipelines)
+             if any(p.name == pipeline.name for p in repo.pipelines[:j])]
+    if repo.module_map is not None and not repo.module_map.allow:
+        found.append(f"{path}.module_map.allow: is required: glob patterns every pipeline "
+                     "name in the file must match, like acme-*")
+    if found:  # the module map would only repeat them
+        problems.extend(found)
+        return None
+    module_set, found = modules_mod.build(raw_pipelines, item.get("modules"), path=path)
+    if found:
+        problems.extend(found)
+        return None
+    repo = dataclasses.replace(repo, modules=module_set)
     if repo.diff == "git" and repo.git_url is None:
         from receiver.gitdiff import default_git_url  # here: it imports the providers
 
@@ -365,6 +425,47 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
             return None
         repo = dataclasses.replace(repo, git_url=url)
     return dataclasses.replace(repo, options=options)
+
+
+def _pipeline_problems(raw: list[Any], path: str) -> list[str]:
+    """What the pipeline schema cannot say on its own: ``module`` is no key, a template has
+    no ``tags``, and ``{module}`` in a variable needs a template."""
+    problems: list[str] = []
+    for j, item in enumerate(raw):
+        if not isinstance(item, dict):
+            continue
+        where = f"{path}[{j}]"
+        template = modules_mod.PLACEHOLDER in str(item.get("name", ""))
+        if "module" in item:
+            problems.append(f"{where}.module: unknown key; allowed: {', '.join(_PIPELINE_KEYS)}")
+        if template and item.get("tags") is not None:
+            problems.append(f"{where}.tags: is not for a template: a tag push has no changed "
+                            "paths to find modules in")
+        variables = item.get("variables")
+        for key, value in (variables.items() if isinstance(variables, dict) else ()):
+            if not template and isinstance(value, str) and modules_mod.PLACEHOLDER in value:
+                problems.append(f"{where}.variables.{key}: {{module}} is only for a template "
+                                "pipeline (a name with {module})")
+    return problems
+
+
+def parse_pipelines(raw: list[Any], path: str = "") -> tuple[tuple[PipelineConfig, ...],
+                                                               list[str]]:
+    """The pipeline entries of a ``pipelines`` list (as in a repository), each problem's
+    key path prefixed with ``path``; the entries' templates and dependencies are
+    receiver.modules.build's."""
+    problems: list[str] = []
+    pipelines: list[PipelineConfig] = []
+    for j, item in enumerate(raw):
+        where = f"{path}.pipelines[{j}]" if path else f"pipelines[{j}]"
+        pipeline = _validate(PipelineConfig, item, where, problems)
+        if pipeline is None:
+            continue
+        if any(p.name == pipeline.name for p in pipelines):
+            problems.append(f"{where}.name: pipeline {pipeline.name!r} is listed twice")
+        pipelines.append(pipeline)
+    problems.extend(_pipeline_problems(raw, f"{path}.pipelines" if path else "pipelines"))
+    return tuple(pipelines), problems
 
 
 @functools.cache

@@ -309,6 +309,30 @@ def local_changed_files(git_dir: str | Path, base: str, head: str,
     return _compare(local, resolved[0], resolved[1])
 
 
+def local_file_content(git_dir: str | Path, path: str, commit: str,
+                       timeout: float = LOCAL_TIMEOUT_SECONDS) -> bytes | None:
+    """The bytes of ``path`` at ``commit`` in an existing clone at ``git_dir`` (``explain
+    --git-dir`` reading a repository-side module map), or None when the file is not there.
+
+    No network. Raises ProviderError when ``git_dir`` is not a git repository, ``commit``
+    is not in it, or git fails or exceeds ``timeout`` seconds.
+    """
+    where = str(git_dir)
+    run = _Git(Path(git_dir), _env(protocol_allow="never"), timeout, where, work_tree=True)
+    try:
+        if run("rev-parse", "--verify", "--quiet", "--end-of-options",
+               f"{commit}^{{commit}}").returncode != 0:
+            raise ProviderError(f"{commit[:12]} is not a commit in {where}")
+        if run("cat-file", "-e", f"{commit}:{path}").returncode != 0:
+            return None
+        done = run("cat-file", "blob", f"{commit}:{path}")
+    except _Timeout:
+        raise ProviderError(f"git cat-file in {where} timed out after {timeout:g} s") from None
+    if done.returncode != 0:
+        raise ProviderError(f"git cat-file {commit[:12]}:{path} failed in {where}")
+    return bytes(done.stdout)
+
+
 # --- shared logic ------------------------------------------------------------------------------
 
 Runner = Callable[..., "subprocess.CompletedProcess[bytes]"]

@@ -40,10 +40,13 @@ class StartRequest:
 
 
 def render_variables(templates: tuple[tuple[str, str], ...], *, commit: str, branch: str,
-                     repository: str, changed_paths: list[str]) -> tuple[tuple[str, str], ...]:
-    """Fill pipeline-variable templates; each value is cut to CodePipeline's 1000 characters."""
+                     repository: str, changed_paths: list[str],
+                     module: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Fill pipeline-variable templates; each value is cut to CodePipeline's 1000 characters.
+    ``module`` is a template's concrete pipeline's module value (``{module}``)."""
     fields = {"commit": commit, "short_commit": commit[:12], "branch": branch,
-              "repository": repository, "changed_paths": ",".join(changed_paths)}
+              "repository": repository, "changed_paths": ",".join(changed_paths),
+              "module": module or ""}
     out = []
     for name, template in templates:
         value = template

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from providers.base import Diff, Provider
+from providers.base import CommitStatus, Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Base, Decision, NoBase, decide, needs_diff
 from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, StateError
@@ -27,7 +27,14 @@ from receiver.events import Delivery, PushEvent
 from receiver.gitdiff import GitMirror
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
-from receiver.matcher import RuleMatch
+from receiver.module_map import (
+    CONFIG_STATUS,
+    PipelineSet,
+    RepositoryMaps,
+    Resolved,
+    provider_source,
+)
+from receiver.modules import Selector
 from receiver.outcomes import Observation, OutcomeRecorder, Source
 from receiver.reconcile import caught_up
 from receiver.state.base import (
@@ -100,8 +107,10 @@ class Push:
         self.trace[name] = PipelineDecision(
             pipeline=name, verdict=verdict, baseline=decision.base, diff=decision.source,
             complete=decision.complete, reason=decision.reason,
-            matched=tuple((m.path, m.glob) for m in decision.matches[:MATCHES_KEPT]),
-            matched_count=len(decision.matches),
+            # (path, glob), or (path, glob, dependency) when a dependency's path selected it
+            matched=tuple((path, glob) if via is None else (path, glob, via)
+                          for path, glob, via in decision.selected(MATCHES_KEPT)),
+            matched_count=decision.match_count,
             execution_id=outcome.execution_id if outcome else None,
             error=outcome.error if outcome else None,
         )
@@ -147,6 +156,7 @@ class Processor:
         # kept for the process's life: its threads keep their store connections
         self._starts = ThreadPoolExecutor(max_workers=START_PARALLELISM,
                                           thread_name_prefix="receiver-start")
+        self.maps = RepositoryMaps(store, provider_source(providers), clock)
 
     def process(self, delivery: Delivery) -> None:
         """Process every push of ``delivery``. Raises RetryLater if part must be redone later."""
@@ -200,21 +210,32 @@ class Processor:
 
     def _branch(self, push: Push) -> None:
         """Decide every pipeline of the branch against its base, start what changed, and
-        move the baselines; pipelines that lost a baseline race are decided again."""
-        pending = {p.name: p for p in push.repo.pipelines}
+        move the baselines; pipelines that lost a baseline race are decided again.
+
+        A template is decided under its own name from the push's own base (finding the
+        concrete pipelines with no baseline yet in that difference), and each concrete
+        pipeline holding a baseline from that baseline."""
+        pipelines = self._pipelines(push)
+        pending: set[str] | None = None  # None: every pipeline (the first round)
         for _ in range(MAX_ROUNDS):
-            if not pending:
+            if pending is not None and not pending:
                 return
             baselines = self.store.baselines(push.repo.key, push.event.ref_name)
-            groups: dict[Base, dict[str, PipelineConfig]] = {}
-            for name, pipeline in pending.items():
-                groups.setdefault(self._base(push, baselines.get(name)), {})[name] = pipeline
+            selectors = pipelines.modules.for_branch(baselines)
+            groups: dict[Base, dict[str, Selector]] = {}
+            for name, selector in selectors.items():
+                if pending is None or name in pending:
+                    base = self._base(push, baselines.get(name))
+                    groups.setdefault(base, {})[name] = selector
             decisions: dict[str, Decision] = {}
             for base, group in groups.items():
-                decisions.update(self._decide(push, base, group))
+                for name, decision in self._decide(push, base, group).items():
+                    # a template found a pipeline that holds a baseline of its own: that
+                    # baseline's group decides it
+                    if name in group or name not in baselines:
+                        decisions[name] = decision
             self._keep_newer_starts(push, baselines, decisions)
-            lost = self._act(push, pending, baselines, decisions)
-            pending = {name: pending[name] for name in lost}
+            pending = set(self._act(push, pipelines, baselines, decisions))
         if pending:
             self.log.warning("baseline.contended", pipelines=sorted(pending),
                              reason=f"lost {MAX_ROUNDS} compare-and-set rounds")
@@ -227,8 +248,45 @@ class Processor:
             return baseline.commit or NoBase.NOTHING_DEPLOYED
         return push.event.before or NoBase.NEW_BRANCH
 
+    def _pipelines(self, push: Push) -> PipelineSet:
+        """The configured pipelines and, with ``module_map``, those of the file at the
+        head; an invalid file is logged (and shown on the commit) and the last valid
+        one used instead."""
+        try:
+            resolved = self.maps.resolve(push.repo, push.head)
+        except ProviderError as exc:
+            if not push.final:
+                raise RetryLater(str(exc)) from exc
+            resolved = self._kept_map(push, str(exc))
+        if resolved.problems:
+            assert push.repo.module_map is not None
+            self.log.warning("module_map.invalid", path=push.repo.module_map.path,
+                             commit=push.head, errors=list(resolved.problems),
+                             kept=resolved.kept)
+            self._config_status(push, resolved)
+        return resolved.pipelines
+
+    def _kept_map(self, push: Push, error: str) -> Resolved:
+        """Out of attempts to read the file: the last valid map (logged)."""
+        self.log.warning("module_map.unreadable", commit=push.head, error=error)
+        return self.maps.kept(push.repo)
+
+    def _config_status(self, push: Push, resolved: Resolved) -> None:
+        if self.statuses is None or not push.repo.commit_status:
+            return
+        assert push.repo.module_map is not None
+        kept = f"; kept the map of {resolved.kept[:12]}" if resolved.kept else ""
+        status = CommitStatus(
+            CONFIG_STATUS, "error", _file_url(push.repo, push.repo.module_map.path, push.head),
+            f"{push.repo.module_map.path}: {resolved.problems[0]}" + kept)
+        try:
+            self.statuses.submit(StatusJob(push.repo, push.head, status))
+        except StateError as exc:
+            self.log.warning("status.failed", error=str(exc), status=CONFIG_STATUS,
+                             commit=push.head)
+
     def _decide(self, push: Push, base: Base,
-                group: Mapping[str, PipelineConfig]) -> dict[str, Decision]:
+                group: Mapping[str, Selector]) -> dict[str, Decision]:
         """:func:`decide` for one group of pipelines sharing ``base``, after the compare it
         needs; says in the log when every pipeline counts as changed, and why."""
         diff: Diff | None = None
@@ -238,8 +296,7 @@ class Processor:
             push.summary.api_calls += diff.api_calls
             if diff.paths is not None and not diff.contained:
                 push.summary.changed_files = max(push.summary.changed_files, len(diff.paths))
-        decisions = decide({name: p.paths for name, p in group.items()}, base, push.head, diff,
-                           new_branch=push.repo.new_branch)
+        decisions = decide(group, base, push.head, diff, new_branch=push.repo.new_branch)
         reasons = {d.reason for d in decisions.values()
                    if d.verdict == "changed" and not d.complete}
         if reasons:
@@ -316,10 +373,11 @@ class Processor:
             # out of attempts: a missed deployment is worse than an extra one
             return Diff("diverged", None, f"provider API failed on the last attempt: {exc}")
 
-    def _act(self, push: Push, pending: Mapping[str, PipelineConfig],
+    def _act(self, push: Push, pipelines: PipelineSet,
              baselines: Mapping[str, Baseline], decisions: Mapping[str, Decision]) -> list[str]:
         """Start what changed (in parallel), advance baselines; return those that lost a race."""
-        changed = {name: pending[name] for name, d in decisions.items() if d.verdict == "changed"}
+        changed = {name: pipelines.pipeline(name) for name, d in decisions.items()
+                   if d.verdict == "changed"}
         outcomes = self._launch_all(push, changed, decisions)
         lost: list[str] = []
         now = self.clock()
@@ -376,13 +434,12 @@ class Processor:
         """Start ``pipelines`` at the head, all at once; their outcomes by name."""
         futures = {
             name: self._starts.submit(contextvars.copy_context().run, self._launch, push,
-                                      pipeline, decisions[name].matches)
+                                      pipeline, decisions[name])
             for name, pipeline in pipelines.items()
         }
         return {name: future.result() for name, future in futures.items()}
 
-    def _launch(self, push: Push, pipeline: PipelineConfig,
-                matches: tuple[RuleMatch, ...]) -> Outcome:
+    def _launch(self, push: Push, pipeline: PipelineConfig, decision: Decision) -> Outcome:
         """Start ``pipeline`` at the head, at most once per (pipeline, head)."""
         head, branch, repository = push.head, push.event.ref_name, push.repo.name
         owner, attempt = push.delivery.delivery_id, push.delivery.attempts
@@ -400,7 +457,9 @@ class Processor:
             source_action=pipeline.source_action,
             variables=render_variables(pipeline.variables, commit=head, branch=branch,
                                        repository=repository,
-                                       changed_paths=[m.path for m in matches]),
+                                       changed_paths=[path for path, _, _ in
+                                                      decision.selected()],
+                                       module=pipeline.module),
         )
         try:
             execution_id = self.launcher.start(request)
@@ -415,9 +474,9 @@ class Processor:
                                 execution_id=execution_id)
         self._record_execution(push, pipeline.name, execution_id)
         self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
-                      execution_id=execution_id, branch=branch, matched_files=len(matches),
-                      dry_run=self.launcher.dry_run,
-                      **({"matched": [m.path for m in matches[:5]]} if matches else {}))
+                      execution_id=execution_id, branch=branch,
+                      matched_files=decision.match_count, dry_run=self.launcher.dry_run,
+                      **_matched_fields(decision))
         return Outcome("started", execution_id)
 
     def _record_execution(self, push: Push, pipeline: str, execution_id: str) -> None:
@@ -459,3 +518,33 @@ def _baseline_policy(config: Config) -> Callable[[str], str]:
     """Repository state key -> its ``baseline`` setting (``succeeded`` when unknown)."""
     policies = {repo.key: repo.baseline for repo in config.repositories}
     return lambda key: policies.get(key, "succeeded")
+
+
+def _matched_fields(decision: Decision) -> dict[str, Any]:
+    """The first matched paths of a start, and the dependencies that brought it in."""
+    fields: dict[str, Any] = {}
+    selected = decision.selected(5)
+    if selected:
+        fields["matched"] = [path for path, _, _ in selected]
+    if decision.via:
+        fields["via"] = [name for name, _ in decision.via]
+    return fields
+
+
+def _file_url(repo: RepositoryConfig, path: str, commit: str) -> str:
+    """The web page of ``path`` at ``commit`` on the repository's host (a status's link)."""
+    from urllib.parse import quote
+
+    api = repo.api_url.rstrip("/")
+    file = quote(path, safe="/")
+    if repo.provider == "github":
+        web = "https://github.com" if api == "https://api.github.com" \
+            else api.removesuffix("/api/v3")
+        return f"{web}/{repo.name}/blob/{commit}/{file}"
+    if repo.provider == "gitlab":
+        return f"{api.removesuffix('/api/v4')}/{repo.name}/-/blob/{commit}/{file}"
+    if repo.provider == "bitbucket":
+        web = "https://bitbucket.org" if api == "https://api.bitbucket.org" else api
+        return f"{web}/{repo.name}/src/{commit}/{file}"
+    key, _, slug = repo.name.partition("/")
+    return f"{api}/projects/{key}/repos/{slug}/browse/{file}?at={commit}"

@@ -75,7 +75,7 @@ class FakeAPI:
     """A small HTTP server standing in for a provider API.
 
     ``routes`` maps a path (exact, without query) to a handler returning
-    (status, json body, headers); unknown paths answer 404. ``delay`` slows every answer.
+    (status, json body or raw bytes, headers); unknown paths answer 404. ``delay`` slows every answer.
     """
 
     routes: dict[str, Handler] = field(default_factory=dict)
@@ -97,9 +97,11 @@ class FakeAPI:
                     time.sleep(api.delay)
                 handler = api.routes.get(parts.path)
                 status, body, headers = (handler(rec) if handler else (404, {"message": "Not Found"}, {}))
-                raw = json.dumps(body).encode()
+                # bytes go out as they are (a raw file), anything else as JSON
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "application/octet-stream"
+                                 if isinstance(body, bytes) else "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 for k, v in headers.items():
                     self.send_header(k, v)

@@ -154,7 +154,7 @@ def test_every_configuration_key_is_documented() -> None:
                if f"{name}.{f.name}" not in spans]
     from providers import REGISTRY
 
-    keys = [*config._REPOSITORY_KEYS, *(f.name for f in fields(config.PipelineConfig)),
+    keys = [*config._REPOSITORY_KEYS, *config._PIPELINE_KEYS,
             *(f.name for cls in REGISTRY.values() for f in fields(cls.Options))]
     missing += [key for key in keys if key not in spans]
     missing += [f"{{{f}}}" for f in config.VARIABLE_FIELDS if f"{{{f}}}" not in spans]

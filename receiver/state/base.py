@@ -116,7 +116,9 @@ class PipelineDecision:
     diff: str
     complete: bool          # False when every pipeline counted as changed (incomplete difference)
     reason: str | None = None
-    matched: tuple[tuple[str, str], ...] = ()   # (path, glob), at most processor.MATCHES_KEPT
+    # (path, glob), or (path, glob, dependency) when a dependency's path selected the
+    # pipeline; at most processor.MATCHES_KEPT
+    matched: tuple[tuple[str, ...], ...] = ()
     matched_count: int = 0
     execution_id: str | None = None
     error: str | None = None
@@ -128,7 +130,7 @@ class PipelineDecision:
             pipeline=str(data["pipeline"]), verdict=str(data["verdict"]),
             baseline=data.get("baseline"), diff=str(data.get("diff", "")),
             complete=bool(data.get("complete", True)), reason=data.get("reason"),
-            matched=tuple((str(path), str(glob)) for path, glob in data.get("matched") or ()),
+            matched=tuple(tuple(str(part) for part in m) for m in data.get("matched") or ()),
             matched_count=int(data.get("matched_count", 0)),
             execution_id=data.get("execution_id"), error=data.get("error"),
         )
@@ -292,3 +294,11 @@ class StateStore(Protocol):
                   now: float) -> None:
         """Remember ``sha`` (with ``etag``, None when unknown) as the head of ``branch``,
         replacing what was known; ``sha`` None forgets the branch (it was deleted)."""
+
+    def module_map(self, repository: str) -> tuple[str, str] | None:
+        """The last valid repository-side module map of ``repository`` (its state key):
+        (commit it was read at, file text), or None when none was kept."""
+
+    def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
+        """Keep ``text`` (a valid module map file read at ``commit``) as ``repository``'s
+        last valid map, replacing the one kept. Text up to 1 MiB (the read's cap)."""

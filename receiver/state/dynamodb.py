@@ -33,6 +33,14 @@ key, 1,024 for a sort key, in the table and its index alike) keeps its first byt
 in a digest of the whole, so a ref name of any length has a key. The names themselves are
 ordinary attributes (or inside the record), and every read builds its key the same way.
 
+- module map: pk ``MODULEMAP#{repository}``, sk ``MODULEMAP``; the last valid
+  repository-side module map file (``body``, zlib-compressed text) and the ``commit`` it
+  was read at; replaced by each newer valid one; no TTL.
+- decision ("why") record, zlib-compressed JSON, written under three keys so each question
+  is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and ``HISTORY#COMMIT#{head}`` (the
+  whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that pipeline's entry, only when it
+  was started, failed or in flight); sk ``{recorded_at}#{delivery_id}#{ref}``; TTL.
+
 ``expires_at`` (epoch seconds) is the table's TTL attribute. A delivery is claimed by a
 conditional update (pending and lease expired), so exactly one owner holds it at a time;
 baselines move only if ``version`` is still the one read; a start intent is created once.
@@ -680,3 +688,17 @@ class DynamoDBStore:
         if etag is not None:
             item["etag"] = _s(etag)
         self._call("put_item", TableName=self.table, Item=item)
+
+    def module_map(self, repository: str) -> tuple[str, str] | None:
+        item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                          Key={"pk": _s(f"MODULEMAP#{repository}"),
+                               "sk": _s("MODULEMAP")}).get("Item")
+        if item is None:
+            return None
+        return str(item["commit"]["S"]), zlib.decompress(item["body"]["B"]).decode("utf-8")
+
+    def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
+        # compressed: a map of thousands of modules must fit DynamoDB's 400 KB items
+        self._call("put_item", TableName=self.table, Item={
+            "pk": _s(f"MODULEMAP#{repository}"), "sk": _s("MODULEMAP"), "commit": _s(commit),
+            "body": {"B": zlib.compress(text.encode("utf-8"), 6)}, "updated_at": _n(now)})

@@ -126,6 +126,12 @@ CREATE TABLE IF NOT EXISTS decision_pipelines (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (pipeline, delivery_id, ref_key)
 );
+CREATE TABLE IF NOT EXISTS module_maps (
+    repository TEXT PRIMARY KEY,
+    commit_sha TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS starts (
     pipeline TEXT NOT NULL,
     commit_sha TEXT NOT NULL,
@@ -502,3 +508,15 @@ class SQLiteStore:
             self._execute("INSERT OR REPLACE INTO heads (repository, branch, sha, etag,"
                           " updated_at) VALUES (?, ?, ?, ?, ?)",
                           (repository, branch, sha, etag, now))
+
+    def module_map(self, repository: str) -> tuple[str, str] | None:
+        rows = self._query("SELECT commit_sha, body FROM module_maps WHERE repository = ?",
+                           (repository,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO module_maps (repository, commit_sha, body, updated_at)"
+                         " VALUES (?, ?, ?, ?) ON CONFLICT (repository) DO UPDATE SET"
+                         " commit_sha = excluded.commit_sha, body = excluded.body,"
+                         " updated_at = excluded.updated_at", (repository, commit, text, now))

@@ -1,0 +1,100 @@
+"""Each provider's ``file_content`` (the repository-side module map's read), against a
+``responses``-mocked API: the documented URL, the raw bytes, None for a missing file,
+ProviderError for a refusal or a file over the cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import responses
+
+from providers.base import MAX_FILE_BYTES
+from providers.bitbucket import BitbucketProvider
+from providers.bitbucket_server import BitbucketServerProvider
+from providers.github import GitHubProvider
+from providers.gitlab import GitLabProvider
+from receiver.config import RepositoryConfig
+from receiver.errors import ProviderError
+from receiver.matcher import PathRules
+from receiver.secrets import SecretRef
+
+SHA = "c" * 40
+FILE = "ci/.webhook-receiver.yaml"
+TEXT = b"pipelines:\n  - name: acme-jobs\n    paths: [jobs/**]\n"
+
+# provider, api_url, repository, the URL its file API answers on
+CASES: list[tuple[str, Any, str, str, str]] = [
+    ("github", GitHubProvider, "https://api.github.com", "acme/mono",
+     f"https://api.github.com/repos/acme/mono/contents/{FILE}?ref={SHA}"),
+    ("gitlab", GitLabProvider, "https://gitlab.example.com", "acme/mono",
+     "https://gitlab.example.com/api/v4/projects/acme%2Fmono/repository/files/"
+     f"ci%2F.webhook-receiver.yaml/raw?ref={SHA}"),
+    ("bitbucket", BitbucketProvider, "https://api.bitbucket.org", "acme/mono",
+     f"https://api.bitbucket.org/2.0/repositories/acme/mono/src/{SHA}/{FILE}"),
+    ("bitbucket-server", BitbucketServerProvider, "https://bitbucket.example.com", "ACME/mono",
+     f"https://bitbucket.example.com/rest/api/latest/projects/ACME/repos/mono/raw/{FILE}"
+     f"?at={SHA}"),
+]
+
+
+def repo(provider: str, api_url: str, name: str) -> RepositoryConfig:
+    return RepositoryConfig(
+        provider=provider, name=name, api_url=api_url, webhook_secrets=(),
+        api_token=SecretRef("env:TOKEN", ("file-token",)),
+        branches=PathRules.compile(["main"]), pipelines=())
+
+
+@pytest.fixture
+def api() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.mark.parametrize(("provider", "cls", "api_url", "name", "url"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_reads_the_raw_file_at_the_commit(api: responses.RequestsMock, provider: str, cls: Any,
+                                          api_url: str, name: str, url: str) -> None:
+    api.add(responses.GET, url, body=TEXT, match=[responses.matchers.query_string_matcher(
+        url.partition("?")[2])] if "?" in url else [])
+    assert cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE,
+                                                   SHA) == TEXT
+    sent = api.calls[0].request
+    assert sent.headers["Authorization"] == "Bearer file-token"
+    if provider == "github":
+        assert sent.headers["Accept"] == "application/vnd.github.raw+json"
+
+
+@pytest.mark.parametrize(("provider", "cls", "api_url", "name", "url"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_a_missing_file_is_none(api: responses.RequestsMock, provider: str, cls: Any,
+                                api_url: str, name: str, url: str) -> None:
+    api.add(responses.GET, url.partition("?")[0], status=404, json={"message": "Not Found"})
+    assert cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE,
+                                                   SHA) is None
+
+
+@pytest.mark.parametrize(("provider", "cls", "api_url", "name", "url"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_a_refusal_is_a_provider_error(api: responses.RequestsMock, provider: str, cls: Any,
+                                       api_url: str, name: str, url: str) -> None:
+    api.add(responses.GET, url.partition("?")[0], status=403, json={"message": "no access"})
+    with pytest.raises(ProviderError, match="403"):
+        cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE, SHA)
+
+
+@pytest.mark.parametrize(("provider", "cls", "api_url", "name", "url"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_a_file_over_the_cap_is_a_provider_error(api: responses.RequestsMock, provider: str,
+                                                 cls: Any, api_url: str, name: str,
+                                                 url: str) -> None:
+    api.add(responses.GET, url.partition("?")[0], body=b"x" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ProviderError, match="larger than"):
+        cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE, SHA)
+
+
+def test_a_short_commit_id_is_refused_before_any_request() -> None:
+    with pytest.raises(ValueError, match="full lower-case commit id"):
+        GitHubProvider().file_content(repo("github", "https://api.github.com", "acme/mono"),
+                                      FILE, "abc123")

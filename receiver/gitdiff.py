@@ -177,6 +177,43 @@ class GitMirror:
         with self._locked(exclusive=False):
             return _compare(self._local_git, base, head)
 
+    def file_content(self, path: str, commit: str) -> bytes | None:
+        """The bytes of ``path`` (repository-root-relative) at ``commit``, or None when the
+        file is not there (a repository-side module map).
+
+        The mirror keeps no blobs, so this one is fetched on demand (git's partial-clone
+        fetch of a missing object, with the credentials of a fetch). Raises ProviderError
+        as ``fetch`` does, and ValueError when ``commit`` is not a full commit id.
+        """
+        _check_sha(commit)
+        with self._locked(exclusive=False):
+            missing = _missing(self._local_git, (commit,))
+        if missing:
+            self.fetch(missing)
+        with self._locked(exclusive=False):
+            # the blob's id comes from the trees, which the mirror has
+            found = self._local_git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                                    f"{commit}:{path}")
+        if found.returncode != 0:
+            return None
+        blob = found.stdout.decode().strip()
+        token = self._token() if self._token is not None else None
+        header = (auth_header(self.provider, token, self._username)
+                  if token is not None else None)
+        env = _env(extra_header=f"Authorization: {header}" if header else None)
+        with self._locked(exclusive=True):
+            try:
+                done = _Git(self.path, env, self.fetch_timeout, str(self))("cat-file", "blob",
+                                                                           blob)
+            except _Timeout:
+                raise ProviderError(f"reading {path} from {self} timed out after "
+                                    f"{self.fetch_timeout:g} s") from None
+        if done.returncode != 0:
+            secrets = [s for s in (token, header) if s]
+            err = _scrub(done.stderr.decode("utf-8", "replace"), secrets)
+            raise ProviderError(f"reading {path} from {self} failed: {_last_line(err)}")
+        return bytes(done.stdout)
+
     # --- fetching ---------------------------------------------------------------------------
 
     def _fetch_locked(self, specs: Sequence[str]) -> bool:

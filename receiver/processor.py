@@ -156,7 +156,12 @@ class Processor:
         # kept for the process's life: its threads keep their store connections
         self._starts = ThreadPoolExecutor(max_workers=START_PARALLELISM,
                                           thread_name_prefix="receiver-start")
-        self.maps = RepositoryMaps(store, provider_source(providers), clock)
+        # a repository-side module map comes through the provider's file API, or from the
+        # git mirror with diff: git
+        by_api = provider_source(providers)
+        self.maps = RepositoryMaps(store, lambda repo, path, commit: (
+            self._mirror(repo).file_content(path, commit) if repo.diff == "git"
+            else by_api(repo, path, commit)), clock)
 
     def process(self, delivery: Delivery) -> None:
         """Process every push of ``delivery``. Raises RetryLater if part must be redone later."""

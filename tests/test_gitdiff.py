@@ -520,3 +520,30 @@ def test_local_changed_files_in_a_partial_clone_never_fetches(server: GitServer,
 def test_local_changed_files_outside_a_repository_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ProviderError, match="not a git repository"):
         local_changed_files(tmp_path, "HEAD~1", "HEAD")
+
+
+# --- one file at a commit (a repository-side module map with diff: git) ---------------------
+
+
+def test_file_content_fetches_the_one_blob_of_a_blobless_mirror(server: GitServer,
+                                                                 work: WorkClone,
+                                                                 mirror: GitMirror) -> None:
+    head = work.commit({".webhook-receiver.yaml": "pipelines: []\n"}, "map")
+    work.push()
+    assert mirror.fetch(["main"]) is True
+    assert "blob" not in objects(mirror.path)  # the mirror keeps no file contents
+    assert mirror.file_content(".webhook-receiver.yaml", head) == b"pipelines: []\n"
+    assert mirror.file_content("no/such/file.yaml", head) is None
+    assert objects(mirror.path).count("blob") == 1  # that one blob, nothing else
+
+
+def test_file_content_with_a_wrong_token_is_a_provider_error_without_the_token(
+        server: GitServer, work: WorkClone, tmp_path: Path) -> None:
+    head = work.commit({"m.yaml": "x\n"}, "map")
+    work.push()
+    good = mirror_for(server, tmp_path / "cache")
+    good.fetch(["main"])
+    bad = mirror_for(server, tmp_path / "cache", token=WRONG_TOKEN)
+    with pytest.raises(ProviderError) as caught:
+        bad.file_content("m.yaml", head)
+    assert WRONG_TOKEN not in str(caught.value)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.matching import best_of
 from providers.base import Diff
 from receiver.decide import decide
 from receiver.matcher import PathRules
@@ -78,16 +78,6 @@ def changed_paths(n: int, seed: int = 3) -> list[str]:
             path = f"libs/team-{rnd.randrange(TEAMS)}/{leaf}"
         seen[path] = None
     return list(seen)
-
-
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """The fastest of ``repeat`` runs, in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def expected_changed(paths: list[str]) -> set[str]:

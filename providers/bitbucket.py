@@ -393,9 +393,10 @@ BITBUCKET_STATUS_NEEDS = ("it needs access to the repository and the repository 
                           "(read:repository:bitbucket for an Atlassian API token)")
 
 
-def bitbucket_state(status: CommitStatus) -> str:
-    """The Bitbucket Cloud state: a halted run (stopped, cancelled, superseded) is STOPPED."""
+def bitbucket_state(status: CommitStatus, halted: str = "STOPPED") -> str:
+    """The Bitbucket build state: a halted run (stopped, cancelled, superseded) is
+    ``halted`` (Cloud: STOPPED; Data Center names it CANCELLED)."""
     if status.state == "error":
-        return "STOPPED" if status.detail is not None else "FAILED"
+        return halted if status.detail is not None else "FAILED"
     return {"pending": "INPROGRESS", "running": "INPROGRESS", "success": "SUCCESSFUL",
             "failure": "FAILED"}[status.state]

@@ -53,6 +53,7 @@ from providers.base import (
     unreadable_on_refusal,
     verify_sha256_header,
 )
+from providers.bitbucket import bitbucket_state
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError
 from receiver.events import PushEvent, RefType
@@ -394,11 +395,8 @@ SERVER_STATUS_NEEDS = ("it needs read permission (REPO_READ) on the repository; 
 
 
 def server_state(status: CommitStatus) -> str:
-    """The Data Center state: a halted run (stopped, cancelled, superseded) is CANCELLED."""
-    if status.state == "error":
-        return "CANCELLED" if status.detail is not None else "FAILED"
-    return {"pending": "INPROGRESS", "running": "INPROGRESS", "success": "SUCCESSFUL",
-            "failure": "FAILED"}[status.state]
+    """The Data Center state: Cloud's, but a halted run is CANCELLED."""
+    return bitbucket_state(status, halted="CANCELLED")
 
 
 def _builds_url(repo: RepositoryConfig, commit: str) -> str:

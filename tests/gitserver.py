@@ -14,6 +14,7 @@ recorded, so a test can count the fetches a piece of code made.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import threading
@@ -38,6 +39,11 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "author@example.com",
     "LC_ALL": "C",
 }
+
+
+def basic(user: str, token: str) -> str:
+    """An HTTP Basic ``Authorization`` value."""
+    return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
 def git(*args: str, cwd: Path | None = None, input: bytes | None = None,

@@ -11,7 +11,6 @@ appears in no log line and no file of the mirror.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import Iterator
@@ -21,17 +20,13 @@ from typing import Any
 
 import pytest
 
-from tests.gitserver import GitServer, WorkClone, fast_import_history, git
+from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git
 from tests.harness import FakeAPI, Recorded, Service
 from tests.test_github_e2e import REPO, deliver, push_body
 
 TOKEN = "ghp_GitE2eToken0123456789abcdefSECRET"
 WRONG = "ghp_WrongE2eToken9876543210zyxwSECRET"
 MODULES = [f"mod{i:02d}" for i in range(60)]  # the push touches mod00-mod49 only
-
-
-def basic(user: str, token: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ the answer from a real blobless mirror.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -22,17 +21,13 @@ import pytest
 from receiver.errors import ProviderError
 from receiver.gitdiff import GitMirror, auth_header, default_git_url, local_changed_files
 from receiver.logging import configure
-from tests.gitserver import GitServer, WorkClone, fast_import_history, git
+from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git
 from tests.harness import free_port
 
 REPO = "acme/mono"
 TOKEN = "ghs_TestToken0123456789abcdefSECRET"
 WRONG_TOKEN = "ghs_WrongToken9876543210zyxwvSECRET"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def basic(user: str, token: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ switched off, from the service's own poll of GetPipelineExecution.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -130,13 +131,22 @@ def send_event(svc: Service, pipeline: str, execution_id: str, state: str, attem
                          data=event_body(pipeline, execution_id, state, attempt))
 
 
+@contextlib.contextmanager
+def running(tmp_path: Path, api: FakeAPI, *, events: bool) -> Iterator[Rig]:
+    """The rig with its service started; stopped afterwards."""
+    rig = Rig(tmp_path, api, events=events)
+    rig.svc.start()
+    try:
+        yield rig
+    finally:
+        rig.svc.stop()
+        rig.cp.close()
+
+
 @pytest.fixture(params=[True, False], ids=["events", "poll only"])
 def rig(request: pytest.FixtureRequest, tmp_path: Path, fake_api: FakeAPI) -> Iterator[Rig]:
-    rig = Rig(tmp_path, fake_api, events=request.param)
-    rig.svc.start()
-    yield rig
-    rig.svc.stop()
-    rig.cp.close()
+    with running(tmp_path, fake_api, events=request.param) as started:
+        yield started
 
 
 def test_a_failed_execution_is_caught_up_by_the_next_push(rig: Rig) -> None:
@@ -217,9 +227,7 @@ def test_a_late_delivery_of_an_older_commit_starts_nothing(rig: Rig) -> None:
 def test_replayed_and_reversed_events_give_the_same_final_state(tmp_path: Path,
                                                                 fake_api: FakeAPI,
                                                                 events: bool) -> None:
-    rig = Rig(tmp_path, fake_api, events=events)
-    rig.svc.start()
-    try:
+    with running(tmp_path, fake_api, events=events) as rig:
         c1 = rig.push({"svc/a/x.py": "1", "svc/b/y.py": "1"})
         (a1,), (b1,) = rig.starts("a-deploy"), rig.starts("b-deploy")
         sequence = [("a-deploy", a1, "STARTED"), ("a-deploy", a1, "FAILED"),
@@ -243,16 +251,11 @@ def test_replayed_and_reversed_events_give_the_same_final_state(tmp_path: Path,
         state = rig.state()
         assert state["a-deploy"]["baseline_commit"] == c1
         assert state["a-deploy"]["deployed_commit"] == c1
-    finally:
-        rig.svc.stop()
-        rig.cp.close()
 
 
 def test_event_route_refuses_missing_or_wrong_keys_and_records_nothing(tmp_path: Path,
                                                                       fake_api: FakeAPI) -> None:
-    rig = Rig(tmp_path, fake_api, events=True)
-    rig.svc.start()
-    try:
+    with running(tmp_path, fake_api, events=True) as rig:
         rig.push({"svc/a/x.py": "1"})
         (a1,) = rig.starts("a-deploy")
         for key in (None, "", "wrong-key", EVENTS_KEY + "x"):
@@ -272,16 +275,11 @@ def test_event_route_refuses_missing_or_wrong_keys_and_records_nothing(tmp_path:
         assert (stage.status_code, stage.json()["status"]) == (200, "ignored")
         assert not any(e.get("level") == "error" for e in rig.svc.logs())
         assert EVENTS_KEY not in rig.svc.log_path.read_text()
-    finally:
-        rig.svc.stop()
-        rig.cp.close()
 
 
 def test_poll_asks_only_about_executions_without_a_final_state(tmp_path: Path,
                                                                fake_api: FakeAPI) -> None:
-    rig = Rig(tmp_path, fake_api, events=False)
-    rig.svc.start()
-    try:
+    with running(tmp_path, fake_api, events=False) as rig:
         rig.push({"svc/a/x.py": "1", "svc/b/y.py": "1"})
         (a1,), (b1,) = rig.starts("a-deploy"), rig.starts("b-deploy")
         rig.finish(a1, "Succeeded")
@@ -291,9 +289,6 @@ def test_poll_asks_only_about_executions_without_a_final_state(tmp_path: Path,
         asked_after = [p["pipelineExecutionId"] for op, p in rig.cp.calls
                        if op == "GetPipelineExecution"][len(asked_before):]
         assert asked_after and set(asked_after) == {b1}
-    finally:
-        rig.svc.stop()
-        rig.cp.close()
 
 
 def test_state_seed_sets_baselines_from_each_pipelines_newest_success(tmp_path: Path,

@@ -96,8 +96,14 @@ def _check_pipelines(cfg: config_mod.Config) -> list[str]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from receiver import aws
+    from receiver.modules import PLACEHOLDER
 
-    names = list(dict.fromkeys(p.name for r in cfg.repositories for p in r.pipelines))
+    every = list(dict.fromkeys(p.name for r in cfg.repositories for p in r.pipelines))
+    # a template stands for pipelines found in pushes: none of them can be named here
+    names = [n for n in every if PLACEHOLDER not in n]
+    if len(names) < len(every):
+        print(f"skipped: {len(every) - len(names)} templates (their pipelines are found in "
+              "pushes; an IAM name prefix covers them)")
     if cfg.launcher.backend != "codepipeline":
         print(f"skipped: {len(names)} pipelines not looked up: launcher "
               f"{cfg.launcher.backend} starts none")

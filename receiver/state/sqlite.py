@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,6 +192,8 @@ WHERE {_ref_free('refs', '?2')}
 ORDER BY d.received_at LIMIT 1
 """
 
+_RECORD = ("INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key, events,"
+           " verified_by, received_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')")
 _BASELINE_COLUMNS = ("repository, branch, pipeline, commit_sha, last_started_commit,"
                      " last_execution_id, updated_at, version, deployed_commit,"
                      " deployed_started_at, last_execution_status")
@@ -290,12 +293,32 @@ class SQLiteStore:
         self._query("SELECT 1 FROM deliveries LIMIT 1")
 
     def record_delivery(self, delivery: Delivery, now: float) -> bool:
-        cur = self._execute(
-            "INSERT OR IGNORE INTO deliveries (delivery_id, provider, repository, ref_key,"
-            " events, verified_by, received_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
-            (delivery.delivery_id, delivery.provider, delivery.repository, delivery.ref_key,
-             delivery.events_json(), delivery.verified_by, now))
-        return cur.rowcount == 1
+        """The one write on a webhook's answer path. A locked database is retried here after
+        50 µs, doubling to 1 ms (for up to ``busy_timeout`` seconds, then StateError), not in
+        SQLite's busy handler, whose sleeps of 1, 2, 5, 10 ms and more land on the time a
+        provider waits for its answer while the background worker writes."""
+        row = (delivery.delivery_id, delivery.provider, delivery.repository, delivery.ref_key,
+               delivery.events_json(), delivery.verified_by, now)
+        conn = self._conn()
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.00005
+        with self._errors():
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                while True:
+                    try:
+                        cur = conn.execute(_RECORD, row)
+                        return cur.rowcount == 1
+                    except sqlite3.OperationalError as exc:
+                        # the primary code: an extended one (SQLITE_BUSY_RECOVERY...) is busy too
+                        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+                        if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or \
+                                time.monotonic() + pause > deadline:
+                            raise
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.001)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def claim_delivery(self, owner: str, lease_seconds: float, now: float) -> Delivery | None:
         with self._tx() as conn:

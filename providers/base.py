@@ -8,6 +8,7 @@ so nothing in a payload chooses a host, a path or a token.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
@@ -142,7 +143,9 @@ class Provider(Protocol):
     ``name`` is the registry key (also the module name, URL segment and config value):
     ``providers.build_providers`` sets it on each instance, and events carry it.
     ``content_types`` are the media types its webhooks may use (others are 415).
-    ``default_api_url`` is a repository's ``api_url`` when it gives none (None: required).
+    ``default_api_url`` is a repository's ``api_url`` when it gives none (None: required);
+    ``default_git_url`` the ``git_url`` template (``{name}``) on the public host that API
+    serves (None: required with ``diff: git``).
     ``Options`` is a frozen dataclass, validated by pydantic, whose fields are the
     repository keys only this provider has; a repository's ``options`` is an instance.
     """
@@ -150,6 +153,7 @@ class Provider(Protocol):
     name: str
     content_types: tuple[str, ...]
     default_api_url: ClassVar[str | None]
+    default_git_url: ClassVar[str | None]
     Options: ClassVar[type[Any]]
 
     @staticmethod
@@ -209,15 +213,16 @@ class Provider(Protocol):
         """
         ...
 
-    def git_token(self, repo: RepositoryConfig) -> str | None:
-        """The token for HTTPS git (``diff: git``): the repository's ``api_token`` (GitHub:
-        the App's installation token), None for none. Raises ProviderError when a token
-        must be minted and cannot be."""
+    def git_authorization(self, repo: RepositoryConfig) -> str | None:
+        """The ``Authorization`` header value for HTTPS git (``diff: git``): the
+        repository's ``api_token`` (GitHub: the App's installation token) in the scheme the
+        provider documents for git; None without a token. Raises ProviderError when a
+        token must be minted and cannot be."""
         ...
 
-    def git_username(self, repo: RepositoryConfig) -> str | None:
-        """The user name sent with :meth:`git_token`, for a provider whose git server
-        tells token kinds apart by it (Bitbucket Cloud's ``api_username``); else None."""
+    def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
+        """The web page of ``path`` at ``commit`` on the repository's host (the link of a
+        ``webhook-receiver/config`` status)."""
         ...
 
     def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
@@ -543,6 +548,9 @@ class HttpProvider:
     API client per configured repository. Subclasses implement the Provider protocol."""
 
     default_api_url: ClassVar[str | None] = None
+    default_git_url: ClassVar[str | None] = None
+    # the user an HTTPS git server takes a token as the Basic password of; None: Bearer
+    git_user: ClassVar[str | None] = None
     Options: ClassVar[type[Any]] = NoOptions
 
     @staticmethod
@@ -579,13 +587,22 @@ class HttpProvider:
         """The API URL of the repository itself (each provider names its own)."""
         raise NotImplementedError
 
-    def git_token(self, repo: RepositoryConfig) -> str | None:
-        """Provider.git_token: the ``api_token``."""
+    def git_authorization(self, repo: RepositoryConfig) -> str | None:
+        """Provider.git_authorization: the ``api_token`` as the Basic password of
+        ``git_user``, or as a Bearer token when the class names no user."""
+        token = self._git_token(repo)
+        if token is None:
+            return None
+        user = self._git_user(repo)
+        if user is None:
+            return f"Bearer {token}"
+        return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
+
+    def _git_token(self, repo: RepositoryConfig) -> str | None:
         return repo.api_token.value() if repo.api_token is not None else None
 
-    def git_username(self, repo: RepositoryConfig) -> str | None:
-        """Provider.git_username: none."""
-        return None
+    def _git_user(self, repo: RepositoryConfig) -> str | None:
+        return self.git_user
 
 
 @contextmanager

@@ -83,6 +83,13 @@ class BitbucketProvider(HttpProvider):
     # would not match it (attributes are invariant)
     content_types: tuple[str, ...] = ("application/json",)
     default_api_url: ClassVar[str | None] = "https://api.bitbucket.org"
+    default_git_url: ClassVar[str | None] = "https://bitbucket.org/{name}.git"
+    # "Using Repository Access Tokens" (and the project and workspace ones): user
+    # x-token-auth. "Using API tokens": an Atlassian API token (the kind that comes with an
+    # api_username, the account e-mail git refuses as a user) authenticates git as the
+    # static user x-bitbucket-api-token-auth; username:app-password stopped working on
+    # 2026-06-09 (the app password deprecation)
+    git_user: ClassVar[str | None] = "x-token-auth"
     Options = BitbucketOptions
 
     # --- webhook side ------------------------------------------------------------------
@@ -123,9 +130,16 @@ class BitbucketProvider(HttpProvider):
 
     # --- API side ----------------------------------------------------------------------
 
-    def git_username(self, repo: RepositoryConfig) -> str | None:
-        """Provider.git_username: ``api_username`` (an Atlassian API token goes with it)."""
-        return repo.options_as(BitbucketOptions).api_username
+    def _git_user(self, repo: RepositoryConfig) -> str | None:
+        if repo.options_as(BitbucketOptions).api_username:
+            return "x-bitbucket-api-token-auth"
+        return self.git_user
+
+    def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
+        """Provider.file_url: ``/{workspace}/{slug}/src/{sha}/{path}`` on bitbucket.org."""
+        api = repo.api_url.rstrip("/")
+        web = "https://bitbucket.org" if api == self.default_api_url else api
+        return f"{web}/{repo.name}/src/{commit}/{quote(path, safe='/')}"
 
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/json"}

@@ -262,6 +262,13 @@ class BitbucketServerProvider(HttpProvider):
 
     # --- branch heads ------------------------------------------------------------------
 
+    def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
+        """Provider.file_url: ``/projects/{key}/repos/{slug}/browse/{path}?at={sha}``.
+        (HTTP access tokens only work as Bearer for git too: ``git_user`` stays None.)"""
+        key, _, slug = repo.name.partition("/")
+        return (f"{repo.api_url.rstrip('/')}/projects/{key}/repos/{slug}/browse/"
+                f"{quote(path, safe='/')}?at={commit}")
+
     def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
         """``GET /rest/api/latest/projects/{key}/repos/{slug}/branches?filterText={branch}``.
 

@@ -158,6 +158,10 @@ class GitHubProvider(HttpProvider):
     name = "github"
     content_types: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
     default_api_url: ClassVar[str | None] = "https://api.github.com"
+    default_git_url: ClassVar[str | None] = "https://github.com/{name}.git"
+    # "Authenticating as a GitHub App installation": the installation token is the HTTP
+    # password of user x-access-token; a personal access token works with any user name
+    git_user: ClassVar[str | None] = "x-access-token"
     Options = GitHubOptions
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
@@ -232,12 +236,18 @@ class GitHubProvider(HttpProvider):
                 self._apps[repo.key] = GitHubAppAuth(app, repo.api_url, client, self._clock)
             return client
 
-    def git_token(self, repo: RepositoryConfig) -> str | None:
-        """Provider.git_token: with ``github_app``, the installation token (HTTPS git takes
-        it as the password of user ``x-access-token``)."""
+    def _git_token(self, repo: RepositoryConfig) -> str | None:
+        # with github_app, the installation token
         self._client(repo)  # makes the App's token source on first use
         app = self._apps.get(repo.key)
-        return super().git_token(repo) if app is None else app.token()
+        return super()._git_token(repo) if app is None else app.token()
+
+    def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
+        """Provider.file_url: ``/{owner}/{repo}/blob/{sha}/{path}`` on github.com or the
+        Enterprise Server host of ``api_url``."""
+        api = repo.api_url.rstrip("/")
+        web = "https://github.com" if api == self.default_api_url else api.removesuffix("/api/v3")
+        return f"{web}/{repo.name}/blob/{commit}/{quote(path, safe='/')}"
 
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}

@@ -95,6 +95,10 @@ class GitLabProvider(HttpProvider):
     name = "gitlab"
     content_types: tuple[str, ...] = ("application/json",)
     default_api_url: ClassVar[str | None] = "https://gitlab.com"
+    default_git_url: ClassVar[str | None] = "https://gitlab.com/{name}.git"
+    # "OAuth 2.0 API", Access Git over HTTPS with access token: user oauth2 (personal,
+    # project and group tokens accept any user name, oauth2 included)
+    git_user: ClassVar[str | None] = "oauth2"
     Options = GitLabOptions
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
@@ -338,6 +342,11 @@ class GitLabProvider(HttpProvider):
                                           params={"ref": status_commit(commit)})
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
+
+    def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
+        """Provider.file_url: ``/{namespace}/{project}/-/blob/{sha}/{path}``."""
+        web = repo.api_url.rstrip("/").removesuffix("/api/v4")
+        return f"{web}/{repo.name}/-/blob/{commit}/{quote(path, safe='/')}"
 
     def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
         """``GET /api/v4/projects/:id/repository/branches/:branch`` (the name URL-encoded).

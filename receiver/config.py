@@ -414,10 +414,9 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
         return None
     repo = dataclasses.replace(repo, modules=module_set)
     if repo.diff == "git" and repo.git_url is None:
-        from receiver.gitdiff import default_git_url  # here: it imports the providers
-
-        public = repo.api_url == cls.default_api_url
-        url = default_git_url(repo.provider, repo.name) if public else None
+        # the public host's clone URL is known; a self-managed one is not
+        public = repo.api_url == cls.default_api_url and cls.default_git_url is not None
+        url = cls.default_git_url.format(name=repo.name) if public else None
         if url is None:
             problems.append(f"{path}.git_url: is required with diff: git for "
                             f"{'this api_url' if cls.default_api_url else provider} "

@@ -45,29 +45,6 @@ LOCAL_TIMEOUT_SECONDS = 60.0
 
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
-_DEFAULT_URLS = {
-    "github": "https://github.com/{name}.git",
-    "gitlab": "https://gitlab.com/{name}.git",
-    "bitbucket": "https://bitbucket.org/{name}.git",
-}
-
-# The user name each provider documents for a token sent as an HTTP Basic password over
-# HTTPS git (checked 2026-12-01):
-# - GitHub, "Authenticating as a GitHub App installation": the installation token is the
-#   HTTP password with user x-access-token; a personal access token works as the password
-#   with any user name, so x-access-token serves both.
-# - GitLab, "OAuth 2.0 API" (Access Git over HTTPS with access token): user oauth2; personal,
-#   project and group tokens accept any user name, oauth2 included.
-# - Bitbucket Cloud, "Using Repository Access Tokens" (and the project and workspace
-#   variants): user x-token-auth. "Using API tokens": an Atlassian API token (the kind that
-#   comes with an api_username, the account e-mail the REST API needs) authenticates git
-#   with the static user x-bitbucket-api-token-auth, since git refuses the e-mail; the
-#   username:app-password pair stopped working on 2026-06-09 (the app password deprecation).
-# - Bitbucket Data Center, "HTTP access tokens": project and repository tokens work only as
-#   Bearer, never with a user name in Basic; Bearer works for personal tokens too.
-_BASIC_USERS = {"github": "x-access-token", "gitlab": "oauth2", "bitbucket": "x-token-auth"}
-_BITBUCKET_API_TOKEN_USER = "x-bitbucket-api-token-auth"
-
 # stderr of a fetch whose want the server does not have: a commit force-pushed away and
 # garbage-collected ("not our ref"), or a branch deleted since the push
 _MISSING = ("not our ref", "couldn't find remote ref", "no such remote ref")
@@ -77,44 +54,19 @@ _REMOTE = ("unable to access", "could not read username", "could not read passwo
            "returned error", "rpc failed", "the remote end hung up", "could not resolve")
 
 
-def default_git_url(provider: str, name: str) -> str | None:
-    """The HTTPS clone URL of repository ``name`` on the provider's public host.
-
-    None for ``bitbucket-server`` (self-managed: ``git_url`` is required) and for any
-    provider without a public host.
-    """
-    template = _DEFAULT_URLS.get(provider)
-    return template.format(name=name) if template is not None else None
-
-
-def auth_header(provider: str, token: str, username: str | None) -> str:
-    """The ``Authorization`` header value that sends ``token`` to ``provider``'s git server.
-
-    ``username`` is the repository's ``api_username`` (only Bitbucket Cloud uses it: it
-    marks an Atlassian API token). Raises ValueError for an unknown provider.
-    """
-    if provider == "bitbucket-server":
-        return f"Bearer {token}"
-    if provider not in _BASIC_USERS:
-        raise ValueError(f"no git authentication known for provider {provider!r}")
-    user = _BASIC_USERS[provider]
-    if provider == "bitbucket" and username:
-        user = _BITBUCKET_API_TOKEN_USER
-    pair = f"{user}:{token}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
 class GitMirror:
     """The bare, blobless mirror of one repository, shared by every thread and process.
 
     ``provider`` and ``name`` are as configured (they name the mirror and every error);
-    ``url`` is the HTTPS clone URL; ``token`` is called at each fetch (so a rotated secret or
-    a fresh GitHub App installation token is used) and may return None for a public
-    repository. Time-outs are in seconds, per git process.
+    ``url`` is the HTTPS clone URL; ``authorization`` is called at each fetch for the
+    ``Authorization`` header value to send (each provider says its scheme:
+    ``Provider.git_authorization``), so a rotated secret or a fresh GitHub App installation
+    token is used; None (or no callable) for a public repository. Time-outs are in seconds,
+    per git process.
     """
 
     def __init__(self, *, provider: str, name: str, url: str, cache_dir: str | Path,
-                 token: Callable[[], str | None] | None = None, username: str | None = None,
+                 authorization: Callable[[], str | None] | None = None,
                  fetch_timeout: float = FETCH_TIMEOUT_SECONDS,
                  local_timeout: float = LOCAL_TIMEOUT_SECONDS) -> None:
         self.provider = provider
@@ -122,8 +74,7 @@ class GitMirror:
         self.url = url
         self.path = Path(cache_dir) / provider / f"{quote(name, safe='')}.git"
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._token = token
-        self._username = username
+        self._authorization = authorization
         self.fetch_timeout = fetch_timeout
         self.local_timeout = local_timeout
         self._log = get_logger()
@@ -197,9 +148,7 @@ class GitMirror:
         if found.returncode != 0:
             return None
         blob = found.stdout.decode().strip()
-        token = self._token() if self._token is not None else None
-        header = (auth_header(self.provider, token, self._username)
-                  if token is not None else None)
+        header, secrets = self._credentials()
         env = _env(extra_header=f"Authorization: {header}" if header else None)
         with self._locked(exclusive=True):
             try:
@@ -209,7 +158,6 @@ class GitMirror:
                 raise ProviderError(f"reading {path} from {self} timed out after "
                                     f"{self.fetch_timeout:g} s") from None
         if done.returncode != 0:
-            secrets = [s for s in (token, header) if s]
             err = _scrub(done.stderr.decode("utf-8", "replace"), secrets)
             raise ProviderError(f"reading {path} from {self} failed: {_last_line(err)}")
         return bytes(done.stdout)
@@ -265,11 +213,7 @@ class GitMirror:
                                 f"{exc.strerror}") from exc
 
     def _run_fetch(self, specs: Sequence[str]) -> bool:
-        token = self._token() if self._token is not None else None
-        header = (auth_header(self.provider, token, self._username)
-                  if token is not None else None)
-        secrets = [s for s in (token, header, header.split(" ", 1)[1] if header else None)
-                   if s]
+        header, secrets = self._credentials()
         env = _env(extra_header=f"Authorization: {header}" if header else None)
         run = _Git(self.path, env, self.fetch_timeout, str(self))
         try:
@@ -287,6 +231,19 @@ class GitMirror:
         if not any(m in low for m in _REMOTE):
             raise _LocalFailure(_last_line(err))
         raise ProviderError(f"git fetch of {self} failed: {_explain(low)} ({_last_line(err)})")
+
+    def _credentials(self) -> tuple[str | None, list[str]]:
+        """The header value to send, and every form of it that must never be shown: the
+        value, its credentials part, and (Basic) the decoded ``user:token`` and token."""
+        header = self._authorization() if self._authorization is not None else None
+        if not header:
+            return None, []
+        secrets = [header, header.partition(" ")[2]]
+        if header.startswith("Basic "):
+            with contextlib.suppress(ValueError):
+                pair = base64.b64decode(header[len("Basic "):]).decode()
+                secrets += [pair, pair.partition(":")[2]]
+        return header, [s for s in secrets if s]
 
     # --- local commands -----------------------------------------------------------------
 

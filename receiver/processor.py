@@ -282,7 +282,9 @@ class Processor:
         assert push.repo.module_map is not None
         kept = f"; kept the map of {resolved.kept[:12]}" if resolved.kept else ""
         status = CommitStatus(
-            CONFIG_STATUS, "error", _file_url(push.repo, push.repo.module_map.path, push.head),
+            CONFIG_STATUS, "error",
+            self.providers[push.repo.provider].file_url(push.repo, push.repo.module_map.path,
+                                                         push.head),
             f"{push.repo.module_map.path}: {resolved.problems[0]}" + kept)
         try:
             self.statuses.submit(StatusJob(push.repo, push.head, status))
@@ -344,7 +346,7 @@ class Processor:
                 mirror = GitMirror(
                     provider=repo.provider, name=repo.name, url=repo.git_url,
                     cache_dir=self.config.git.cache_dir,
-                    token=lambda: provider.git_token(repo), username=provider.git_username(repo))
+                    authorization=lambda: provider.git_authorization(repo))
                 self._mirrors[repo.key] = mirror
             return mirror
 
@@ -535,21 +537,3 @@ def _matched_fields(decision: Decision) -> dict[str, Any]:
         fields["via"] = [name for name, _ in decision.via]
     return fields
 
-
-def _file_url(repo: RepositoryConfig, path: str, commit: str) -> str:
-    """The web page of ``path`` at ``commit`` on the repository's host (a status's link)."""
-    from urllib.parse import quote
-
-    api = repo.api_url.rstrip("/")
-    file = quote(path, safe="/")
-    if repo.provider == "github":
-        web = "https://github.com" if api == "https://api.github.com" \
-            else api.removesuffix("/api/v3")
-        return f"{web}/{repo.name}/blob/{commit}/{file}"
-    if repo.provider == "gitlab":
-        return f"{api.removesuffix('/api/v4')}/{repo.name}/-/blob/{commit}/{file}"
-    if repo.provider == "bitbucket":
-        web = "https://bitbucket.org" if api == "https://api.bitbucket.org" else api
-        return f"{web}/{repo.name}/src/{commit}/{file}"
-    key, _, slug = repo.name.partition("/")
-    return f"{api}/projects/{key}/repos/{slug}/browse/{file}?at={commit}"

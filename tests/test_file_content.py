@@ -98,3 +98,26 @@ def test_a_short_commit_id_is_refused_before_any_request() -> None:
     with pytest.raises(ValueError, match="full lower-case commit id"):
         GitHubProvider().file_content(repo("github", "https://api.github.com", "acme/mono"),
                                       FILE, "abc123")
+
+
+# the web page of the same file, a webhook-receiver/config status's link
+WEB_PAGES = {
+    "github": f"https://github.com/acme/mono/blob/{SHA}/{FILE}",
+    "gitlab": f"https://gitlab.example.com/acme/mono/-/blob/{SHA}/{FILE}",
+    "bitbucket": f"https://bitbucket.org/acme/mono/src/{SHA}/{FILE}",
+    "bitbucket-server": f"https://bitbucket.example.com/projects/ACME/repos/mono/browse/{FILE}"
+                        f"?at={SHA}",
+}
+
+
+@pytest.mark.parametrize(("provider", "cls", "api_url", "name", "url"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_a_file_links_to_its_page_on_the_providers_website(
+        provider: str, cls: Any, api_url: str, name: str, url: str) -> None:
+    assert cls().file_url(repo(provider, api_url, name), FILE, SHA) == WEB_PAGES[provider]
+
+
+def test_a_github_enterprise_file_links_to_its_host_not_its_api() -> None:
+    enterprise = repo("github", "https://ghe.example.com/api/v3", "acme/mono")
+    assert GitHubProvider().file_url(enterprise, FILE, SHA) == \
+        f"https://ghe.example.com/acme/mono/blob/{SHA}/{FILE}"

@@ -6,6 +6,7 @@ the answer from a real blobless mirror.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,11 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from receiver.errors import ProviderError
-from receiver.gitdiff import GitMirror, auth_header, default_git_url, local_changed_files
+from providers import REGISTRY
+from receiver.config import parse
+from receiver.errors import ConfigError, ProviderError
+from receiver.gitdiff import GitMirror, local_changed_files
 from receiver.logging import configure
 from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git
 from tests.harness import free_port
@@ -46,10 +50,15 @@ def work(server: GitServer, tmp_path: Path) -> WorkClone:
     return clone
 
 
+def github_auth(token: str = TOKEN) -> Callable[[], str]:
+    """What GitHubProvider.git_authorization sends for ``token``."""
+    return lambda: basic("x-access-token", token)
+
+
 def mirror_for(server: GitServer, cache: Path, token: str = TOKEN,
                fetch_timeout: float = 120.0) -> GitMirror:
     return GitMirror(provider="github", name=REPO, url=server.url(REPO), cache_dir=cache,
-                     token=lambda: token, fetch_timeout=fetch_timeout)
+                     authorization=github_auth(token), fetch_timeout=fetch_timeout)
 
 
 @pytest.fixture
@@ -66,18 +75,29 @@ def objects(path: Path) -> list[str]:
 # --- authentication and URLs ------------------------------------------------------------------
 
 
+def repository(provider: str, username: str | None = None, token: str = "T0K") -> Any:
+    """A repository of ``provider`` as the configuration validates it, token in the env."""
+    os.environ["TEST_GIT_AUTH_TOKEN"] = token
+    raw: dict[str, Any] = {"provider": provider, "name": "acme/mono",
+                           "api_url": REGISTRY[provider].default_api_url or "https://scm.example",
+                           "webhook_secrets": ["env:X"], "api_token": "env:TEST_GIT_AUTH_TOKEN",
+                           "branches": ["main"], "pipelines": [{"name": "p", "paths": ["**"]}]}
+    if username:
+        raw["api_username"] = username
+    return parse({"repositories": [raw]}).repositories[0]
+
+
 @pytest.mark.parametrize(("provider", "username", "expected"), [
     ("github", None, basic("x-access-token", "T0K")),
-    ("github", "someone", basic("x-access-token", "T0K")),
     ("gitlab", None, basic("oauth2", "T0K")),
     ("bitbucket", None, basic("x-token-auth", "T0K")),
     ("bitbucket", "dev@example.com", basic("x-bitbucket-api-token-auth", "T0K")),
     ("bitbucket-server", None, "Bearer T0K"),
-    ("bitbucket-server", "someone", "Bearer T0K"),
 ])
-def test_auth_header_uses_each_providers_documented_scheme(provider: str, username: str | None,
-                                                           expected: str) -> None:
-    assert auth_header(provider, "T0K", username) == expected
+def test_each_provider_authenticates_git_with_its_documented_scheme(
+        provider: str, username: str | None, expected: str) -> None:
+    repo = repository(provider, username)
+    assert REGISTRY[provider]().git_authorization(repo) == expected
 
 
 @pytest.mark.parametrize(("provider", "username"), [
@@ -86,12 +106,16 @@ def test_auth_header_uses_each_providers_documented_scheme(provider: str, userna
 ])
 def test_each_providers_header_is_what_the_fetch_sends(tmp_path: Path, provider: str,
                                                        username: str | None) -> None:
-    expected = auth_header(provider, TOKEN, username)
+    implementation = REGISTRY[provider]()
+    repo = repository(provider, username, token=TOKEN)
+    expected = implementation.git_authorization(repo)
+    assert expected is not None
     srv = GitServer(tmp_path / "server", {expected})
     try:
         srv.create(REPO)
         mirror = GitMirror(provider=provider, name=REPO, url=srv.url(REPO),
-                           cache_dir=tmp_path / "cache", token=lambda: TOKEN, username=username)
+                           cache_dir=tmp_path / "cache",
+                           authorization=lambda: implementation.git_authorization(repo))
         # let in (a 401 would raise): the empty repository then lacks the branch
         assert mirror.fetch(["main"]) is False
         assert srv.requests
@@ -100,9 +124,10 @@ def test_each_providers_header_is_what_the_fetch_sends(tmp_path: Path, provider:
         srv.close()
 
 
-def test_auth_header_refuses_an_unknown_provider() -> None:
-    with pytest.raises(ValueError, match="gitea"):
-        auth_header("gitea", "T0K", None)
+def test_a_repository_without_a_token_sends_no_git_authorization() -> None:
+    repo = repository("github")
+    assert REGISTRY["github"]().git_authorization(
+        dataclasses.replace(repo, api_token=None)) is None
 
 
 @pytest.mark.parametrize(("provider", "expected"), [
@@ -112,7 +137,15 @@ def test_auth_header_refuses_an_unknown_provider() -> None:
     ("bitbucket-server", None),
 ])
 def test_default_git_url_per_provider(provider: str, expected: str | None) -> None:
-    assert default_git_url(provider, "acme/mono") == expected
+    raw = {"provider": provider, "name": "acme/mono", "diff": "git",
+           "api_url": REGISTRY[provider].default_api_url or "https://scm.example",
+           "webhook_secrets": ["env:X"], "branches": ["main"],
+           "pipelines": [{"name": "p", "paths": ["**"]}]}
+    if expected is None:
+        with pytest.raises(ConfigError, match="git_url: is required"):
+            parse({"repositories": [raw]})
+        return
+    assert parse({"repositories": [raw]}).repositories[0].git_url == expected
 
 
 def test_mirror_lives_under_the_cache_dir_by_provider_and_quoted_name(tmp_path: Path) -> None:
@@ -316,7 +349,7 @@ def test_a_repository_the_token_cannot_access_is_a_provider_error(
 
 def test_a_repository_not_found_is_a_provider_error(server: GitServer, tmp_path: Path) -> None:
     mirror = GitMirror(provider="github", name="acme/missing", url=server.url("acme/missing"),
-                       cache_dir=tmp_path / "cache", token=lambda: TOKEN)
+                       cache_dir=tmp_path / "cache", authorization=github_auth())
     with pytest.raises(ProviderError, match=r"acme/missing.*not found"):
         mirror.fetch(["main"])
 
@@ -324,7 +357,7 @@ def test_a_repository_not_found_is_a_provider_error(server: GitServer, tmp_path:
 def test_an_unreachable_server_is_a_provider_error(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/acme/mono.git"
     mirror = GitMirror(provider="github", name=REPO, url=url, cache_dir=tmp_path / "cache",
-                       token=lambda: TOKEN)
+                       authorization=github_auth())
     with pytest.raises(ProviderError, match="acme/mono") as caught:
         mirror.fetch(["main"])
     assert TOKEN not in _texts(caught.value)
@@ -408,13 +441,15 @@ def test_a_deleted_or_corrupt_mirror_is_cloned_again(work: WorkClone, mirror: Gi
 # --- concurrency ------------------------------------------------------------------------------------
 
 _CHILD = """
-import json, os, sys, time
+import base64, json, os, sys, time
 from receiver.gitdiff import GitMirror
 cache, url, go, base, head = sys.argv[1:]
 while not os.path.exists(go):
     time.sleep(0.005)
+auth = "Basic " + base64.b64encode(
+    ("x-access-token:" + os.environ["TEST_GIT_TOKEN"]).encode()).decode()
 m = GitMirror(provider="github", name="acme/mono", url=url, cache_dir=cache,
-              token=lambda: os.environ["TEST_GIT_TOKEN"])
+              authorization=lambda: auth)
 ok = m.fetch(["main"])
 print(json.dumps({"ok": ok, "paths": sorted(m.changed_files(base, head).paths)}))
 """

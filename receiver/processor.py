@@ -173,7 +173,7 @@ class Processor:
                 self.log.warning("delivery.dropped", reason="repository no longer configured")
                 return
             if repo.diff == "git":
-                self._fetch(repo, delivery)
+                self._fetch(repo, delivery, final)
             summary = PushSummary()
             for event in delivery.events:
                 if event.after is None:  # a deletion: the route never records one
@@ -350,7 +350,7 @@ class Processor:
                 self._mirrors[repo.key] = mirror
             return mirror
 
-    def _fetch(self, repo: RepositoryConfig, delivery: Delivery) -> None:
+    def _fetch(self, repo: RepositoryConfig, delivery: Delivery, final: bool) -> None:
         """``diff: git``: one fetch for the whole delivery (its branches and heads). A fetch
         the server refuses or that cannot reach it is retried, never "everything changed"."""
         refs = [e.ref_name for e in delivery.events if e.ref_type == "branch"]
@@ -358,8 +358,7 @@ class Processor:
         try:
             self._mirror(repo).fetch(refs)
         except ProviderError as exc:
-            self.log.warning("provider.error", error=str(exc), final=delivery.attempts
-                             >= self.config.processing.max_attempts, diff="git")
+            self.log.warning("provider.error", error=str(exc), final=final, diff="git")
             raise RetryLater(str(exc)) from exc
 
     def _diff(self, push: Push, base: str) -> Diff:

@@ -131,12 +131,6 @@ class StatusWriter:
                 self._thread.start()
         self._queue.put(job)
 
-    def drain(self, timeout: float = 10.0) -> None:
-        """Wait until every queued write was tried (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-
     def _run(self) -> None:
         while True:
             job = self._queue.get()

@@ -84,6 +84,14 @@ def deliver(svc: Service, body: bytes, delivery_id: str | None = None, secret: s
     })
 
 
+def push_and_wait(svc: Service, before: str, head: str) -> None:
+    """Deliver a signed push from ``before`` to ``head`` and wait until it is processed."""
+    answer = deliver(svc, push_body(before, head))
+    assert answer.status_code == 202, answer.text
+    svc.wait_for(lambda lines: any(
+        e.get("event") == "delivery.processed" and e.get("head") == head for e in lines))
+
+
 def service_config(tmp_path: Path, api_url: str, moto_url: str) -> dict[str, Any]:
     return {
         "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.harness import FakeAPI, Recorded, Service
-from tests.test_github_e2e import REPO, GitHubWorld, deliver, push_body
+from tests.test_github_e2e import REPO, GitHubWorld, push_and_wait
 
 SECRET = "e2e-webhook-secret-value"
 MAP_PATH = ".webhook-receiver.yaml"
@@ -91,11 +91,7 @@ class Mono:
     def push(self, changes: dict[str, str | None]) -> str:
         before = self.head
         self.head = self.git.commit(before, changes)
-        answer = deliver(self.svc, push_body(before, self.head))
-        assert answer.status_code == 202, answer.text
-        self.svc.wait_for(lambda lines: any(
-            e.get("event") == "delivery.processed" and e.get("head") == self.head
-            for e in lines))
+        push_and_wait(self.svc, before, self.head)
         return self.head
 
     def started(self, commit: str) -> list[str]:

@@ -20,7 +20,7 @@ import requests
 
 from tests.fake_codepipeline import FakeCodePipeline
 from tests.harness import FakeAPI, Service
-from tests.test_github_e2e import REPO, GitHubWorld, deliver, push_body
+from tests.test_github_e2e import REPO, GitHubWorld, deliver, push_and_wait, push_body
 
 EVENTS_KEY = "events-api-key-value"
 SECRET = "e2e-webhook-secret-value"
@@ -84,11 +84,7 @@ class Rig:
     def push(self, changes: dict[str, str]) -> str:
         before = self.head
         self.head = self.world.git.commit(before, changes)
-        answer = deliver(self.svc, push_body(before, self.head))
-        assert answer.status_code == 202, answer.text
-        self.svc.wait_for(lambda lines: any(
-            e.get("event") == "delivery.processed" and e.get("head") == self.head
-            for e in lines))
+        push_and_wait(self.svc, before, self.head)
         return self.head
 
     def starts(self, pipeline: str) -> list[str]:

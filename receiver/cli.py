@@ -363,6 +363,9 @@ def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                     current.last_execution_status)
                 if store.replace_baseline(current, updated):
                     break
+            else:  # the service moved it every time: say so rather than claim it
+                raise StateError(f"{pipeline.name} on {branch}: its baseline kept changing "
+                                 "while it was seeded; run state seed again")
             print(json.dumps({"repository": repo.name, "branch": branch,
                               "pipeline": pipeline.name, "seeded": True, "commit": commit,
                               "execution_id": execution_id}))

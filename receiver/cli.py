@@ -185,17 +185,20 @@ def _check_module_map(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Dry run: changed paths between two commits, matching rules, what would start.
 
-    The verdicts come from :func:`receiver.decide.decide`, the function the service uses.
+    The plan comes from :func:`receiver.planner.plan_push`, the function the service uses.
     The difference comes from the provider's compare API, or with ``--git-dir`` from a
     local clone (no API, no secret). Without ``--from`` each pipeline is compared from its
-    stored baseline on ``--branch``.
+    stored baseline on ``--branch``, and one holding none (a template's new module) from
+    the branch's last known head, as the next push would be.
     """
     from providers import build_providers
     from providers.base import Diff
-    from receiver.decide import Base, Decision, NoBase, decide, needs_diff
+    from receiver.decide import Base
     from receiver.gitdiff import local_changed_files, local_file_content
     from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
+    from receiver.planner import plan_push
     from receiver.state import open_store
+    from receiver.state.base import Baseline
 
     cfg = _load(args.config)
     candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
@@ -219,32 +222,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print("error: --to must be a full commit id to read the repository's module map",
                   file=sys.stderr)
             return 2
-    selectors = resolved.pipelines.modules.selectors
-    bases: dict[str, Base] = dict.fromkeys(selectors, args.from_sha)
+    store = open_store(cfg.state)
+    before: str | None = args.from_sha
+    baselines: dict[str, Baseline] = {}  # with --from: every pipeline compared from it
     if args.from_sha is None:  # each pipeline from its stored baseline
         branch = args.branch or _first_literal_branch(repo)
-        stored = open_store(cfg.state).baselines(repo.key, branch or "")
-        missing = [n for n in selectors if n not in stored]
-        if branch is None or missing:
+        baselines = store.baselines(repo.key, branch or "")
+        # a pipeline holding none (a template's new module, a new pipeline) is compared as
+        # the next push's would be: from the branch's last known head
+        head = store.heads(repo.key).get(branch or "")
+        before = head.sha if head is not None else None
+        missing = [n for n, sel in resolved.pipelines.modules.selectors.items()
+                   if n not in baselines and not sel.discovers]
+        if branch is None or (missing and before is None) or not (baselines or before):
             print(f"error: no stored baseline on branch {branch!r} for "
-                  f"{', '.join(missing) or 'any pipeline'}; give --from", file=sys.stderr)
+                  f"{', '.join(missing) or 'any pipeline'}, and no known head to compare "
+                  "the others from; give --from", file=sys.stderr)
             return 2
-        bases = {n: stored[n].commit or NoBase.NOTHING_DEPLOYED for n in selectors}
 
-    def difference(base: str) -> Diff:
+    def difference(base: str, head: str) -> Diff:
         if args.git_dir:
-            return local_changed_files(args.git_dir, base, args.to_sha)
-        return providers[repo.provider].changed_files(repo, base, args.to_sha)
+            return local_changed_files(args.git_dir, base, head)
+        return providers[repo.provider].changed_files(repo, base, head)
 
-    decisions: dict[str, Decision] = {}
-    diffs: dict[str, Diff] = {}
-    for base in dict.fromkeys(bases.values()):
-        group = {n: sel for n, sel in selectors.items() if bases[n] == base}
-        diff = None
-        if needs_diff(base, args.to_sha):
-            assert isinstance(base, str)
-            diff = diffs[base] = difference(base)
-        decisions.update(decide(group, base, args.to_sha, diff, new_branch=repo.new_branch))
+    plan = plan_push(resolved.pipelines.modules, baselines, before=before, head=args.to_sha,
+                     diff=difference, new_branch=repo.new_branch)
+    decisions = plan.decisions
+    # the differences from the bases (not those of the keep-newer step)
+    diffs = {base: d for base, d in plan.diffs.items() if base in plan.groups}
+    bases: dict[str, Base] = {n: b for b, group in plan.groups.items() for n in group}
     names = sorted(decisions)
     would_start = [n for n in names if decisions[n].verdict == "changed"]
     per_path: dict[str, list[dict[str, str]]] = {
@@ -253,7 +259,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for path, glob, via in decisions[name].selected():
             per_path[path].append({"pipeline": name, "rule": glob,
                                    **({"via": via} if via else {})})
-    froms = {n: b if isinstance(b, str) else None for n, b in bases.items()}
+    froms = {n: d.base for n, d in decisions.items()}
     single = len(set(bases.values())) == 1
     diff = next(iter(diffs.values()), None) if single else None
     report: dict[str, Any] = {
@@ -261,7 +267,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "from": next(iter(froms.values())) if single else froms, "to": args.to_sha,
         "compare": (diff.status if diff is not None else "identical") if single
         else {base: d.status for base, d in diffs.items()},
-        "api_calls": sum(d.api_calls for d in diffs.values()),
+        "api_calls": plan.api_calls,
         "complete": all(d.complete for d in decisions.values()),
         "changed_paths": per_path, "would_start": would_start,
         "unchanged": [n for n in names if n not in would_start],

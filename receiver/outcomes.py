@@ -126,12 +126,25 @@ def parse_event(doc: Mapping[str, Any]) -> Observation:
     status = EVENT_STATES.get(str(state))
     if status is None:
         raise Ignored(f"execution state {str(state)[:40]!r} is not tracked")
-    attempt = detail.get("pipeline-execution-attempt", 1)
-    if isinstance(attempt, str) and attempt.isdigit():
-        attempt = int(attempt)
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 < attempt < 10**6:
+    attempt = _whole(detail.get("pipeline-execution-attempt", 1))
+    if attempt is None or not 0 < attempt < 10**6:
         raise BadRequest("pipeline-execution-attempt must be a positive whole number")
     return Observation(pipeline, execution_id, status, "event", attempt)
+
+
+def _whole(value: object) -> int | None:
+    """A whole number as EventBridge may write it: AWS writes ``1.0`` (a JSON float) in
+    real events and in its published samples; ``1`` and ``"1"`` are accepted too. None for
+    anything else (a fraction, a boolean, infinity, another type)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 Policy = Callable[[str], str]  # repository key -> its `baseline` setting

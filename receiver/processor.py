@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from providers.base import CommitStatus, Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
-from receiver.decide import Base, Decision, NoBase, decide, needs_diff
+from receiver.decide import Decision
 from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, StateError
 from receiver.events import Delivery, PushEvent
 from receiver.gitdiff import GitMirror
@@ -34,8 +34,8 @@ from receiver.module_map import (
     Resolved,
     provider_source,
 )
-from receiver.modules import Selector
 from receiver.outcomes import Observation, OutcomeRecorder, Source
+from receiver.planner import PushPlan, plan_push
 from receiver.reconcile import caught_up
 from receiver.state.base import (
     NOTHING_DEPLOYED,
@@ -214,44 +214,40 @@ class Processor:
             push.record(name, outcome.state, decision, outcome)
 
     def _branch(self, push: Push) -> None:
-        """Decide every pipeline of the branch against its base, start what changed, and
-        move the baselines; pipelines that lost a baseline race are decided again.
-
-        A template is decided under its own name from the push's own base (finding the
-        concrete pipelines with no baseline yet in that difference), and each concrete
-        pipeline holding a baseline from that baseline."""
+        """Plan every pipeline of the branch (:func:`receiver.planner.plan_push`), start
+        what changed and move the baselines; pipelines that lost a baseline race are
+        planned again against the baselines that won."""
         pipelines = self._pipelines(push)
         pending: set[str] | None = None  # None: every pipeline (the first round)
         for _ in range(MAX_ROUNDS):
             if pending is not None and not pending:
                 return
             baselines = self.store.baselines(push.repo.key, push.event.ref_name)
-            selectors = pipelines.modules.for_branch(baselines)
-            groups: dict[Base, dict[str, Selector]] = {}
-            for name, selector in selectors.items():
-                if pending is None or name in pending:
-                    base = self._base(push, baselines.get(name))
-                    groups.setdefault(base, {})[name] = selector
-            decisions: dict[str, Decision] = {}
-            for base, group in groups.items():
-                for name, decision in self._decide(push, base, group).items():
-                    # a template found a pipeline that holds a baseline of its own: that
-                    # baseline's group decides it
-                    if name in group or name not in baselines:
-                        decisions[name] = decision
-            self._keep_newer_starts(push, baselines, decisions)
-            pending = set(self._act(push, pipelines, baselines, decisions))
+            plan = plan_push(pipelines.modules, baselines, before=push.event.before,
+                             head=push.head, new_branch=push.repo.new_branch, only=pending,
+                             diff=lambda base, _head: self._diff(push, base))
+            push.summary.api_calls += plan.api_calls
+            push.summary.changed_files = max(push.summary.changed_files, plan.changed_files)
+            self._log_incomplete(push, plan)
+            pending = set(self._act(push, pipelines, baselines, plan.decisions))
         if pending:
             self.log.warning("baseline.contended", pipelines=sorted(pending),
                              reason=f"lost {MAX_ROUNDS} compare-and-set rounds")
             push.summary.retry = True
 
-    @staticmethod
-    def _base(push: Push, baseline: Baseline | None) -> Base:
-        """Where a pipeline is compared from: its baseline, else the push's ``before``."""
-        if baseline is not None:
-            return baseline.commit or NoBase.NOTHING_DEPLOYED
-        return push.event.before or NoBase.NEW_BRANCH
+    def _log_incomplete(self, push: Push, plan: PushPlan) -> None:
+        """Say in the log, per base, when every pipeline counted as changed, and why."""
+        for base, names in plan.groups.items():
+            reasons = {d.reason for n in names if (d := plan.decisions.get(n)) is not None
+                       and d.verdict == "changed" and not d.complete}
+            if not reasons:
+                continue
+            if not isinstance(base, str) or base == push.head:  # nothing to compare from
+                self.log.info("changes.all", reason=reasons.pop(), head=push.head,
+                              pipelines=sorted(names))
+            else:
+                self.log.warning("changes.incomplete", reason=reasons.pop(), base=base,
+                                 head=push.head, pipelines=sorted(names))
 
     def _pipelines(self, push: Push) -> PipelineSet:
         """The configured pipelines and, with ``module_map``, those of the file at the
@@ -291,50 +287,6 @@ class Processor:
         except StateError as exc:
             self.log.warning("status.failed", error=str(exc), status=CONFIG_STATUS,
                              commit=push.head)
-
-    def _decide(self, push: Push, base: Base,
-                group: Mapping[str, Selector]) -> dict[str, Decision]:
-        """:func:`decide` for one group of pipelines sharing ``base``, after the compare it
-        needs; says in the log when every pipeline counts as changed, and why."""
-        diff: Diff | None = None
-        if needs_diff(base, push.head):
-            assert isinstance(base, str)
-            diff = self._diff(push, base)
-            push.summary.api_calls += diff.api_calls
-            if diff.paths is not None and not diff.contained:
-                push.summary.changed_files = max(push.summary.changed_files, len(diff.paths))
-        decisions = decide(group, base, push.head, diff, new_branch=push.repo.new_branch)
-        reasons = {d.reason for d in decisions.values()
-                   if d.verdict == "changed" and not d.complete}
-        if reasons:
-            if diff is None:  # nothing to compare from
-                self.log.info("changes.all", reason=reasons.pop(), head=push.head,
-                              pipelines=sorted(group))
-            else:
-                self.log.warning("changes.incomplete", reason=reasons.pop(), base=base,
-                                 head=push.head, pipelines=sorted(group))
-        return decisions
-
-    def _keep_newer_starts(self, push: Push, baselines: Mapping[str, Baseline],
-                           decisions: dict[str, Decision]) -> None:
-        """A head contained in a pipeline's last started commit is not started again: an
-        older commit must not overtake a newer one (CodePipeline's SUPERSEDED mode goes by
-        start order). Only pipelines whose baseline fell back below their last start need
-        the extra compare; one per distinct last started commit."""
-        by_last: dict[str, list[str]] = {}
-        for name, decision in decisions.items():
-            last = baselines[name].last_started_commit if name in baselines else None
-            if decision.verdict == "changed" and last and last not in (decision.base,
-                                                                       push.head):
-                by_last.setdefault(last, []).append(name)
-        for last, names in by_last.items():
-            diff = self._diff(push, last)
-            push.summary.api_calls += diff.api_calls
-            if diff.contained:
-                for name in names:
-                    decisions[name] = Decision(
-                        "contained", decisions[name].base, source="compare",
-                        reason=f"head is contained in the last started commit {last[:12]}")
 
     def _mirror(self, repo: RepositoryConfig) -> GitMirror:
         """This process's mirror of ``repo`` (made on first use)."""

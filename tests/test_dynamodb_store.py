@@ -16,7 +16,7 @@ from receiver.config import StateConfig
 from receiver.errors import StateError
 from receiver.events import Delivery, PushEvent
 from receiver.state import dynamodb
-from receiver.state.base import Baseline, DecisionRecord, PipelineDecision
+from receiver.state.base import Baseline, DecisionRecord, Head, PipelineDecision
 from receiver.state.dynamodb import DELIVERY_TTL_SECONDS, DynamoDBStore, table_definition
 from tests.harness import MotoServer, free_port
 
@@ -112,8 +112,8 @@ def _every_key_within_the_limits(store: DynamoDBStore, url: str) -> int:
 
 
 @pytest.mark.parametrize(("size", "char"), [
-    (250, "x"), (960, "x"), (980, "x"), (2000, "x"),
-    (980, "ü"), (2000, "日"),  # two and three bytes a character
+    (250, "x"), (960, "x"), (980, "x"), (2000, "x"), (2100, "x"), (5000, "x"),
+    (980, "ü"), (2000, "日"), (2100, "日"),  # two and three bytes a character
 ])
 def test_a_ref_of_any_length_is_recorded_claimed_and_remembered(
         moto_server: MotoServer, size: int, char: str) -> None:
@@ -149,15 +149,39 @@ def test_a_ref_of_any_length_is_recorded_claimed_and_remembered(
     assert store.history(commit=B) == [record]
     assert store.history(pipeline="p1") == [record]
 
-    # the delivery, its ref lock, the baseline and the record under three keys
-    assert _every_key_within_the_limits(store, moto_server.url) == 6
+    # the reconciler's last known head of the branch (the processor notes it per push)
+    store.note_head(repo, branch, B, '"etag"', 15.0)
+    assert store.heads(repo) == {branch: Head(B, '"etag"', 15.0)}
+
+    # the delivery, its ref lock, the baseline, the head and the record under three keys
+    assert _every_key_within_the_limits(store, moto_server.url) == 7
 
     store.release_delivery(claimed, "w1", 20.0)  # frees the ref
     again = store.claim_delivery("w2", 60, 21.0)
     assert again is not None and again.attempts == 2
     store.finish_delivery(again, "w2", "processed", 22.0)
     assert store.claim_delivery("w3", 60, 1000.0) is None
-    assert _every_key_within_the_limits(store, moto_server.url) == 5  # the lock is gone
+    assert _every_key_within_the_limits(store, moto_server.url) == 6  # the lock is gone
+    store.note_head(repo, branch, None, None, 23.0)  # the branch was deleted
+    assert store.heads(repo) == {}
+
+
+def test_pushes_to_a_2100_byte_branch_are_processed_on_dynamodb(
+        moto_server: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_processor import World
+
+    monkeypatch.setenv("PROC_SECRET", "x")
+    branch = "release/" + _branch(2092, "x")
+    world = World(tmp_path, store=make_store(moto_server.url), branches=["release/*"])
+    c1 = world.git.commit(world.root, {"svc/collections/a.py": "2"})
+    world.push(world.root, c1, ref=branch)  # no baseline yet: compared with 'before'
+    c2 = world.git.commit(c1, {"svc/utilities/u.py": "2"})
+    world.push(c1, c2, ref=branch)
+    assert [(r.pipeline, r.branch) for r in world.launcher.started] == [
+        ("collections", branch), ("utilities", branch)]
+    assert world.baseline("utilities", branch) == c2
+    assert world.store.heads("github:acme/mono") == {branch: Head(c2, None, ANY)}
+    assert _every_key_within_the_limits(world.store, moto_server.url) > 0  # type: ignore[arg-type]
 
 
 def test_long_refs_that_share_their_first_kilobytes_stay_apart(moto_server: MotoServer) -> None:

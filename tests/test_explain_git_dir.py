@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,7 +30,13 @@ def clone_with_history(path: Path) -> list[str]:
     return commits
 
 
-def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+PIPELINES = [{"name": "a-deploy", "paths": ["svc/a/**"]},
+             {"name": "b-deploy", "paths": ["svc/b/**"]}]
+TEMPLATE = [{"name": "svc-{module}-deploy", "paths": ["svc/{module}/**"]}]
+
+
+def run(tmp_path: Path, *args: str,
+        pipelines: list[dict[str, Any]] = PIPELINES) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
         "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
@@ -37,8 +44,7 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "repositories": [{"provider": "github", "name": REPO, "api_url": "http://127.0.0.1:9",
                           "webhook_secrets": ["env:NOT_SET_SECRET"],
                           "api_token": "env:NOT_SET_TOKEN", "branches": ["main"],
-                          "pipelines": [{"name": "a-deploy", "paths": ["svc/a/**"]},
-                                        {"name": "b-deploy", "paths": ["svc/b/**"]}]}],
+                          "pipelines": pipelines}],
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOT_SET_")}
     return subprocess.run([sys.executable, "-m", "receiver.cli", *args, "--config", str(config)],
@@ -73,6 +79,22 @@ def test_explain_compares_each_pipeline_from_its_stored_baseline_by_default(
     report = json.loads(done.stdout)
     assert report["from"] == {"a-deploy": c2, "b-deploy": c1}
     assert report["would_start"] == ["b-deploy"] and report["unchanged"] == ["a-deploy"]
+
+
+def test_explain_plans_a_template_from_its_stored_baselines_without_from(
+        tmp_path: Path) -> None:
+    c1, c2, c3 = clone_with_history(tmp_path / "clone")
+    for pipeline, commit in (("svc-a-deploy", c2), ("svc-b-deploy", c1)):
+        seeded = run(tmp_path, "state", "seed", "--pipeline", pipeline, "--commit", commit,
+                     pipelines=TEMPLATE)
+        assert seeded.returncode == 0, seeded.stderr
+    done = run(tmp_path, "explain", "--repository", REPO, "--to", c3,
+               "--git-dir", str(tmp_path / "clone"), "--json", pipelines=TEMPLATE)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["from"] == {"svc-a-deploy": c2, "svc-b-deploy": c1}
+    assert report["would_start"] == ["svc-b-deploy"]
+    assert report["unchanged"] == ["svc-a-deploy"]
 
 
 def test_explain_without_from_or_stored_baselines_says_what_to_give(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
+from providers.base import load_json_object
 from receiver.errors import BadRequest, Ignored
 from receiver.outcomes import Observation, advance, baseline_after, parse_event
 from receiver.state.base import NOTHING_DEPLOYED, Baseline, Execution
+from tests.harness import fixture_bytes
 
 C0, C1, C2 = "0" * 39 + "a", "1" * 39 + "a", "2" * 39 + "a"
 RUNNING = Execution("p", "x1", "github:acme/mono", "main", C1, started_at=10.0)
@@ -107,6 +109,27 @@ def event(**detail: Any) -> dict[str, Any]:
                        "pipeline-execution-attempt": 2, **detail}}
 
 
+@pytest.mark.parametrize(("sample", "state"), [
+    ("aws-docs-pipeline-started.json", "InProgress"),
+    ("aws-docs-pipeline-succeeded.json", "Succeeded"),
+    ("aws-docs-pipeline-failed.json", "Failed"),
+    ("aws-docs-pipeline-succeeded-git-tags.json", "Succeeded"),
+])
+def test_parses_the_events_aws_publishes_with_float_attempts(sample: str, state: str) -> None:
+    doc = load_json_object(fixture_bytes(f"codepipeline/{sample}"))
+    assert doc["detail"]["pipeline-execution-attempt"] == 1.0  # a float, as AWS writes it
+    seen = parse_event(doc)
+    assert (seen.status, seen.attempt) == (state, 1)
+    assert isinstance(seen.attempt, int)
+
+
+@pytest.mark.parametrize(("written", "attempt"), [(2.0, 2), (2, 2), ("2", 2)],
+                         ids=["a float", "an integer", "a digit string"])
+def test_reads_a_console_retry_attempt_however_it_is_written(written: Any,
+                                                            attempt: int) -> None:
+    assert parse_event(event(**{"pipeline-execution-attempt": written})).attempt == attempt
+
+
 def test_parses_an_eventbridge_execution_event() -> None:
     assert parse_event(event()) == Observation("p", "x1", "Failed", "event", 2)
     assert parse_event(event(state="CANCELED")).status == "Cancelled"
@@ -132,9 +155,13 @@ def test_ignores_what_is_not_a_tracked_pipeline_execution_event(doc: dict[str, A
     event(state=""),
     event(**{"pipeline-execution-attempt": 0}),
     event(**{"pipeline-execution-attempt": True}),
+    event(**{"pipeline-execution-attempt": 1.5}),
+    event(**{"pipeline-execution-attempt": -1.0}),
+    event(**{"pipeline-execution-attempt": "1.0"}),
     event(pipeline="p" * 201),
 ], ids=["detail not an object", "no pipeline", "execution id not a string", "empty state",
-        "attempt zero", "attempt boolean", "pipeline too long"])
+        "attempt zero", "attempt boolean", "attempt a fraction", "attempt negative",
+        "attempt a decimal string", "pipeline too long"])
 def test_refuses_a_malformed_event(doc: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
         parse_event(doc)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.aws_events import aws_event
 from tests.fake_codepipeline import FakeCodePipeline
 from tests.harness import FakeAPI, Service
 from tests.test_github_e2e import REPO, GitHubWorld, deliver, push_and_wait, push_body
@@ -109,13 +110,8 @@ class Rig:
 
 
 def event_body(pipeline: str, execution_id: str, state: str, attempt: int = 1) -> bytes:
-    return json.dumps({
-        "version": "0", "id": "e-1", "detail-type": "CodePipeline Pipeline Execution State Change",
-        "source": "aws.codepipeline", "account": "123456789012", "time": "2026-12-01T10:00:00Z",
-        "region": "us-east-1", "resources": [f"arn:aws:codepipeline:us-east-1:123456789012:{pipeline}"],
-        "detail": {"pipeline": pipeline, "execution-id": execution_id, "state": state,
-                   "version": 1, "pipeline-execution-attempt": attempt},
-    }).encode()
+    """AWS's published event for ``state`` (floats and all), about this execution."""
+    return aws_event(pipeline, execution_id, state, attempt)
 
 
 def send_event(svc: Service, pipeline: str, execution_id: str, state: str, attempt: int = 1,

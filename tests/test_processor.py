@@ -20,6 +20,7 @@ from receiver.events import Delivery, PushEvent
 from receiver.launcher import StartRequest
 from receiver.logging import configure
 from receiver.processor import Processor, RetryLater
+from receiver.state.base import StateStore
 from receiver.state.sqlite import SQLiteStore
 from tests.gitmodel import GitModel
 
@@ -84,11 +85,12 @@ def config(**repo_extra: Any) -> Any:
 
 
 class World:
-    def __init__(self, tmp_path: Path, **repo_extra: Any) -> None:
+    def __init__(self, tmp_path: Path, store: StateStore | None = None,
+                 **repo_extra: Any) -> None:
         self.git = GitModel()
         self.root = self.git.commit(None, {"svc/collections/a.py": "1", "svc/utilities/u.py": "1",
                                            "web/index.html": "1", "README.md": "1"})
-        self.store = SQLiteStore(str(tmp_path / "state.db"))
+        self.store = store or SQLiteStore(str(tmp_path / "state.db"))
         self.store.init()
         self.provider = ModelProvider(self.git)
         self.launcher = RecordingLauncher()
@@ -104,8 +106,8 @@ class World:
                             attempts=attempts)
         self.processor.process(delivery)
 
-    def baseline(self, pipeline: str) -> str | None:
-        found = self.store.baselines(KEY, "main").get(pipeline)
+    def baseline(self, pipeline: str, branch: str = "main") -> str | None:
+        found = self.store.baselines(KEY, branch).get(pipeline)
         return found.commit if found else None
 
 

@@ -506,6 +506,22 @@ def test_open_executions_are_the_unfinished_ones_started_before_a_time(
         "old", "new"]
 
 
+def test_a_console_retried_execution_is_open_again_until_its_new_attempt_ends(
+        store: StateStore) -> None:
+    started = execution(started_at=1.0)
+    store.record_execution(started)
+    failed = execution(started_at=1.0, status="Failed", updated_at=5.0)
+    assert store.update_execution(started, failed) is True
+    assert store.open_executions(started_before=100.0) == []
+    # retried from the console: same id, the next attempt, running again
+    retried = execution(started_at=1.0, attempt=2, updated_at=6.0)
+    assert store.update_execution(failed, retried) is True
+    assert store.open_executions(started_before=100.0) == [retried]
+    succeeded = execution(started_at=1.0, attempt=2, status="Succeeded", updated_at=7.0)
+    assert store.update_execution(retried, succeeded) is True
+    assert store.open_executions(started_before=100.0) == []
+
+
 def test_replace_baseline_writes_every_field_under_compare_and_set(store: StateStore) -> None:
     store.advance_baseline(Baseline("github:acme/mono", "main", "p"), B, 1.0, execution_id="x1")
     current = store.baselines("github:acme/mono", "main")["p"]

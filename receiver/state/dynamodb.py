@@ -13,10 +13,11 @@ Single-table design (table name from ``state.table``; keys are strings):
   for compare-and-set (one Query reads a whole branch).
 - execution: pk ``EXECUTION#{pipeline}#{execution_id}``, sk ``EXECUTION``; while it has no
   final status it also carries ``gsi1pk = OPEN_EXECUTION`` and ``gsi1sk = started_at``, so
-  the outcome poll reads exactly the running ones from the same sparse GSI; TTL.
+  the outcome poll reads exactly the running ones from the same sparse GSI (a console retry
+  of a finished execution puts it back); TTL.
 - lease: pk ``LEASE#{name}``, sk ``LEASE``; (owner, until), taken by a conditional put.
 - head: pk ``HEAD#{repository}``, sk ``BRANCH#{branch}``; the last known head of one
-  watched branch (``sha``, ``etag`` when the provider gave one, ``updated_at``), written
+  watched branch (``branch``, ``sha``, ``etag`` when the provider gave one, ``updated_at``), written
   after each processed branch push and by the reconciler; one Query reads a repository's
   heads; no TTL (deleted when the reconciler finds the branch gone).
 - status write: pk ``STATUS#{key}``, sk ``STATUS``; created once per commit status; TTL.
@@ -28,10 +29,11 @@ Single-table design (table name from ``state.table``; keys are strings):
   pipeline's entry, only when it was started, failed or in flight); sk
   ``{recorded_at}#{delivery_id}#{push_key}``; TTL.
 
-Every key is built by ``_fit``: one longer than DynamoDB allows (2,048 bytes for a partition
-key, 1,024 for a sort key, in the table and its index alike) keeps its first bytes and ends
-in a digest of the whole, so a ref name of any length has a key. The names themselves are
-ordinary attributes (or inside the record), and every read builds its key the same way.
+Every key is built by one function, ``_key`` (through ``_fit``): one longer than DynamoDB
+allows (2,048 bytes for a partition key, 1,024 for a sort key, in the table and its index
+alike) keeps its first bytes and ends in a digest of the whole, so a ref name of any length
+has a key. The names themselves are ordinary attributes (or inside the record), and every
+read builds its key the same way.
 
 - module map: pk ``MODULEMAP#{repository}``, sk ``MODULEMAP``; the last valid
   repository-side module map file (``body``, zlib-compressed text) and the ``commit`` it
@@ -158,13 +160,20 @@ def _fit(key: str, limit: int) -> str:
     return f"{head}~{hashlib.sha256(raw).hexdigest()}"
 
 
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    """The one key builder: every item's key (``pk``, ``sk``), each fitted to DynamoDB's
+    limit by :func:`_fit`, so a name of any length (a 2,100-byte branch) has a key, and
+    every read builds the same key as the write."""
+    return {"pk": _s(_fit(pk, PK_MAX_BYTES)), "sk": _s(_fit(sk, SK_MAX_BYTES))}
+
+
 def _ref_id(ref_key: str) -> str:
     """A delivery's ``ref_key`` as its ref lock and the GSI sort key carry it."""
     return _fit(ref_key, SK_MAX_BYTES - len(_sortable(0)) - 1)
 
 
 def _ref_lock_key(ref_id: str) -> dict[str, Any]:
-    return {"pk": _s(f"REFLOCK#{ref_id}"), "sk": _s("LOCK")}
+    return _key(f"REFLOCK#{ref_id}", "LOCK")
 
 
 class DynamoDBStore:
@@ -241,15 +250,14 @@ class DynamoDBStore:
 
     def ping(self) -> None:
         """A consistent read of a key that never exists: proves reachability and permissions."""
-        self._call("get_item", TableName=self.table, Key={"pk": _s("PING"), "sk": _s("PING")},
+        self._call("get_item", TableName=self.table, Key=_key("PING", "PING"),
                    ConsistentRead=True)
 
     # --- deliveries ----------------------------------------------------------------------
 
     @staticmethod
     def _delivery_key(provider: str, delivery_id: str) -> dict[str, Any]:
-        return {"pk": _s(_fit(f"DELIVERY#{provider}#{delivery_id}", PK_MAX_BYTES)),
-                "sk": _s("DELIVERY")}
+        return _key(f"DELIVERY#{provider}#{delivery_id}", "DELIVERY")
 
     def record_delivery(self, delivery: Delivery, now: float) -> bool:
         item = {
@@ -367,8 +375,8 @@ class DynamoDBStore:
     # --- baselines -----------------------------------------------------------------------
 
     @staticmethod
-    def _baseline_pk(repository: str, branch: str) -> dict[str, str]:
-        return _s(_fit(f"BASELINE#{repository}#{branch}", PK_MAX_BYTES))
+    def _baseline_key(repository: str, branch: str, pipeline: str = "") -> dict[str, Any]:
+        return _key(f"BASELINE#{repository}#{branch}", f"PIPELINE#{pipeline}")
 
     @staticmethod
     def _baseline(item: dict[str, Any]) -> Baseline:
@@ -388,7 +396,7 @@ class DynamoDBStore:
         kwargs: dict[str, Any] = {
             "TableName": self.table, "ConsistentRead": True,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": self._baseline_pk(repository, branch)},
+            "ExpressionAttributeValues": {":pk": self._baseline_key(repository, branch)["pk"]},
         }
         while True:
             page = self._call("query", **kwargs)
@@ -401,8 +409,7 @@ class DynamoDBStore:
 
     def advance_baseline(self, expected: Baseline, commit: str, now: float,
                          execution_id: str | None = None) -> bool:
-        key = {"pk": self._baseline_pk(expected.repository, expected.branch),
-               "sk": _s(_fit(f"PIPELINE#{expected.pipeline}", SK_MAX_BYTES))}
+        key = self._baseline_key(expected.repository, expected.branch, expected.pipeline)
         sets = ["#c = :c", "updated_at = :now", "version = :next",
                 "repository = :r", "branch = :b", "pipeline = :p"]
         values: dict[str, Any] = {":c": _s(commit), ":now": _n(now),
@@ -447,14 +454,13 @@ class DynamoDBStore:
     def _history_keys(record: DecisionRecord) -> list[tuple[dict[str, Any], DecisionRecord]]:
         """The key and body of each item that holds ``record``: under its delivery, its
         head and each active pipeline (that one narrowed to the pipeline's entry)."""
-        sk = _s(_fit(f"{_sortable(record.recorded_at)}#{record.delivery_id}#{record.push_key}",
-                     SK_MAX_BYTES))
+        sk = f"{_sortable(record.recorded_at)}#{record.delivery_id}#{record.push_key}"
         bodies = [(f"DELIVERY#{record.delivery_id}", record)]
         if record.head:
             bodies.append((f"COMMIT#{record.head}", record))
         bodies += [(f"PIPELINE#{p.pipeline}", record.only(p.pipeline))
                    for p in record.pipelines if p.verdict in ACTIVE_VERDICTS]
-        return [({"pk": _s(_fit(f"HISTORY#{name}", PK_MAX_BYTES)), "sk": sk}, body)
+        return [(_key(f"HISTORY#{name}", sk), body)
                 for name, body in bodies]
 
     def record_decision(self, record: DecisionRecord) -> None:
@@ -496,8 +502,7 @@ class DynamoDBStore:
             raise ValueError("give delivery_id, commit or pipeline")
         page = self._call("query", TableName=self.table, ConsistentRead=True,
                           KeyConditionExpression="pk = :pk",
-                          ExpressionAttributeValues={":pk": _s(_fit(f"HISTORY#{key}",
-                                                                    PK_MAX_BYTES))},
+                          ExpressionAttributeValues={":pk": _key(f"HISTORY#{key}", "")["pk"]},
                           ScanIndexForward=False, Limit=limit)
         return [_unpack(item["body"]) for item in page.get("Items", [])]
 
@@ -505,7 +510,7 @@ class DynamoDBStore:
 
     @staticmethod
     def _start_key(pipeline: str, commit: str) -> dict[str, Any]:
-        return {"pk": _s(_fit(f"START#{pipeline}#{commit}", PK_MAX_BYTES)), "sk": _s("START")}
+        return _key(f"START#{pipeline}#{commit}", "START")
 
     def _get_start(self, pipeline: str, commit: str) -> StartRecord:
         item = self._call("get_item", TableName=self.table, ConsistentRead=True,
@@ -559,8 +564,7 @@ class DynamoDBStore:
     # --- execution outcomes, leases, status writes ---------------------------------------
 
     def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:
-        key = {"pk": self._baseline_pk(expected.repository, expected.branch),
-               "sk": _s(_fit(f"PIPELINE#{expected.pipeline}", SK_MAX_BYTES))}
+        key = self._baseline_key(expected.repository, expected.branch, expected.pipeline)
         fields = {"commit": updated.commit, "last_started_commit": updated.last_started_commit,
                   "last_execution_id": updated.last_execution_id,
                   "deployed_commit": updated.deployed_commit,
@@ -582,8 +586,7 @@ class DynamoDBStore:
 
     @staticmethod
     def _execution_key(pipeline: str, execution_id: str) -> dict[str, Any]:
-        return {"pk": _s(_fit(f"EXECUTION#{pipeline}#{execution_id}", PK_MAX_BYTES)),
-                "sk": _s("EXECUTION")}
+        return _key(f"EXECUTION#{pipeline}#{execution_id}", "EXECUTION")
 
     def record_execution(self, execution: Execution) -> None:
         x = execution
@@ -613,18 +616,24 @@ class DynamoDBStore:
         return None if item is None else self._execution(item)
 
     def update_execution(self, expected: Execution, updated: Execution) -> bool:
-        # a final status leaves the sparse index: the poll never asks about it again
-        index = "REMOVE gsi1pk, gsi1sk" if updated.final else ""
+        # a final status leaves the sparse index: the poll never asks about it again; a
+        # console retry (same id, next attempt, running again) comes back into it
+        values = {":s": _s(updated.status), ":a": _n(updated.attempt),
+                  ":now": _n(updated.updated_at), ":old": _s(expected.status),
+                  ":olda": _n(expected.attempt)}
+        if updated.final:
+            index = " REMOVE gsi1pk, gsi1sk"
+        else:
+            index = ", gsi1pk = :open, gsi1sk = :started"
+            values.update({":open": _s(OPEN_EXECUTION),
+                           ":started": _s(_sortable(updated.started_at))})
         answer = self._call(
             "update_item", TableName=self.table,
             Key=self._execution_key(expected.pipeline, expected.execution_id),
-            UpdateExpression=f"SET #st = :s, attempt = :a, updated_at = :now {index}".strip(),
+            UpdateExpression="SET #st = :s, attempt = :a, updated_at = :now" + index,
             ConditionExpression="#st = :old AND attempt = :olda",
             ExpressionAttributeNames={"#st": "status"},
-            ExpressionAttributeValues={":s": _s(updated.status), ":a": _n(updated.attempt),
-                                       ":now": _n(updated.updated_at),
-                                       ":old": _s(expected.status),
-                                       ":olda": _n(expected.attempt)})
+            ExpressionAttributeValues=values)
         return answer is not None
 
     def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
@@ -644,8 +653,7 @@ class DynamoDBStore:
     def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
         answer = self._call(
             "put_item", TableName=self.table,
-            Item={"pk": _s(_fit(f"LEASE#{name}", PK_MAX_BYTES)), "sk": _s("LEASE"),
-                  "owner": _s(owner),
+            Item={**_key(f"LEASE#{name}", "LEASE"), "owner": _s(owner),
                   "until": _n(until), "expires_at": _n(int(until + 86400))},
             ConditionExpression="attribute_not_exists(pk) OR #o = :o OR #u <= :now",
             ExpressionAttributeNames={"#o": "owner", "#u": "until"},
@@ -655,8 +663,7 @@ class DynamoDBStore:
     def claim_status_write(self, key: str, now: float) -> bool:
         answer = self._call(
             "put_item", TableName=self.table,
-            Item={"pk": _s(_fit(f"STATUS#{key}", PK_MAX_BYTES)), "sk": _s("STATUS"),
-                  "claimed_at": _n(now),
+            Item={**_key(f"STATUS#{key}", "STATUS"), "claimed_at": _n(now),
                   "expires_at": _n(int(now + START_TTL_SECONDS))},
             ConditionExpression="attribute_not_exists(pk)")
         return answer is not None
@@ -666,12 +673,14 @@ class DynamoDBStore:
         kwargs: dict[str, Any] = {
             "TableName": self.table, "ConsistentRead": True,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": _s(f"HEAD#{repository}")},
+            "ExpressionAttributeValues": {":pk": _key(f"HEAD#{repository}", "")["pk"]},
         }
         while True:
             page = self._call("query", **kwargs)
             for item in page.get("Items", []):
-                branch = str(item["sk"]["S"]).removeprefix("BRANCH#")
+                # the name itself is an attribute (a long one's key is shortened); rows
+                # written before it was kept hold it only in the key
+                branch = _get_s(item, "branch") or str(item["sk"]["S"]).removeprefix("BRANCH#")
                 found[branch] = Head(str(_get_s(item, "sha")), _get_s(item, "etag"),
                                      _get_n(item, "updated_at"))
             if "LastEvaluatedKey" not in page:
@@ -680,19 +689,19 @@ class DynamoDBStore:
 
     def note_head(self, repository: str, branch: str, sha: str | None, etag: str | None,
                   now: float) -> None:
-        key = {"pk": _s(f"HEAD#{repository}"), "sk": _s(f"BRANCH#{branch}")}
+        key = _key(f"HEAD#{repository}", f"BRANCH#{branch}")
         if sha is None:
             self._call("delete_item", TableName=self.table, Key=key)
             return
-        item: dict[str, Any] = {**key, "sha": _s(sha), "updated_at": _n(now)}
+        item: dict[str, Any] = {**key, "branch": _s(branch), "sha": _s(sha),
+                                "updated_at": _n(now)}
         if etag is not None:
             item["etag"] = _s(etag)
         self._call("put_item", TableName=self.table, Item=item)
 
     def module_map(self, repository: str) -> tuple[str, str] | None:
         item = self._call("get_item", TableName=self.table, ConsistentRead=True,
-                          Key={"pk": _s(f"MODULEMAP#{repository}"),
-                               "sk": _s("MODULEMAP")}).get("Item")
+                          Key=_key(f"MODULEMAP#{repository}", "MODULEMAP")).get("Item")
         if item is None:
             return None
         return str(item["commit"]["S"]), zlib.decompress(item["body"]["B"]).decode("utf-8")
@@ -700,5 +709,5 @@ class DynamoDBStore:
     def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
         # compressed: a map of thousands of modules must fit DynamoDB's 400 KB items
         self._call("put_item", TableName=self.table, Item={
-            "pk": _s(f"MODULEMAP#{repository}"), "sk": _s("MODULEMAP"), "commit": _s(commit),
+            **_key(f"MODULEMAP#{repository}", "MODULEMAP"), "commit": _s(commit),
             "body": {"B": zlib.compress(text.encode("utf-8"), 6)}, "updated_at": _n(now)})

@@ -21,8 +21,9 @@ base and lose what a force push dropped). ``aheadCount``/``behindCount`` say how
 relates to base. The changes page with ``$top``/``$skip`` (100 by default, and no
 continuation token): ``$skip`` moves by the number of changes a page held, whatever
 ``$top`` asked, and the listing ends at an empty page or once ``changeCounts`` (the count
-of every change of the difference, by type) is reached; fewer listed than counted is an
-incomplete difference. Folder entries are counted but are no paths.
+of every change of the difference, by type) is reached; fewer listed than counted, or a
+page that repeats the one before (``$skip`` not applied), is an incomplete difference.
+Folder entries are counted but are no paths.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class AzureDevOpsProvider(HttpProvider):
         status: CompareStatus | None = None
         total: int | None = None
         listed = 0
+        previous: object = None  # the first change of the page before
         for _ in range(MAX_DIFF_PAGES):
             resp = self._get(repo, url, {
                 "baseVersion": base, "baseVersionType": "commit", "targetVersion": head,
@@ -218,6 +220,12 @@ class AzureDevOpsProvider(HttpProvider):
             changes = page.get("changes")
             if not isinstance(changes, list):
                 raise ProviderError("diffs answer has no changes list")
+            if changes and changes[0] == previous:
+                # $skip was not applied: counting the same page again would end the list
+                # at changeCounts with pages never seen
+                return Diff(status, None, "diffs answered the same page for another $skip",
+                            client.calls - start)
+            previous = changes[0] if changes else None
             for change in changes:
                 change_paths = _change_paths(change)
                 if change_paths is None:

@@ -378,10 +378,33 @@ def test_a_list_that_ends_before_its_change_count_is_incomplete(world: World) ->
     assert diff.reason == "diffs listed 5 of the 16 changes it counted"
 
 
+def test_a_server_that_ignores_skip_is_incomplete_not_counted_twice(world: World) -> None:
+    body = example("ms-api-diffs-commits.json")  # changeCounts: 16
+    first_two = {**body, "changes": body["changes"][:2]}
+    world.api.routes = type(world.api.routes)(lambda rec: (200, first_two, {}))
+    diff = world.provider().changed_files(world.repo(), "c" * 40, "d" * 40)
+    assert diff.paths is None
+    assert diff.reason == "diffs answered the same page for another $skip"
+    assert world.skips() == ["0", "2"]
+
+
+def test_refs_sharing_the_prefix_are_read_at_most_five_pages(world: World) -> None:
+    world.azure.heads.update({f"main-{i:03d}": "b" * 40 for i in range(600)})
+    with pytest.raises(ProviderError, match="more than 5 pages"):
+        world.provider().branch_head(world.repo(), "main", None)
+    assert len(world.api.requests) == 5
+
+
 def test_a_server_that_never_ends_is_read_only_to_the_page_cap(world: World) -> None:
     body = example("ms-api-diffs-commits.json")
     del body["changeCounts"]  # hostile: no count, and a page is never empty
-    world.api.routes = type(world.api.routes)(lambda rec: (200, body, {}))
+
+    def endless(rec: Recorded) -> Any:
+        skip = rec.query["$skip"][0]
+        return 200, {**body, "changes": [{**c, "item": {**c["item"], "path": f"/{skip}/{i}"}}
+                                         for i, c in enumerate(body["changes"])]}, {}
+
+    world.api.routes = type(world.api.routes)(endless)
     started = time.monotonic()
     diff = world.provider().changed_files(world.repo(), "c" * 40, "d" * 40)
     assert diff.paths is None

@@ -238,9 +238,8 @@ class AzureDevOpsProvider(HttpProvider):
                     return Diff(status, None, f"diffs listed {listed} of the {total} changes "
                                 "it counted", client.calls - start)
                 return Diff(status, frozenset(paths), None, client.calls - start)
-        assert status is not None  # the loop ran at least once
-        return Diff(status, None, f"diffs needed more than {MAX_DIFF_PAGES} pages",
-                    client.calls - start)
+        return Diff(status or "diverged", None, f"diffs needed more than {MAX_DIFF_PAGES} "
+                    "pages", client.calls - start)
 
     # --- commit statuses ---------------------------------------------------------------
 

@@ -179,8 +179,14 @@ class Provider(Protocol):
         """
         ...
 
-    def delivery_id(self, headers: Headers) -> str:
-        """The provider's delivery id. Raises BadRequest when missing or malformed."""
+    def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
+        """The provider's delivery id. Raises BadRequest when missing or malformed.
+
+        ``body`` is the raw body once the delivery is verified; before (the id a rejected
+        request is logged with) it is None. Most providers send the id as a header and
+        ignore it; a provider that sends it only in the body (Azure DevOps: the event's
+        ``id``) reads it from a verified body and raises BadRequest when given None.
+        """
         ...
 
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:

@@ -83,9 +83,6 @@ class AzureDevOpsProvider(HttpProvider):
     # is refused before its body is read (declared here until the protocol carries it)
     credential_headers: ClassVar[tuple[str, ...]] = ("authorization",)
     default_api_url: ClassVar[str | None] = "https://dev.azure.com"
-    # the clone URL puts /_git/ between project and repository, which a {name} template
-    # cannot: git_url is configured (https://dev.azure.com/{org}/{project}/_git/{repo})
-    default_git_url: ClassVar[str | None] = None
     # "Use personal access tokens": git takes a PAT as the Basic password of an empty
     # user name (Authorization: Basic base64(":PAT"))
     git_user: ClassVar[str | None] = ""
@@ -155,6 +152,17 @@ class AzureDevOpsProvider(HttpProvider):
             headers["Authorization"] = "Basic " + base64.b64encode(
                 f":{token}".encode()).decode("ascii")
         return headers
+
+    @classmethod
+    def git_url_for(cls, api_url: str, name: str) -> str | None:
+        """Provider.git_url_for: ``{api_url}/{org}/{project}/_git/{repository}`` (Azure
+        DevOps Services, and Server with the collection as the organization)."""
+        parts = name.split("/")
+        if len(parts) != 3:
+            return None
+        org, project, repository = parts
+        return (f"{api_url.rstrip('/')}/{quote(org, safe='')}/{quote(project, safe='')}"
+                f"/_git/{quote(repository, safe='')}")
 
     def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
         """Provider.file_url: ``/{org}/{project}/_git/{repo}?path=/{path}&version=GC{sha}``."""

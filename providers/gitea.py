@@ -154,6 +154,11 @@ class GiteaProvider(HttpProvider):
             return None
         return "Basic " + base64.b64encode(f"{repo.api_token.value()}:".encode()).decode("ascii")
 
+    @classmethod
+    def git_url_for(cls, api_url: str, name: str) -> str | None:
+        """Provider.git_url_for: ``https://HOST/{owner}/{repo}.git`` beside the API."""
+        return f"{_web_root(api_url)}/{name}.git"
+
     def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
         """Provider.file_url: ``/{owner}/{repo}/src/commit/{sha}/{path}`` on the host."""
         return f"{_web_root(repo.api_url)}/{repo.name}/src/commit/{commit}/{quote(path, safe='/')}"

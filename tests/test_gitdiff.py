@@ -133,21 +133,24 @@ def test_a_repository_without_a_token_sends_no_git_authorization() -> None:
         dataclasses.replace(repo, api_token=None)) is None
 
 
-@pytest.mark.parametrize(("provider", "expected"), [
-    ("github", "https://github.com/acme/mono.git"),
-    ("gitlab", "https://gitlab.com/acme/mono.git"),
-    ("bitbucket", "https://bitbucket.org/acme/mono.git"),
-    ("bitbucket-server", None),
-    # a Gitea host and an Azure DevOps clone URL (/_git/ before the repository) are not a
-    # {name} template: git_url is configured
-    ("gitea", None),
-    ("azure-devops", None),
+@pytest.mark.parametrize(("provider", "api_url", "name", "expected"), [
+    ("github", None, "acme/mono", "https://github.com/acme/mono.git"),
+    ("gitlab", None, "acme/mono", "https://gitlab.com/acme/mono.git"),
+    ("bitbucket", None, "acme/mono", "https://bitbucket.org/acme/mono.git"),
+    ("github", "https://ghe.example/api/v3", "acme/mono", None),  # self-managed: unknown
+    ("bitbucket-server", "https://scm.example", "ACME/mono", None),
+    ("gitea", "https://git.example/api/v1", "acme/mono", "https://git.example/acme/mono.git"),
+    ("azure-devops", None, "acme/Mono Project/mono",
+     "https://dev.azure.com/acme/Mono%20Project/_git/mono"),
+    ("azure-devops", None, "acme/mono", None),  # not organization/project/repository
 ])
-def test_default_git_url_per_provider(provider: str, expected: str | None) -> None:
-    raw = {"provider": provider, "name": "acme/mono", "diff": "git",
-           "api_url": REGISTRY[provider].default_api_url or "https://scm.example",
+def test_default_git_url_per_provider(provider: str, api_url: str | None, name: str,
+                                      expected: str | None) -> None:
+    raw = {"provider": provider, "name": name, "diff": "git",
            "webhook_secrets": ["env:X"], "branches": ["main"],
            "pipelines": [{"name": "p", "paths": ["**"]}]}
+    if api_url is not None:
+        raw["api_url"] = api_url
     if expected is None:
         with pytest.raises(ConfigError, match="git_url: is required"):
             parse({"repositories": [raw]})

@@ -95,9 +95,10 @@ class Worker:
         if delivery.attempts > self.config.max_attempts:
             # the last attempt never ended: the process that held it died (killed, out of
             # memory, timed out), maybe on what this delivery made it do. Not again.
-            self._fail(delivery, "the last attempt did not finish: the process processing "
-                                 "it died (killed, out of memory or timed out)",
-                       attempts=delivery.attempts - 1)
+            with self._heartbeat(delivery):  # writing its records may outlast a lease
+                self._fail(delivery, "the last attempt did not finish: the process "
+                                     "processing it died (killed, out of memory or timed out)",
+                           attempts=delivery.attempts - 1)
             return True
         with self._heartbeat(delivery):
             self._process(delivery)

@@ -22,6 +22,30 @@ def _load(path: str | None) -> config_mod.Config:
     return config_mod.load(config_mod.config_path(path))
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal could act on, or that could hide or
+    reorder what is shown, written as a Python escape (``\\x1b``, ``\\u202e``).
+
+    Those are the characters ``str.isprintable`` calls unprintable: C0 and C1 controls,
+    DEL, the bidirectional controls (U+200E/F, U+202A-202E, U+2066-2069) and every other
+    format character (zero-width ones, U+061C), line and paragraph separators, spaces
+    other than the ASCII one, and unpaired surrogates (a file name that is not UTF-8).
+    Newlines and tabs are escaped too: one call renders one line. Everything else,
+    non-ASCII letters included, is kept as it is."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
+def _say(line: str = "", *, err: bool = False) -> None:
+    """Print one line of text output through :func:`terminal_safe`: file and branch names,
+    pipeline names from a module map, delivery ids and error messages all come from
+    repositories and providers. (JSON output is printed as the json module writes it:
+    ASCII only, every control and non-ASCII character a ``\\u`` escape.)"""
+    print(terminal_safe(line), file=sys.stderr if err else sys.stdout)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the service under gunicorn (threaded workers, each with its background worker)."""
     from gunicorn.app.base import BaseApplication
@@ -66,13 +90,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _check_module_map(args)
     cfg = _load(args.config)
     pipelines = sum(len(r.pipelines) for r in cfg.repositories)
-    print(f"ok: {cfg.source}: {len(cfg.repositories)} repositories, {pipelines} pipelines, "
-          f"state {cfg.state.backend}, launcher {cfg.launcher.backend}")
+    _say(f"ok: {cfg.source}: {len(cfg.repositories)} repositories, {pipelines} pipelines, "
+         f"state {cfg.state.backend}, launcher {cfg.launcher.backend}")
     if not args.online:
         return 0
     failures = [*_check_state(cfg), *_check_pipelines(cfg), *_check_repositories(cfg)]
     for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
+        _say(f"error: {failure}", err=True)
     return 2 if failures else 0
 
 
@@ -85,7 +109,7 @@ def _check_state(cfg: config_mod.Config) -> list[str]:
         open_store(cfg.state).ping()
     except StateError as exc:
         return [f"state store {cfg.state.backend} {where}: {exc}"]
-    print(f"ok: state store {cfg.state.backend} {where} answers")
+    _say(f"ok: state store {cfg.state.backend} {where} answers")
     return []
 
 
@@ -102,11 +126,11 @@ def _check_pipelines(cfg: config_mod.Config) -> list[str]:
     # a template stands for pipelines found in pushes: none of them can be named here
     names = [n for n in every if PLACEHOLDER not in n]
     if len(names) < len(every):
-        print(f"skipped: {len(every) - len(names)} templates (their pipelines are found in "
-              "pushes; an IAM name prefix covers them)")
+        _say(f"skipped: {len(every) - len(names)} templates (their pipelines are found in "
+             "pushes; an IAM name prefix covers them)")
     if cfg.launcher.backend != "codepipeline":
-        print(f"skipped: {len(names)} pipelines not looked up: launcher "
-              f"{cfg.launcher.backend} starts none")
+        _say(f"skipped: {len(names)} pipelines not looked up: launcher "
+             f"{cfg.launcher.backend} starts none")
         return []
     client = aws.client("codepipeline", region_name=cfg.launcher.region,
                         endpoint_url=cfg.launcher.endpoint_url,
@@ -129,7 +153,7 @@ def _check_pipelines(cfg: config_mod.Config) -> list[str]:
                             f"{str(exc)[:300]})")
             return failures
     if not failures:
-        print(f"ok: {len(names)} pipelines exist")
+        _say(f"ok: {len(names)} pipelines exist")
     return failures
 
 
@@ -149,7 +173,7 @@ def _check_repositories(cfg: config_mod.Config) -> list[str]:
         except (ReceiverError, SecretError) as exc:
             failures.append(f"repository {repo.provider} {repo.name}: {exc}")
     if not failures:
-        print(f"ok: {len(cfg.repositories)} repositories readable")
+        _say(f"ok: {len(cfg.repositories)} repositories readable")
     return failures
 
 
@@ -178,7 +202,7 @@ def _check_module_map(args: argparse.Namespace) -> int:
     if problems or found is None:
         raise ConfigError(problems)
     templates = len(found.modules.templates)
-    print(f"ok: {args.module_map}: {len(found.pipelines)} pipelines ({templates} templates)")
+    _say(f"ok: {args.module_map}: {len(found.pipelines)} pipelines ({templates} templates)")
     return 0
 
 
@@ -205,8 +229,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   and (args.provider is None or r.provider == args.provider)]
     if len(candidates) != 1:
         what = "no" if not candidates else "more than one"
-        print(f"error: {what} configured repository named {args.repository!r}"
-              + ("; add --provider" if candidates else ""), file=sys.stderr)
+        _say(f"error: {what} configured repository named {args.repository!r}"
+             + ("; add --provider" if candidates else ""), err=True)
         return 2
     repo = candidates[0]
     providers = build_providers()
@@ -219,8 +243,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         try:
             resolved = maps.resolve(repo, args.to_sha, keep=False)
         except ValueError:
-            print("error: --to must be a full commit id to read the repository's module map",
-                  file=sys.stderr)
+            _say("error: --to must be a full commit id to read the repository's module map",
+                 err=True)
             return 2
     store = open_store(cfg.state)
     before: str | None = args.from_sha
@@ -235,9 +259,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         missing = [n for n, sel in resolved.pipelines.modules.selectors.items()
                    if n not in baselines and not sel.discovers]
         if branch is None or (missing and before is None) or not (baselines or before):
-            print(f"error: no stored baseline on branch {branch!r} for "
-                  f"{', '.join(missing) or 'any pipeline'}, and no known head to compare "
-                  "the others from; give --from", file=sys.stderr)
+            _say(f"error: no stored baseline on branch {branch!r} for "
+                 f"{', '.join(missing) or 'any pipeline'}, and no known head to compare "
+                 "the others from; give --from", err=True)
             return 2
 
     def difference(base: str, head: str) -> Diff:
@@ -283,23 +307,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{repo.provider} {repo.name}: "
-          + (f"{report['from']}" if single else "each pipeline's baseline")
-          + f" -> {args.to_sha}" + (f" (local clone {args.git_dir})" if args.git_dir else ""))
-    print(f"compare: {report['compare']}, {len(per_path)} changed paths, "
-          f"{report['api_calls']} API calls")
+    _say(f"{repo.provider} {repo.name}: "
+         + (f"{report['from']}" if single else "each pipeline's baseline")
+         + f" -> {args.to_sha}" + (f" (local clone {args.git_dir})" if args.git_dir else ""))
+    _say(f"compare: {report['compare']}, {len(per_path)} changed paths, "
+         f"{report['api_calls']} API calls")
     if "note" in report:
-        print(f"note: {report['note']}" + (f" ({report['reason']})" if report.get("reason")
-                                           else ""))
+        _say(f"note: {report['note']}" + (f" ({report['reason']})" if report.get("reason")
+                                          else ""))
     for problem in resolved.problems:
-        print(f"module map invalid at 'to' (the last valid one is used): {problem}")
+        _say(f"module map invalid at 'to' (the last valid one is used): {problem}")
     for path, hits in per_path.items():
         rules = ", ".join(f"{h['pipeline']} ({h['rule']})"
                           + (f" via {h['via']}" if "via" in h else "")
                           for h in hits) or "no pipeline"
-        print(f"  {path}  ->  {rules}")
-    print("would start: " + (", ".join(would_start) or "nothing"))
-    print("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
+        _say(f"  {path}  ->  {rules}")
+    _say("would start: " + (", ".join(would_start) or "nothing"))
+    _say("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
     return 0
 
 
@@ -316,11 +340,11 @@ def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     if args.from_executions == bool(args.pipeline or args.commit) or \
             bool(args.pipeline) != bool(args.commit):
-        print("error: give --from-executions, or both --pipeline and --commit",
-              file=sys.stderr)
+        _say("error: give --from-executions, or both --pipeline and --commit",
+             err=True)
         return 2
     if args.commit and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", args.commit):
-        print("error: --commit must be a full commit id (40 or 64 hex digits)", file=sys.stderr)
+        _say("error: --commit must be a full commit id (40 or 64 hex digits)", err=True)
         return 2
     store = open_store(cfg.state)
     if cfg.state.backend == "sqlite":
@@ -330,8 +354,8 @@ def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     for repo in cfg.repositories:
         branch = args.branch or _first_literal_branch(repo)
         if branch is None:
-            print(f"error: {repo.provider} {repo.name}: no literal branch name in branches; "
-                  "give --branch", file=sys.stderr)
+            _say(f"error: {repo.provider} {repo.name}: no literal branch name in branches; "
+                 "give --branch", err=True)
             return 2
         for pipeline in repo.pipelines:
             if modules_mod.PLACEHOLDER in pipeline.name:
@@ -377,7 +401,7 @@ def cmd_seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                               "execution_id": execution_id}))
             seeded += 1
     if args.pipeline and not seeded:
-        print(f"error: no configured pipeline named {args.pipeline!r}", file=sys.stderr)
+        _say(f"error: no configured pipeline named {args.pipeline!r}", err=True)
         return 2
     return 0
 
@@ -400,7 +424,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     store = open_store(cfg.state)
     if args.action == "init":
         store.init()
-        print(f"ok: state backend {cfg.state.backend} initialised")
+        _say(f"ok: state backend {cfg.state.backend} initialised")
         return 0
     for b in store.all_baselines():
         print(json.dumps({
@@ -432,14 +456,16 @@ def cmd_history(args: argparse.Namespace) -> int:
                 entry["outcome"] = outcomes.get(entry["pipeline"])
             print(json.dumps(doc, separators=(",", ":")))
         else:
-            print(_describe(record, outcomes))
+            for line in _describe(record, outcomes):
+                _say(line)
     if not records:
-        print("no decision recorded for that", file=sys.stderr)
+        _say("no decision recorded for that", err=True)
         return 1
     return 0
 
 
-def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> str:
+def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> list[str]:
+    """The text lines of one decision record (each printed through ``_say``)."""
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(record.recorded_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -464,7 +490,9 @@ def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> str:
         if p.error:
             why.append(f"error {p.error}")
         lines.append(f"  {p.pipeline}: {p.verdict}; " + "; ".join(why))
-    return "\n".join(lines)
+    if record.failure:
+        lines.append(f"  failed: {record.failure}")
+    return lines
 
 
 def _short(sha: str | None) -> str:
@@ -574,12 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print("configuration error:", file=sys.stderr)
+        _say("configuration error:", err=True)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            _say(f"  {problem}", err=True)
         return 2
     except (ProviderError, StateError, SecretError) as exc:  # SecretError: explain's token
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", err=True)
         return 1
 
 

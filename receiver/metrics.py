@@ -18,6 +18,7 @@ dimensions), a fixed outcome, and an execution's final status (one of CodePipeli
 | IncompleteDiffs | Count | provider | changes.incomplete (every pipeline counted as changed) |
 | ProviderErrors | Count | provider | provider.error (a compare failed: retried, then failed) |
 | MissedPushes | Count | provider | reconcile.missed |
+| DeliveriesFailed | Count | provider | delivery.failed (attempts used up, also by workers killed) |
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
                            ("CompareApiCalls", "Count", ("provider",), "compare_api_calls")),
     "changes.incomplete": (("IncompleteDiffs", "Count", ("provider",), None),),
     "provider.error": (("ProviderErrors", "Count", ("provider",), None),),
+    "delivery.failed": (("DeliveriesFailed", "Count", ("provider",), None),),
 }
 
 

@@ -24,7 +24,7 @@ from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Decision
 from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, StateError
 from receiver.events import Delivery, PushEvent
-from receiver.gitdiff import GitMirror
+from receiver.gitdiff import GitMirror, ref_problem
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.module_map import (
@@ -172,11 +172,16 @@ class Processor:
             if repo is None:
                 self.log.warning("delivery.dropped", reason="repository no longer configured")
                 return
+            # diff: git: a branch whose name git refuses fails alone, not the other refs
+            refused = _refused_branches(delivery) if repo.diff == "git" else {}
             if repo.diff == "git":
-                self._fetch(repo, delivery, final)
+                self._fetch(repo, delivery, final, refused)
             summary = PushSummary()
             for event in delivery.events:
                 if event.after is None:  # a deletion: the route never records one
+                    continue
+                if event in refused:
+                    self._refuse(delivery, event, refused[event])
                     continue
                 push = Push(repo, event, event.after, delivery, final, summary)
                 if event.ref_type == "tag":
@@ -302,16 +307,31 @@ class Processor:
                 self._mirrors[repo.key] = mirror
             return mirror
 
-    def _fetch(self, repo: RepositoryConfig, delivery: Delivery, final: bool) -> None:
-        """``diff: git``: one fetch for the whole delivery (its branches and heads). A fetch
-        the server refuses or that cannot reach it is retried, never "everything changed"."""
-        refs = [e.ref_name for e in delivery.events if e.ref_type == "branch"]
-        refs += [e.after for e in delivery.events if e.after]
+    def _fetch(self, repo: RepositoryConfig, delivery: Delivery, final: bool,
+               refused: Mapping[PushEvent, str]) -> None:
+        """``diff: git``: one fetch for the whole delivery (its branches and heads, but not
+        the ``refused`` ones). A fetch the server refuses or that cannot reach it is
+        retried, never "everything changed"."""
+        events = [e for e in delivery.events if e not in refused]
+        # full ref names: a branch named like a commit id or "refs/..." stays a branch
+        refs = [f"refs/heads/{e.ref_name}" for e in events if e.ref_type == "branch"]
+        refs += [e.after for e in events if e.after]
         try:
             self._mirror(repo).fetch(refs)
         except ProviderError as exc:
             self.log.warning("provider.error", error=str(exc), final=final, diff="git")
             raise RetryLater(str(exc)) from exc
+
+    def _refuse(self, delivery: Delivery, event: PushEvent, problem: str) -> None:
+        """A branch git refuses (``diff: git`` cannot fetch it): it fails alone, logged
+        and in its decision record; nothing of it is started or moved."""
+        self.log.warning("push.ref_refused", branch=event.ref_name, reason=problem)
+        self.store.record_decision(DecisionRecord(
+            delivery_id=delivery.delivery_id, provider=delivery.provider,
+            repository=delivery.repository, ref_type=event.ref_type, ref=event.ref_name,
+            before=event.before, head=event.after, recorded_at=self.clock(),
+            attempt=delivery.attempts, pipelines=(),
+            failure=f"git refuses the branch name: refs/heads/{event.ref_name} {problem}"))
 
     def _diff(self, push: Push, base: str) -> Diff:
         provider = self.providers[push.repo.provider]
@@ -470,6 +490,17 @@ class Processor:
         except StateError as exc:  # a status never blocks or undoes a start
             self.log.warning("status.failed", error=str(exc), pipeline=execution.pipeline,
                              commit=execution.commit)
+
+
+def _refused_branches(delivery: Delivery) -> dict[PushEvent, str]:
+    """The branch pushes of ``delivery`` whose name git refuses, with why."""
+    found = {}
+    for event in delivery.events:
+        if event.ref_type == "branch" and event.after is not None:
+            problem = ref_problem(f"refs/heads/{event.ref_name}")
+            if problem is not None:
+                found[event] = problem
+    return found
 
 
 def _baseline_policy(config: Config) -> Callable[[str], str]:

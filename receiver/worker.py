@@ -3,14 +3,18 @@
 A new delivery wakes it at once; a poll every ``poll_seconds`` also picks up deliveries
 whose lease expired (their owner died), so work accepted before a crash is finished by
 whichever process is alive. It runs beside the request threads, whether or not requests
-are in flight. A delivery is processed at most ``processing.max_attempts`` times: a failed
-attempt before the last is released for a retry after ``retry_backoff_seconds * 2 **
-(attempt - 1)``, the last one marks it failed.
+are in flight. A delivery is processed at most ``processing.max_attempts`` times: every
+claim counts as an attempt, a failed attempt before the last is released for a retry after
+``retry_backoff_seconds * 2 ** (attempt - 1)``, the last one marks it failed. An attempt
+that never ends (its process was killed: SIGKILL, out of memory, gunicorn's time-out) counts
+too: a claim that finds the attempts used up finishes the delivery failed instead of
+processing it again, so a delivery that kills its worker cannot hold its ref for ever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -23,7 +27,7 @@ from receiver.errors import StateError
 from receiver.events import Delivery
 from receiver.logging import delivery_context, get_logger
 from receiver.processor import Processor, RetryLater
-from receiver.state.base import StateStore
+from receiver.state.base import DecisionRecord, StateStore
 
 IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing
 
@@ -88,6 +92,14 @@ class Worker:
         delivery = self.store.claim_delivery(self.owner, self.config.lease_seconds, self.clock())
         if delivery is None:
             return False
+        if delivery.attempts > self.config.max_attempts:
+            # the last attempt never ended: the process that held it died (killed, out of
+            # memory, timed out), maybe on what this delivery made it do. Not again.
+            with self._heartbeat(delivery):  # writing its records may outlast a lease
+                self._fail(delivery, "the last attempt did not finish: the process "
+                                     "processing it died (killed, out of memory or timed out)",
+                           attempts=delivery.attempts - 1)
+            return True
         with self._heartbeat(delivery):
             self._process(delivery)
         return True
@@ -137,10 +149,36 @@ class Worker:
         with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
             # the claim counted this attempt: the one numbered max_attempts is the last
             if attempts >= self.config.max_attempts:
-                self.log.error("delivery.failed", error=error, attempts=attempts)
-                self.store.finish_delivery(delivery, self.owner, "failed", self.clock())
+                self._fail(delivery, error, attempts=attempts)
                 return
             delay = self.config.retry_backoff_seconds * 2 ** (attempts - 1)
             self.log.warning("delivery.retry", error=error, attempt=attempts,
                              retry_in_s=round(delay, 1))
             self.store.release_delivery(delivery, self.owner, self.clock() + delay)
+
+    def _fail(self, delivery: Delivery, error: str, *, attempts: int) -> None:
+        """Finish ``delivery`` failed after ``attempts`` attempts: each of its pushes' decision
+        records says why (``history``), then ``delivery.failed`` (metric DeliveriesFailed).
+
+        A store error leaves it claimed: the next claim, after the lease, fails it again."""
+        now = self.clock()
+        failure = f"delivery failed after {attempts} attempts: {error}"
+        # what an earlier attempt recorded of a push is kept, with the failure added
+        earlier = {r.push_key: r for r in self.store.history(
+            delivery_id=delivery.delivery_id, limit=len(delivery.events))
+            if r.provider == delivery.provider}
+        for event in delivery.events:
+            if event.after is None:  # a deletion: never recorded, never processed
+                continue
+            fresh = DecisionRecord(
+                delivery_id=delivery.delivery_id, provider=delivery.provider,
+                repository=delivery.repository, ref_type=event.ref_type, ref=event.ref_name,
+                before=event.before, head=event.after, recorded_at=now, attempt=attempts,
+                pipelines=())
+            record = earlier.get(fresh.push_key, fresh)
+            if record.failure is None:  # else it failed on its own (a ref git refuses)
+                self.store.record_decision(dataclasses.replace(
+                    record, recorded_at=now, attempt=attempts, failure=failure))
+        self.store.finish_delivery(delivery, self.owner, "failed", now)
+        with delivery_context(delivery.delivery_id, delivery.provider, delivery.repository):
+            self.log.error("delivery.failed", error=error, attempts=attempts)

@@ -23,7 +23,14 @@ import pytest
 from providers import REGISTRY
 from receiver.config import parse
 from receiver.errors import ConfigError, ProviderError
-from receiver.gitdiff import GitMirror, local_changed_files
+from receiver.gitdiff import (
+    ENV_PASSED,
+    FETCH_CHUNK,
+    GitMirror,
+    _env,
+    local_changed_files,
+    ref_problem,
+)
 from receiver.logging import configure
 from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git
 from tests.harness import free_port
@@ -587,3 +594,145 @@ def test_file_content_with_a_wrong_token_is_a_provider_error_without_the_token(
     with pytest.raises(ProviderError) as caught:
         bad.file_content("m.yaml", head)
     assert WRONG_TOKEN not in str(caught.value)
+
+
+# --- ref names, many refs, running git ----------------------------------------------------------
+
+
+def _git_accepts(ref: str) -> bool:
+    """``git check-ref-format``'s own answer (the oracle ``ref_problem`` follows)."""
+    return subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(("branch", "accepted"), [
+    ("main", True),
+    ("+top", True),
+    ("-x", True),
+    ("@", True),
+    ("ünïcode/ブランチ", True),
+    ("rtl\u202eevil", True),  # git takes any non-ASCII character, bidi controls too
+    ("a" * 40, True),  # named like a commit id
+    ("refs/x", True),
+    ("a..b", False),
+    ("a.lock", False),
+    ("a/.b", False),
+    ("a.", False),
+    ("a/", False),
+    ("a//b", False),
+    ("a@{b", False),
+    ("a:b", False),
+    ("a b", False),
+    ("a\x1bb", False),
+    ("a\x7fb", False),
+    ("a~b", False),
+    ("a^b", False),
+    ("a?b", False),
+    ("a*b", False),
+    ("a[b", False),
+    ("a\\b", False),
+])
+def test_ref_problem_says_what_git_check_ref_format_says(branch: str, accepted: bool) -> None:
+    ref = f"refs/heads/{branch}"
+    assert _git_accepts(ref) is accepted
+    assert (ref_problem(ref) is None) is accepted
+
+
+def test_ref_problem_agrees_with_git_on_generated_names() -> None:
+    import random
+
+    rng = random.Random(21)
+    alphabet = [*"ab./@{}-+:~^?*[\\ ", ".lock", "\x01", "\x7f", "é", "\u202e"]
+    for _ in range(300):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+        ref = f"refs/heads/{name}"
+        assert (ref_problem(ref) is None) is _git_accepts(ref), repr(name)
+
+
+def test_a_ref_name_that_is_not_unicode_text_is_refused() -> None:
+    assert ref_problem("refs/heads/a\udc80b") == "is not valid UTF-8"
+
+
+def test_ref_problem_is_linear_in_a_hostile_names_length() -> None:
+    for name in ("a/" * 500_000 + "b", "." * 1_000_000, "@{" * 500_000, "a" * 1_000_000):
+        started = time.monotonic()
+        ref_problem(f"refs/heads/{name}")
+        assert time.monotonic() - started < 2.0  # a million characters: milliseconds
+
+
+@pytest.mark.parametrize("branch", ["+top", "-x", "@", "ünïcode/ブランチ", "a" * 40, "refs/x"])
+def test_a_branch_with_any_name_git_accepts_is_fetched(server: GitServer, work: WorkClone,
+                                                       mirror: GitMirror, branch: str) -> None:
+    head = work.commit({"services/billing/app.py": "v2\n"})
+    work.push(branch)
+    assert mirror.fetch([f"refs/heads/{branch}"]) is True
+    assert git("rev-parse", "--verify", "--end-of-options", f"refs/heads/{branch}",
+               cwd=mirror.path).strip() == head
+
+
+def test_a_ref_name_git_refuses_is_a_value_error_before_any_fetch(
+        server: GitServer, mirror: GitMirror) -> None:
+    with pytest.raises(ValueError, match=r"'refs/heads/a\.\.b' holds"):
+        mirror.fetch(["refs/heads/main", "refs/heads/a..b"])
+    assert server.fetches(REPO) == 0
+
+
+def test_refs_beyond_one_chunk_are_fetched_in_chunks_and_a_missing_one_costs_its_chunk(
+        server: GitServer, work: WorkClone, mirror: GitMirror) -> None:
+    head = work.head()
+    names = [f"feature/x-{n:04d}" for n in range(2 * FETCH_CHUNK + 1)]
+    git("update-ref", "--stdin", cwd=server.bare(REPO),
+        input="".join(f"create refs/heads/{n} {head}\n" for n in names).encode())
+    refs = [f"refs/heads/{n}" for n in names]
+    assert mirror.fetch(["refs/heads/gone", *refs]) is False  # the first chunk lacks one
+    assert server.fetches(REPO) == 3
+    fetched = git("for-each-ref", "--format=%(refname)", "refs/heads/feature/",
+                  cwd=mirror.path).split()
+    # the first chunk (gone and FETCH_CHUNK - 1 others) kept nothing, the two after it all
+    assert fetched == refs[FETCH_CHUNK - 1:]
+    assert mirror.fetch(refs) is True
+    assert git("for-each-ref", "--format=%(refname)", "refs/heads/feature/",
+               cwd=mirror.path).split() == refs
+
+
+def _git_on_path(tmp_path: Path, content: bytes, mode: int) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "git").write_bytes(content)
+    (folder / "git").chmod(mode)
+    return folder
+
+
+@pytest.mark.parametrize(("content", "mode", "cause"), [
+    pytest.param(None, 0, FileNotFoundError, id="no git on PATH"),
+    pytest.param(b"#!/bin/sh\nexit 0\n", 0o644, PermissionError, id="git not executable"),
+    pytest.param(b"\x7fELF garbage", 0o755, OSError, id="git not a program"),
+])
+def test_git_that_cannot_be_run_is_a_provider_error_keeping_the_os_error(
+        mirror: GitMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        content: bytes | None, mode: int, cause: type[OSError]) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    if content is not None:
+        folder = _git_on_path(tmp_path, content, mode)
+    monkeypatch.setenv("PATH", str(folder))
+    with pytest.raises(ProviderError) as caught:
+        mirror.fetch(["refs/heads/main"])
+    assert type(caught.value.__cause__) is cause
+
+
+def test_a_git_process_inherits_none_of_the_services_other_variables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "hook-secret-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    done = subprocess.run(["env", "-0"], env=_env(extra_header="Authorization: Basic abc"),
+                          capture_output=True, check=True)
+    seen = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if item)
+    ours = {"LC_ALL", "GIT_TERMINAL_PROMPT", "GIT_ASKPASS", "GIT_CONFIG_NOSYSTEM",
+            "GIT_CONFIG_GLOBAL", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0",
+            "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"}
+    assert set(seen) <= set(ENV_PASSED) | ours
+    assert seen["https_proxy"] == "http://proxy.example:3128"
+    assert seen["PATH"] == os.environ["PATH"]
+    assert "hook-secret-value" not in done.stdout.decode()
+    assert "aws-secret-value" not in done.stdout.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -451,6 +452,41 @@ def test_a_dead_owners_ref_is_free_once_its_lease_expires(store: StateStore) -> 
     assert store.claim_delivery("w2", 60, 69.0) is None
     again = store.claim_delivery("w2", 60, 71.0)
     assert again is not None and (again.delivery_id, again.attempts) == ("d1", 2)
+
+
+def test_every_claim_counts_an_attempt_also_when_its_owner_died(store: StateStore) -> None:
+    store.record_delivery(delivery("d1"), 1.0)
+    claims = [store.claim_delivery(f"died-{n}", 60, 10.0 + 100 * n) for n in range(4)]
+    # nobody released or finished it: each claim came after the lease before it lapsed
+    assert [c.attempts if c else None for c in claims] == [1, 2, 3, 4]
+
+
+def test_a_delivery_finished_failed_after_dead_owners_frees_its_ref_for_good(
+        store: StateStore) -> None:
+    store.record_delivery(delivery("poison"), 1.0)
+    store.record_delivery(delivery("next"), 2.0)
+    for n in range(3):  # three owners die holding it
+        held = store.claim_delivery(f"died-{n}", 60, 10.0 + 100 * n)
+        assert held is not None and held.delivery_id == "poison"
+    assert store.claim_delivery("w", 60, 250.0) is None  # the last one's lease still holds
+    found = store.claim_delivery("w", 60, 400.0)
+    assert found is not None and (found.delivery_id, found.attempts) == ("poison", 4)
+    store.finish_delivery(found, "w", "failed", 401.0)
+    nxt = store.claim_delivery("w2", 60, 402.0)  # the ref is free at once
+    assert nxt is not None and (nxt.delivery_id, nxt.attempts) == ("next", 1)
+    store.finish_delivery(nxt, "w2", "processed", 403.0)
+    assert store.claim_delivery("w3", 60, 10_000.0) is None  # and the failed one never again
+
+
+def test_a_failed_pushs_record_keeps_why(store: StateStore) -> None:
+    record = decision("d1", B, 10.0, {"p1": "retry"})
+    failed = dataclasses.replace(record, recorded_at=20.0, attempt=6,
+                                 failure="delivery failed after 6 attempts: killed")
+    store.record_decision(record)
+    store.record_decision(failed)
+    assert store.history(delivery_id="d1") == [failed]
+    assert store.history(commit=B) == [failed]
+    assert store.history(pipeline="p1") == [failed]
 
 
 def test_a_released_delivery_frees_its_ref_for_the_next(store: StateStore) -> None:

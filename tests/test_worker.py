@@ -171,3 +171,75 @@ def test_a_failed_warm_up_is_logged_and_deliveries_are_still_processed(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [doc["error"] for doc in lines if doc["event"] == "worker.warm_up_failed"] \
         == ["RuntimeError: no region"]
+
+
+def _same_branch(store: SQLiteStore, delivery_id: str, at: float) -> Delivery:
+    event = PushEvent("github", "acme/mono", "branch", "main", "a" * 40, "b" * 40)
+    delivery = Delivery(delivery_id, "github", "acme/mono", (event,))
+    store.record_delivery(delivery, at)
+    return delivery
+
+
+def test_a_claim_that_finds_the_attempts_used_up_fails_the_delivery_without_processing_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configure()
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    _same_branch(store, "poison", 1.0)
+    _same_branch(store, "next", 2.0)
+    config = ProcessingConfig(max_attempts=3, lease_seconds=60)
+    for n in range(3):  # three workers died processing it: none released or finished it
+        assert store.claim_delivery(f"died-{n}", 60, 10.0 + 100 * n) is not None
+    now = [400.0]
+    processor = SlowProcessor(0)
+    worker = Worker(processor, store, config, clock=lambda: now[0])  # type: ignore[arg-type]
+    capsys.readouterr()
+    assert worker.run_once() is True
+    assert processor.processed == []  # not a fourth time
+    (failed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (failed["event"], failed["attempts"], failed["delivery_id"]) == \
+        ("delivery.failed", 3, "poison")
+    assert "did not finish" in failed["error"] and failed["DeliveriesFailed"] == 1
+    (record,) = store.history(delivery_id="poison")
+    assert (record.ref, record.head, record.attempt, record.pipelines) == \
+        ("main", "b" * 40, 3, ())
+    assert record.failure is not None and record.failure.startswith(
+        "delivery failed after 3 attempts: the last attempt did not finish")
+    now[0] = 401.0
+    assert worker.run_once() is True  # the branch's next delivery, at once
+    assert processor.processed == ["next"]
+    assert worker.run_once() is False
+
+
+class RecordsThenFails:
+    """Records a decision for its push, then fails with a retryable error."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def process(self, delivery: Delivery) -> None:
+        from receiver.state.base import DecisionRecord, PipelineDecision
+
+        self.store.record_decision(DecisionRecord(
+            delivery.delivery_id, "github", "acme/mono", "branch", "main", "a" * 40, "b" * 40,
+            time.time(), delivery.attempts,
+            (PipelineDecision("p1", "retry", "a" * 40, "compare", True,
+                              error="ThrottlingException"),)))
+        raise RetryLater("a pipeline start failed with a retryable error")
+
+
+def test_a_delivery_failed_on_its_last_attempt_keeps_its_record_and_says_why(
+        tmp_path: Path) -> None:
+    configure()
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.init()
+    _same_branch(store, "d1", time.time())
+    worker = Worker(RecordsThenFails(store), store,  # type: ignore[arg-type]
+                    ProcessingConfig(max_attempts=2, retry_backoff_seconds=0))
+    while worker.run_once():
+        pass
+    (record,) = store.history(delivery_id="d1")
+    assert [(p.pipeline, p.verdict, p.error) for p in record.pipelines] == \
+        [("p1", "retry", "ThrottlingException")]
+    assert (record.attempt, record.failure) == (
+        2, "delivery failed after 2 attempts: a pipeline start failed with a retryable error")

@@ -150,6 +150,9 @@ class DecisionRecord:
     recorded_at: float
     attempt: int
     pipelines: tuple[PipelineDecision, ...]
+    # why the push was not (wholly) processed: its delivery failed (attempts used up, the
+    # reason given), or git refuses its ref name; None for a processed push
+    failure: str | None = None
 
     @property
     def push_key(self) -> str:
@@ -181,6 +184,7 @@ class DecisionRecord:
             recorded_at=float(data.get("recorded_at", 0.0)),
             attempt=int(data.get("attempt", 1)),
             pipelines=tuple(PipelineDecision.from_dict(p) for p in data.get("pipelines", ())),
+            failure=data.get("failure"),
         )
 
     @classmethod

@@ -7,27 +7,42 @@
 # The same image runs the one-off commands by overriding CMD (ECS `command`), e.g.
 # ["state", "init"], ["check-config"], ["state"], ["history", "--commit", "<sha>"].
 #
-# Both stages must use the same base: the venv's python is a symlink into it. Pin the base
-# by digest in CI (python:3.11-slim-bookworm@sha256:...) for reproducible builds.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base, pinned by digest so a rebuild gets the same bytes (the tag beside it is for the
+# reader; with a digest Docker ignores it). Both stages start from this one stage, because the
+# venv's python is a symlink into the base. The digest is the multi-platform index of
+# python:3.11-slim-bookworm (Python 3.11.16, Debian bookworm of 18 Sep 2026) as Docker's
+# official-images record docker-library/repo-info lists it in
+# repos/python/remote/3.11-slim-bookworm.md (commit 40cdaf34215d6a292f2c62798b194d67d4b1ad55).
+# To update: `docker buildx imagetools inspect python:3.11-slim-bookworm` prints the tag's
+# current digest (or read that file again); replace it below, rebuild and run the tests
+# (docs/deploy.md, "Updating the base image and the dependencies").
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS base
 
-FROM ${PYTHON_IMAGE} AS builder
+FROM base AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-# only what the wheel needs: a change to tests or docs does not rebuild the layer
+# only what the install needs: a change to tests or docs does not rebuild the layers
+COPY requirements.lock ./
+# every runtime dependency at the version and with the hashes of requirements.lock (pip refuses
+# a file whose hash differs, and any dependency the lock does not pin); the lock also pins the
+# build backend (setuptools), so nothing unpinned is fetched. Every dependency ships manylinux
+# wheels for 3.11; if one ever needs a compiler, install it here (apt-get install
+# build-essential): this stage is thrown away.
+RUN /opt/venv/bin/pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY receiver/ receiver/
 COPY providers/ providers/
-# every dependency ships manylinux wheels for 3.11; if one ever needs a compiler, install it
-# here (apt-get install build-essential): this stage is thrown away. pip compiles the .pyc
-# files now, since the read-only container never can (and need not try: see below)
-RUN /opt/venv/bin/pip wheel --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-index --find-links /wheels webhook-receiver \
+# the project itself, without resolving anything again (--no-deps, --no-index) and built with
+# the locked setuptools; `pip check` fails the build if the lock lacks one of its dependencies.
+# pip compiles the .pyc files now, since the read-only container never can (and need not try:
+# see below)
+RUN /opt/venv/bin/pip install --no-deps --no-index --no-build-isolation . \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
 
-FROM ${PYTHON_IMAGE}
+FROM base
 # where the configuration comes from (a build argument, so one Dockerfile serves any deployment)
 ARG CONFIG=config/production.yaml
 # git runs at request time for repositories with `diff: git` (receiver/gitdiff.py: HTTPS fetches

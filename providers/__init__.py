@@ -7,9 +7,11 @@ Adding a provider is one module plus one entry here.
 
 from __future__ import annotations
 
+from providers.azure_devops import AzureDevOpsProvider
 from providers.base import Diff, Provider
 from providers.bitbucket import BitbucketProvider
 from providers.bitbucket_server import BitbucketServerProvider
+from providers.gitea import GiteaProvider
 from providers.github import GitHubProvider
 from providers.gitlab import GitLabProvider
 
@@ -18,6 +20,8 @@ REGISTRY: dict[str, type[Provider]] = {
     "github": GitHubProvider,
     "gitlab": GitLabProvider,
     "bitbucket-server": BitbucketServerProvider,
+    "gitea": GiteaProvider,
+    "azure-devops": AzureDevOpsProvider,
 }
 
 

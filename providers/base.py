@@ -145,7 +145,8 @@ class Provider(Protocol):
     ``content_types`` are the media types its webhooks may use (others are 415).
     ``default_api_url`` is a repository's ``api_url`` when it gives none (None: required);
     ``default_git_url`` the ``git_url`` template (``{name}``) on the public host that API
-    serves (None: required with ``diff: git``).
+    serves; :meth:`git_url_for` the clone URL a repository gets when ``diff: git`` names
+    none (None: ``git_url`` is required).
     ``Options`` is a frozen dataclass, validated by pydantic, whose fields are the
     repository keys only this provider has; a repository's ``options`` is an instance.
     """
@@ -155,6 +156,12 @@ class Provider(Protocol):
     default_api_url: ClassVar[str | None]
     default_git_url: ClassVar[str | None]
     Options: ClassVar[type[Any]]
+
+    @classmethod
+    def git_url_for(cls, api_url: str, name: str) -> str | None:
+        """The HTTPS clone URL of repository ``name`` served by ``api_url``, when it follows
+        from them; None when it does not (a self-managed host whose clone URL is unknown)."""
+        ...
 
     @staticmethod
     def webhook_secret_problem(value: str) -> str | None:
@@ -179,8 +186,14 @@ class Provider(Protocol):
         """
         ...
 
-    def delivery_id(self, headers: Headers) -> str:
-        """The provider's delivery id. Raises BadRequest when missing or malformed."""
+    def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
+        """The provider's delivery id. Raises BadRequest when missing or malformed.
+
+        ``body`` is the raw body once the delivery is verified; before (the id a rejected
+        request is logged with) it is None. Most providers send the id as a header and
+        ignore it; a provider that sends it only in the body (Azure DevOps: the event's
+        ``id``) reads it from a verified body and raises BadRequest when given None.
+        """
         ...
 
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
@@ -552,6 +565,13 @@ class HttpProvider:
     # the user an HTTPS git server takes a token as the Basic password of; None: Bearer
     git_user: ClassVar[str | None] = None
     Options: ClassVar[type[Any]] = NoOptions
+
+    @classmethod
+    def git_url_for(cls, api_url: str, name: str) -> str | None:
+        """Provider.git_url_for: ``default_git_url`` on the public host its API serves."""
+        if cls.default_git_url is None or api_url != cls.default_api_url:
+            return None
+        return cls.default_git_url.format(name=name)
 
     @staticmethod
     def webhook_secret_problem(value: str) -> str | None:

@@ -101,7 +101,7 @@ class BitbucketProvider(HttpProvider):
         """Check ``X-Hub-Signature: sha256=<hex>`` against every configured secret."""
         return verify_sha256_header(headers, "X-Hub-Signature", body, secrets)
 
-    def delivery_id(self, headers: Headers) -> str:
+    def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
         """``X-Request-UUID``."""
         return checked_delivery_id(headers.get("x-request-uuid"), "X-Request-UUID")
 

@@ -91,7 +91,7 @@ class BitbucketServerProvider(HttpProvider):
         """Check ``X-Hub-Signature: sha256=<hex>`` against every configured secret."""
         return verify_sha256_header(headers, "X-Hub-Signature", body, secrets)
 
-    def delivery_id(self, headers: Headers) -> str:
+    def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
         """``X-Request-Id``."""
         return checked_delivery_id(headers.get("x-request-id"), "X-Request-Id")
 

@@ -182,7 +182,7 @@ class GitHubProvider(HttpProvider):
                                "not accepted")
         return verify_sha256_header(headers, "X-Hub-Signature-256", body, secrets)
 
-    def delivery_id(self, headers: Headers) -> str:
+    def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
         """``X-GitHub-Delivery``."""
         return checked_delivery_id(headers.get("x-github-delivery"), "X-GitHub-Delivery")
 

@@ -210,7 +210,7 @@ class GitLabProvider(HttpProvider):
             raise Unauthorized("webhook-signature does not match")
         return found
 
-    def delivery_id(self, headers: Headers) -> str:
+    def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
         """``Idempotency-Key``, else ``X-Gitlab-Event-UUID``, else ``webhook-id``."""
         for header in DELIVERY_ID_HEADERS:
             value = headers.get(header.lower())

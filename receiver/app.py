@@ -106,7 +106,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
             environ["receiver.delivery_id"] = provider.delivery_id(headers)
         provider.preflight(headers, body)
         matched = verify_for(provider, headers, body, repos)
-        delivery_id = provider.delivery_id(headers)
+        # verified: a provider whose id is in the body (Azure DevOps) reads it only now
+        delivery_id = environ["receiver.delivery_id"] = provider.delivery_id(headers, body)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         environ["receiver.repository"] = events[0].repository

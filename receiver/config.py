@@ -414,13 +414,11 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
         return None
     repo = dataclasses.replace(repo, modules=module_set)
     if repo.diff == "git" and repo.git_url is None:
-        # the public host's clone URL is known; a self-managed one is not
-        public = repo.api_url == cls.default_api_url and cls.default_git_url is not None
-        url = cls.default_git_url.format(name=repo.name) if public else None
+        # the provider knows the clone URLs that follow from api_url and name
+        url = cls.git_url_for(repo.api_url, repo.name)
         if url is None:
-            problems.append(f"{path}.git_url: is required with diff: git for "
-                            f"{'this api_url' if cls.default_api_url else provider} "
-                            "(the public hosts' clone URLs are known; a self-managed one is not)")
+            problems.append(f"{path}.git_url: is required with diff: git for this "
+                            f"{provider} api_url (its clone URL does not follow from it)")
             return None
         repo = dataclasses.replace(repo, git_url=url)
     return dataclasses.replace(repo, options=options)

@@ -4,6 +4,7 @@ the command run as a user runs it."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -44,11 +45,17 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, timeout=120)
 
 
-def readable(rec: Recorded) -> tuple[int, Any, dict[str, str]]:
+def readable(rec: Recorded, authorization: str = f"Bearer {TOKEN}") -> tuple[int, Any,
+                                                                            dict[str, str]]:
     """A repository the token can read; any other credential is refused."""
-    if rec.headers.get("authorization") != f"Bearer {TOKEN}":
+    if rec.headers.get("authorization") != authorization:
         return 401, {"message": "Bad credentials"}, {}
     return 200, {"full_name": "readable"}, {}
+
+
+def readable_as(authorization: str) -> Any:
+    """``readable`` for a provider that sends the token as ``authorization``."""
+    return lambda rec: readable(rec, authorization)
 
 
 def test_names_the_missing_pipeline_and_the_unreadable_repository_and_exits_2(
@@ -84,6 +91,9 @@ def test_passes_when_the_store_answers_every_pipeline_exists_and_each_provider_r
         "/api/v4/projects/acme%2Fmono": readable,
         "/2.0/repositories/acme/mono": readable,
         "/rest/api/1.0/projects/ACME/repos/mono": readable,
+        "/api/v1/repos/acme/mono": readable_as(f"token {TOKEN}"),
+        "/acme/Platform/_apis/git/repositories/mono": readable_as(
+            "Basic " + base64.b64encode(f":{TOKEN}".encode()).decode()),
     }
     create_pipelines(moto.url, PIPELINES)
     config = str(write_config(tmp_path, moto, [
@@ -91,6 +101,8 @@ def test_passes_when_the_store_answers_every_pipeline_exists_and_each_provider_r
         repository("gitlab", "acme/mono", fake_api.url, PIPELINES[2:]),
         repository("bitbucket", "acme/mono", fake_api.url, PIPELINES[:1]),
         repository("bitbucket-server", "ACME/mono", fake_api.url, PIPELINES[1:]),
+        repository("gitea", "acme/mono", fake_api.url + "/api/v1", PIPELINES[:1]),
+        repository("azure-devops", "acme/Platform/mono", fake_api.url, PIPELINES[2:]),
     ]))
     assert cli("state", "init", "--config", config).returncode == 0
 
@@ -100,9 +112,11 @@ def test_passes_when_the_store_answers_every_pipeline_exists_and_each_provider_r
     assert done.stdout.splitlines()[1:] == [
         f"ok: state store dynamodb table {TABLE} answers",
         "ok: 3 pipelines exist",
-        "ok: 4 repositories readable",
+        "ok: 6 repositories readable",
     ]
-    assert len(fake_api.requests) == 4
+    assert len(fake_api.requests) == 6
+    azure = next(r for r in fake_api.requests if "/_apis/" in r.path)
+    assert azure.query == {"api-version": ["6.0"]}
 
 
 def test_a_state_table_that_does_not_exist_is_named_with_the_other_checks_still_run(

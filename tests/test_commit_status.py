@@ -25,15 +25,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from providers import REGISTRY
+from providers.azure_devops import AzureDevOpsProvider
 from providers.base import CommitStatus, HttpProvider, Provider
 from providers.bitbucket import BitbucketProvider
 from providers.bitbucket_server import BitbucketServerProvider
+from providers.gitea import GiteaProvider
 from providers.github import GitHubProvider
 from providers.gitlab import GitLabProvider
 from receiver import config
 from receiver.config import RepositoryConfig
 from receiver.errors import ProviderError
 from receiver.statuses import console_url, status_for
+from tests.harness import fixture_bytes
 
 TOKEN = "tok_statuses_0123456789SECRET"
 COMMIT = hashlib.sha1(b"pushed head").hexdigest()
@@ -70,6 +73,8 @@ class Case:
     body: Callable[[CommitStatus, str], dict[str, Any]]  # (status, state) -> JSON body
     answer: int
     answer_body: dict[str, Any] | None = None
+    # the Authorization header a write sends for the token
+    authorization: Callable[[str], str] = lambda token: f"Bearer {token}"
 
 
 CASES: dict[str, Case] = {
@@ -109,6 +114,31 @@ CASES: dict[str, Case] = {
         lambda s, state: {"key": s.name, "state": state, "url": s.url, "name": s.name,
                           "description": s.description},
         204),
+    # Gitea's CreateStatusOption; the answer is go-scm's recorded status.json
+    "gitea": Case(
+        "gitea", GiteaProvider, "gordon/hello-world", "https://gitea.example.com/api/v1",
+        f"https://gitea.example.com/api/v1/repos/gordon/hello-world/statuses/{COMMIT}",
+        {"pending": "pending", "running": "pending", "success": "success",
+         "failure": "failure", "halted": "error", "error": "error"},
+        lambda s, state: {"state": state, "target_url": s.url, "description": s.description,
+                          "context": s.name},
+        201, json.loads(fixture_bytes("gitea/go-scm-api-status.json")),
+        lambda token: f"token {token}"),
+    # Microsoft's "Statuses - Create"; the answer is its recorded example. Every status
+    # name here is genre/name
+    "azure-devops": Case(
+        "azure-devops", AzureDevOpsProvider, "fabrikam/Fabrikam-Fiber-Git/mono",
+        "https://dev.azure.com",
+        "https://dev.azure.com/fabrikam/Fabrikam-Fiber-Git/_apis/git/repositories/mono/"
+        f"commits/{COMMIT}/statuses?api-version=6.0",
+        {"pending": "pending", "running": "pending", "success": "succeeded",
+         "failure": "failed", "halted": "error", "error": "error"},
+        lambda s, state: {"state": state, "description": s.description, "targetUrl": s.url,
+                          "context": {"genre": s.name.split("/")[0],
+                                      "name": s.name.split("/")[1]}},
+        201, json.loads(fixture_bytes("azure-devops/ms-api-statuses-post.json"))[
+            "responses"]["201"]["body"],
+        lambda token: "Basic " + base64.b64encode(f":{token}".encode()).decode()),
 }
 PROVIDERS = list(CASES)
 
@@ -188,7 +218,7 @@ def test_each_state_is_posted_as_the_provider_documents_it(world: World, provide
 
     (post,) = world.posts()
     assert post.url == case.url
-    assert post.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert post.headers["Authorization"] == case.authorization(TOKEN)
     assert post.headers["Content-Type"] == "application/json"
     assert sent_json(post) == case.body(status, case.states[state])
     assert world.sleeps == []
@@ -267,6 +297,8 @@ NEEDS = {
     "gitlab": "api scope",
     "bitbucket": "repository scope",
     "bitbucket-server": "REPO_READ",
+    "gitea": "write:repository",
+    "azure-devops": "Code (Status)",
 }
 REFUSALS = {
     401: "was refused (HTTP 401)",
@@ -324,6 +356,26 @@ def test_a_commit_that_is_not_a_full_commit_id_is_refused_before_any_request(
         world.provider(case).set_status(world.repo(case), "../../user", STATUSES["success"])
 
     assert len(world.api.calls) == 0
+
+
+def test_azure_devops_answering_its_sign_in_page_is_a_refusal_in_words(world: World) -> None:
+    case = CASES["azure-devops"]
+    world.answer(case, 203, body=b"<html><title>Azure DevOps Services | Sign In</title></html>")
+
+    with pytest.raises(ProviderError, match=r"was refused \(HTTP 203, the sign-in page\)"):
+        world.provider(case).set_status(world.repo(case), COMMIT, STATUSES["success"])
+
+    assert len(world.posts()) == 1
+
+
+def test_azure_devops_keeps_a_name_without_a_genre_whole(world: World) -> None:
+    case = CASES["azure-devops"]
+    world.answer(case)
+
+    world.provider(case).set_status(world.repo(case), COMMIT, CommitStatus(
+        "deploy", "success", LINK, "done"))
+
+    assert sent_json(world.posts()[0])["context"] == {"name": "deploy"}
 
 
 # --- GitLab: a repeated state -------------------------------------------------------------

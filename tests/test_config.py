@@ -93,7 +93,7 @@ DELETE = object()
         ("repositories[0].colour", "blue", "repositories[0].colour: unknown key"),
         ("state.backend", "redis", "state.backend: 'redis' is not allowed; allowed: sqlite, dynamodb"),
         ("launcher.backend", "jenkins", "launcher.backend: 'jenkins' is not allowed"),
-        ("repositories[0].provider", "gitea", "repositories[0].provider: 'gitea' is not allowed"),
+        ("repositories[0].provider", "sourcehut", "repositories[0].provider: 'sourcehut' is not allowed"),
         ("repositories[0].pipelines[0].paths[0]", "cs/**x", "repositories[0].pipelines[0].paths[0]: "
          "'cs/**x': '**' must be a whole path segment"),
         ("repositories[0].pipelines[0].paths", [], "repositories[0].pipelines[0].paths: must not be empty"),
@@ -161,12 +161,13 @@ def test_every_bad_glob_of_a_list_is_reported() -> None:
 
 
 def test_unknown_provider_is_one_error_not_a_follow_on_about_its_options() -> None:
-    raw = mutate("repositories[0].provider", "gitea")
+    raw = mutate("repositories[0].provider", "sourcehut")
     raw["repositories"][0]["require_signed"] = True  # an option of another provider
     with pytest.raises(ConfigError) as info:
         parse(raw)
     assert info.value.problems == [
-        "repositories[0].provider: 'gitea' is not allowed; allowed: bitbucket, bitbucket-server, github, gitlab"]
+        "repositories[0].provider: 'sourcehut' is not allowed; allowed: azure-devops, "
+        "bitbucket, bitbucket-server, gitea, github, gitlab"]
 
 
 # provider -> (an option of another provider, the options this one allows)
@@ -175,6 +176,8 @@ FOREIGN_OPTIONS = {
     "gitlab": ("github_app", "require_signed, signature_tolerance_seconds"),
     "bitbucket": ("max_compare_commits", "api_username"),
     "bitbucket-server": ("api_username", "none"),
+    "gitea": ("api_username", "none"),
+    "azure-devops": ("require_signed", "none"),
 }
 
 

@@ -32,19 +32,27 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.harness import AWS_ENV, MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 ECS_TASK = ROOT / "ecs-task.json"
+PYPROJECT = ROOT / "pyproject.toml"
+# the runtime dependencies with their hashes, which the builder stage installs (pip-compile;
+# docs/deploy.md says how to regenerate it)
+LOCK_FILE = ROOT / "requirements.lock"
 # the venv the builder creates and the final stage copies; locally, this interpreter's prefix
 IMAGE_VENV = "/opt/venv"
 # python:3.11-slim's own ENV PATH, which the Dockerfile's ENV PATH extends
@@ -69,7 +77,7 @@ class Instruction:
 class Stage:
     """One FROM stage: its base image, optional name, own ARG defaults and instructions."""
 
-    base: str
+    base: str  # an image; a FROM naming an earlier stage inherits that stage's base
     name: str | None
     line: int
     instructions: list[Instruction] = field(default_factory=list)
@@ -121,6 +129,11 @@ class Dockerfile:
         """The stage the image is made of."""
         return self.stages[-1]
 
+    def stage(self, name: str) -> Stage:
+        """The stage ``FROM ... AS name``."""
+        (found,) = [s for s in self.stages if s.name == name]
+        return found
+
 
 def substitute(value: str, scope: dict[str, str]) -> str:
     """Docker's ``$NAME`` / ``${NAME}`` substitution (unknown names are an error here)."""
@@ -159,7 +172,9 @@ def parse_dockerfile(text: str) -> Dockerfile:
         if keyword == "FROM":
             words = [w for w in rest.split() if not w.startswith("--")]
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(substitute(words[0], global_args), name, number))
+            base = substitute(words[0], global_args)
+            base = next((s.base for s in stages if s.name == base), base)
+            stages.append(Stage(base, name, number))
         elif not stages:
             if keyword != "ARG":
                 raise ValueError(f"line {number}: only ARG may come before the first FROM")
@@ -264,6 +279,26 @@ def load_dockerfile() -> Dockerfile:
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "cargo", "rustc")
 
 
+def pip_installs(stage: Stage) -> list[list[str]]:
+    """The arguments after ``pip install`` of every command the stage's RUN lines chain."""
+    found = []
+    for ins in stage.all("RUN"):
+        for command in re.split(r"&&|;", ins.args):
+            words = shlex.split(command)
+            for i in range(len(words) - 1):
+                if words[i].endswith("pip") and words[i + 1] == "install":
+                    found.append(words[i + 2:])
+    return found
+
+
+def installs_from_the_lock(stage: Stage) -> bool:
+    """Whether the stage installs requirements.lock in pip's hash-checking mode."""
+    lock = LOCK_FILE.name
+    return any("--require-hashes" in args
+               and any(args[i:i + 2] == ["-r", lock] for i in range(len(args)))
+               for args in pip_installs(stage))
+
+
 def installs_git(stage: Stage) -> bool:
     """Whether a RUN of the stage installs the git package (apt-get install ... git)."""
     for ins in stage.all("RUN"):
@@ -281,6 +316,21 @@ def dockerfile_problems(df: Dockerfile) -> list[str]:
     final = df.final
     if not re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?(@sha256:[0-9a-f]{64})?", final.base):
         problems.append(f"final stage base {final.base!r} is not a slim Python 3.11 image")
+    if not re.search(r"@sha256:[0-9a-f]{64}$", final.base):
+        problems.append(f"final stage base {final.base!r} is not pinned by digest: a rebuild "
+                        "could get other bytes")
+    bases = sorted({s.base for s in df.stages})
+    if len(bases) > 1:
+        problems.append(f"stages use different bases {bases}: the venv's python is a symlink "
+                        "into the builder's base")
+    builders = df.stages[:-1]
+    if not any(installs_from_the_lock(s) for s in builders):
+        problems.append(f"no stage installs {LOCK_FILE.name} with --require-hashes: the "
+                        "dependencies would be whatever the index serves that day")
+    projects = [args for s in builders for args in pip_installs(s) if "." in args]
+    if not projects or not all("--no-deps" in args for args in projects):
+        problems.append("the project is not installed with --no-deps: pip would resolve its "
+                        "dependencies again, past the lock")
     for ins in final.all("RUN"):
         words = set(re.split(r"[\s;&|]+", ins.args))
         tools = sorted(words.intersection(BUILD_TOOLS))
@@ -377,6 +427,22 @@ def _without_git(df: Dockerfile) -> None:
                              if not (i.keyword == "RUN" and "git" in i.args.split())]
 
 
+def _unpinned_base(df: Dockerfile) -> None:
+    for stage in df.stages:
+        stage.base = stage.base.partition("@")[0]
+
+
+def _builder_on_another_base(df: Dockerfile) -> None:
+    df.stage("builder").base = "python:3.11-slim-bullseye@sha256:" + "0" * 64
+
+
+def _builder_without(option: str) -> Callable[[Dockerfile], None]:
+    def mutate(df: Dockerfile) -> None:
+        for ins in df.stage("builder").all("RUN"):
+            ins.args = ins.args.replace(f" {option}", "")
+    return mutate
+
+
 def _without_env(name: str) -> Callable[[Dockerfile], None]:
     def mutate(df: Dockerfile) -> None:
         for ins in df.final.all("ENV"):
@@ -401,6 +467,10 @@ def _without_env(name: str) -> Callable[[Dockerfile], None]:
     pytest.param(_without_env("PYTHONDONTWRITEBYTECODE"), "PYTHONDONTWRITEBYTECODE", id="bytecode writing left on"),
     pytest.param(_without_env("RECEIVER_CONFIG"), "RECEIVER_CONFIG", id="no RECEIVER_CONFIG"),
     pytest.param(_drop("VOLUME"), "no VOLUME /tmp", id="no VOLUME for /tmp"),
+    pytest.param(_unpinned_base, "not pinned by digest", id="a base by tag alone"),
+    pytest.param(_builder_on_another_base, "different bases", id="a builder on another base"),
+    pytest.param(_builder_without("--require-hashes"), "--require-hashes", id="the lock without hash checking"),
+    pytest.param(_builder_without("--no-deps"), "--no-deps", id="the project with its dependencies resolved again"),
 ])
 def test_dockerfile_check_catches_a_broken_copy(mutate: Callable[[Dockerfile], None],
                                                  caught_as: str) -> None:
@@ -460,6 +530,116 @@ def test_dockerignore_keeps_every_file_the_dockerfile_copies() -> None:
 ])
 def test_dockerignore_keeps_local_files_out_of_the_build_context(path: str) -> None:
     assert _dockerignore_excludes(_dockerignore(), path)
+
+
+# --- the lock file -----------------------------------------------------------------------------
+
+
+def locked(text: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version specifier, hashes) of each requirement of a pip-compile lock file."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0].startswith("-"):
+            continue  # a comment, or an option line (an index) that pins nothing
+        requirement = Requirement(words[0])
+        hashes = [w.removeprefix("--hash=") for w in words[1:] if w.startswith("--hash=")]
+        entries[canonicalize_name(requirement.name)] = (str(requirement.specifier), hashes)
+    return entries
+
+
+def image_requirements(pyproject: dict[str, Any]) -> list[Requirement]:
+    """What the builder stage needs installed: the project's dependencies, what the extras they
+    ask for add (as the installed distribution declares them), and the build backend (the
+    project is built without isolation, from the locked setuptools)."""
+    wanted = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    wanted += [Requirement(r) for r in pyproject["build-system"]["requires"]]
+    for requirement in list(wanted):
+        for extra in sorted(requirement.extras):
+            for declared in metadata.requires(requirement.name) or []:
+                dependency = Requirement(declared)
+                marker = dependency.marker
+                if (marker is not None and marker.evaluate({"extra": extra})
+                        and not marker.evaluate({"extra": ""})):
+                    dependency.marker = None
+                    wanted.append(dependency)
+    return wanted
+
+
+def lock_problems(pyproject: dict[str, Any], lock_text: str) -> list[str]:
+    """How the lock file fails the image's requirements (empty when it covers them all)."""
+    lock = locked(lock_text)
+    problems = []
+    for name, (specifier, hashes) in lock.items():
+        if not re.fullmatch(r"==[^,]+", specifier):
+            problems.append(f"{name}{specifier} is not pinned with ==")
+        if not hashes:
+            problems.append(f"{name} has no --hash: pip's hash-checking mode refuses it")
+    for requirement in image_requirements(pyproject):
+        name = canonicalize_name(requirement.name)
+        if name not in lock:
+            problems.append(f"{requirement} is not in {LOCK_FILE.name}")
+            continue
+        specifier = lock[name][0]
+        version = specifier.removeprefix("==")
+        if specifier.startswith("==") and not requirement.specifier.contains(version,
+                                                                             prereleases=True):
+            problems.append(f"{name}=={version} does not satisfy {requirement}")
+    return problems
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads(PYPROJECT.read_text())
+
+
+def test_lock_file_pins_every_runtime_dependency_with_hashes() -> None:
+    assert lock_problems(_pyproject(), LOCK_FILE.read_text()) == []
+
+
+def test_lock_file_pins_the_extras_dependencies_and_the_build_backend() -> None:
+    # the cases below would prove nothing if these were not in image_requirements
+    names = {canonicalize_name(r.name) for r in image_requirements(_pyproject())}
+    assert {"cryptography", "setuptools", "gunicorn"} <= names
+
+
+def _drop_entry(name: str) -> Callable[[str], str]:
+    def change(text: str) -> str:
+        return re.sub(rf"^{name}==\S+ \\\n(?:\s+--hash=\S+(?: \\)?\n)+", "", text, flags=re.M)
+    return change
+
+
+def _drop_hashes(name: str) -> Callable[[str], str]:
+    def change(text: str) -> str:
+        return re.sub(rf"^({name}==\S+) \\\n(?:\s+--hash=\S+(?: \\)?\n)+", r"\1\n", text,
+                      flags=re.M)
+    return change
+
+
+def _add_dependency(pyproject: dict[str, Any]) -> None:
+    pyproject["project"]["dependencies"].append("rich>=13")
+
+
+@pytest.mark.parametrize(("change_pyproject", "change_lock", "caught_as"), [
+    pytest.param(_add_dependency, None, "rich>=13 is not in", id="a new dependency not locked"),
+    pytest.param(None, _drop_entry("structlog"), "structlog>=24 is not in", id="a dependency dropped from the lock"),
+    pytest.param(None, _drop_entry("cryptography"), "cryptography", id="the crypto extra's dependency dropped"),
+    pytest.param(None, _drop_entry("setuptools"), "setuptools>=68 is not in", id="the build backend dropped"),
+    pytest.param(None, lambda t: re.sub(r"^gunicorn==\S+", "gunicorn==28.0.0", t, flags=re.M), "does not satisfy gunicorn", id="a version outside the range"),
+    pytest.param(None, lambda t: re.sub(r"^orjson==", "orjson>=", t, flags=re.M), "not pinned with ==", id="a range instead of a pin"),
+    pytest.param(None, _drop_hashes("flask"), "flask has no --hash", id="an entry without hashes"),
+])
+def test_lock_check_catches_a_drift(change_pyproject: Callable[[dict[str, Any]], None] | None,
+                                    change_lock: Callable[[str], str] | None,
+                                    caught_as: str) -> None:
+    pyproject, lock_text = _pyproject(), LOCK_FILE.read_text()
+    if change_pyproject is not None:
+        change_pyproject(pyproject)
+    if change_lock is not None:
+        changed = change_lock(lock_text)
+        assert changed != lock_text
+        lock_text = changed
+    problems = lock_problems(pyproject, lock_text)
+    assert any(caught_as in p for p in problems), problems
 
 
 # --- the start command, run as the image would run it ------------------------------------
@@ -530,7 +710,7 @@ def image(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> 
     scratch = tmp_path_factory.mktemp("image")
     # the build context's COPY sources in the builder stage: the code the venv is built from
     site = scratch / "site"
-    builder = df.stages[0]
+    builder = df.stage("builder")
     for sources, _ in copy_sources(builder, {**df.global_args, **builder.args(df.global_args)}):
         for src in sources:
             origin = ROOT / src.rstrip("/")

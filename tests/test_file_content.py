@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import responses
 
+from providers.azure_devops import AzureDevOpsProvider
 from providers.base import MAX_FILE_BYTES
 from providers.bitbucket import BitbucketProvider
 from providers.bitbucket_server import BitbucketServerProvider
+from providers.gitea import GiteaProvider
 from providers.github import GitHubProvider
 from providers.gitlab import GitLabProvider
 from receiver.config import RepositoryConfig
@@ -36,7 +38,16 @@ CASES: list[tuple[str, Any, str, str, str]] = [
     ("bitbucket-server", BitbucketServerProvider, "https://bitbucket.example.com", "ACME/mono",
      f"https://bitbucket.example.com/rest/api/latest/projects/ACME/repos/mono/raw/{FILE}"
      f"?at={SHA}"),
+    ("gitea", GiteaProvider, "https://gitea.example.com/api/v1", "acme/mono",
+     f"https://gitea.example.com/api/v1/repos/acme/mono/raw/{FILE}?ref={SHA}"),
+    ("azure-devops", AzureDevOpsProvider, "https://dev.azure.com", "acme/Platform Team/mono",
+     "https://dev.azure.com/acme/Platform%20Team/_apis/git/repositories/mono/items"
+     f"?path=%2F{FILE.replace('/', '%2F')}&versionDescriptor.version={SHA}"
+     "&versionDescriptor.versionType=commit&download=true&%24format=octetStream"
+     "&api-version=6.0"),
 ]
+# the Authorization header each provider's file read sends for the token "file-token"
+AUTHORIZATION = {"gitea": "token file-token", "azure-devops": "Basic OmZpbGUtdG9rZW4="}
 
 
 def repo(provider: str, api_url: str, name: str) -> RepositoryConfig:
@@ -61,7 +72,7 @@ def test_reads_the_raw_file_at_the_commit(api: responses.RequestsMock, provider:
     assert cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE,
                                                    SHA) == TEXT
     sent = api.calls[0].request
-    assert sent.headers["Authorization"] == "Bearer file-token"
+    assert sent.headers["Authorization"] == AUTHORIZATION.get(provider, "Bearer file-token")
     if provider == "github":
         assert sent.headers["Accept"] == "application/vnd.github.raw+json"
 
@@ -107,6 +118,9 @@ WEB_PAGES = {
     "bitbucket": f"https://bitbucket.org/acme/mono/src/{SHA}/{FILE}",
     "bitbucket-server": f"https://bitbucket.example.com/projects/ACME/repos/mono/browse/{FILE}"
                         f"?at={SHA}",
+    "gitea": f"https://gitea.example.com/acme/mono/src/commit/{SHA}/{FILE}",
+    "azure-devops": f"https://dev.azure.com/acme/Platform%20Team/_git/mono?path=/{FILE}"
+                    f"&version=GC{SHA}",
 }
 
 

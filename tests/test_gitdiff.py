@@ -78,7 +78,8 @@ def objects(path: Path) -> list[str]:
 def repository(provider: str, username: str | None = None, token: str = "T0K") -> Any:
     """A repository of ``provider`` as the configuration validates it, token in the env."""
     os.environ["TEST_GIT_AUTH_TOKEN"] = token
-    raw: dict[str, Any] = {"provider": provider, "name": "acme/mono",
+    name = "acme/platform/mono" if provider == "azure-devops" else "acme/mono"
+    raw: dict[str, Any] = {"provider": provider, "name": name,
                            "api_url": REGISTRY[provider].default_api_url or "https://scm.example",
                            "webhook_secrets": ["env:X"], "api_token": "env:TEST_GIT_AUTH_TOKEN",
                            "branches": ["main"], "pipelines": [{"name": "p", "paths": ["**"]}]}
@@ -93,6 +94,8 @@ def repository(provider: str, username: str | None = None, token: str = "T0K") -
     ("bitbucket", None, basic("x-token-auth", "T0K")),
     ("bitbucket", "dev@example.com", basic("x-bitbucket-api-token-auth", "T0K")),
     ("bitbucket-server", None, "Bearer T0K"),
+    ("gitea", None, basic("T0K", "")),  # the token as the user name, no password
+    ("azure-devops", None, basic("", "T0K")),  # the PAT as the password of no user
 ])
 def test_each_provider_authenticates_git_with_its_documented_scheme(
         provider: str, username: str | None, expected: str) -> None:
@@ -102,7 +105,7 @@ def test_each_provider_authenticates_git_with_its_documented_scheme(
 
 @pytest.mark.parametrize(("provider", "username"), [
     ("github", None), ("gitlab", None), ("bitbucket", None), ("bitbucket", "dev@example.com"),
-    ("bitbucket-server", None),
+    ("bitbucket-server", None), ("gitea", None), ("azure-devops", None),
 ])
 def test_each_providers_header_is_what_the_fetch_sends(tmp_path: Path, provider: str,
                                                        username: str | None) -> None:
@@ -130,17 +133,24 @@ def test_a_repository_without_a_token_sends_no_git_authorization() -> None:
         dataclasses.replace(repo, api_token=None)) is None
 
 
-@pytest.mark.parametrize(("provider", "expected"), [
-    ("github", "https://github.com/acme/mono.git"),
-    ("gitlab", "https://gitlab.com/acme/mono.git"),
-    ("bitbucket", "https://bitbucket.org/acme/mono.git"),
-    ("bitbucket-server", None),
+@pytest.mark.parametrize(("provider", "api_url", "name", "expected"), [
+    ("github", None, "acme/mono", "https://github.com/acme/mono.git"),
+    ("gitlab", None, "acme/mono", "https://gitlab.com/acme/mono.git"),
+    ("bitbucket", None, "acme/mono", "https://bitbucket.org/acme/mono.git"),
+    ("github", "https://ghe.example/api/v3", "acme/mono", None),  # self-managed: unknown
+    ("bitbucket-server", "https://scm.example", "ACME/mono", None),
+    ("gitea", "https://git.example/api/v1", "acme/mono", "https://git.example/acme/mono.git"),
+    ("azure-devops", None, "acme/Mono Project/mono",
+     "https://dev.azure.com/acme/Mono%20Project/_git/mono"),
+    ("azure-devops", None, "acme/mono", None),  # not organization/project/repository
 ])
-def test_default_git_url_per_provider(provider: str, expected: str | None) -> None:
-    raw = {"provider": provider, "name": "acme/mono", "diff": "git",
-           "api_url": REGISTRY[provider].default_api_url or "https://scm.example",
+def test_default_git_url_per_provider(provider: str, api_url: str | None, name: str,
+                                      expected: str | None) -> None:
+    raw = {"provider": provider, "name": name, "diff": "git",
            "webhook_secrets": ["env:X"], "branches": ["main"],
            "pipelines": [{"name": "p", "paths": ["**"]}]}
+    if api_url is not None:
+        raw["api_url"] = api_url
     if expected is None:
         with pytest.raises(ConfigError, match="git_url: is required"):
             parse({"repositories": [raw]})

@@ -135,6 +135,12 @@ def test_github_sends_the_etag_and_a_304_is_not_modified(fake_api: FakeAPI) -> N
     ("bitbucket", "acme/mono", "/2.0/repositories/acme/mono/refs/branches/main",
      {"type": "error", "error": {"message": "Branch \"main\" not found"}},
      {"type": "error", "error": {"message": "Repository acme/mono not found"}}),
+    # Gitea's ctx.NotFound(err): the branch error in `errors`, none for the repository
+    ("gitea", "acme/mono", "/api/v1/repos/acme/mono/branches/main",
+     {"message": "The target couldn't be found.", "url": "https://gitea.example/api/swagger",
+      "errors": ["branch does not exist [name: main]"]},
+     {"message": "The target couldn't be found.", "url": "https://gitea.example/api/swagger",
+      "errors": None}),
 ])
 def test_a_missing_branch_has_no_head_but_a_missing_repository_is_an_error(
         fake_api: FakeAPI, provider: str, name: str, path: str, missing: Any,
@@ -150,6 +156,7 @@ def test_a_missing_branch_has_no_head_but_a_missing_repository_is_an_error(
     ("github", "/repos/acme/mono/branches/main", {"commit": {"sha": A}}),
     ("gitlab", "/api/v4/projects/acme%2Fmono/repository/branches/main", {"commit": {"id": A}}),
     ("bitbucket", "/2.0/repositories/acme/mono/refs/branches/main", {"target": {"hash": A}}),
+    ("gitea", "/api/v1/repos/acme/mono/branches/main", {"commit": {"id": A}}),
 ])
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_token_is_a_provider_error(fake_api: FakeAPI, provider: str, path: str,
@@ -165,6 +172,7 @@ def test_a_refused_token_is_a_provider_error(fake_api: FakeAPI, provider: str, p
     ("github", "/repos/acme/mono/branches/main", {"commit": {"sha": "not-a-sha"}}),
     ("gitlab", "/api/v4/projects/acme%2Fmono/repository/branches/main", {"commit": {}}),
     ("bitbucket", "/2.0/repositories/acme/mono/refs/branches/main", ["not", "an", "object"]),
+    ("gitea", "/api/v1/repos/acme/mono/branches/main", {"name": "main", "commit": None}),
 ])
 def test_an_answer_without_a_commit_id_is_a_provider_error(
         fake_api: FakeAPI, provider: str, path: str, body: Any) -> None:

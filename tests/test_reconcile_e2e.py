@@ -10,6 +10,7 @@ JSON log lines and ``webhook-receiver history``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -255,8 +256,88 @@ class BitbucketServer(World):
                                       "X-Hub-Signature": sig}).status_code
 
 
-WORLDS: list[type[World]] = [GitHub, GitLab, Bitbucket, BitbucketServer]
-ENV = {"RECONCILE_SECRET": SECRET, "RECONCILE_TOKEN": TOKEN}
+class Gitea(World):
+    provider, repository, branch = "gitea", "gordon/hello-world", "main"
+
+    def __init__(self, api: FakeAPI) -> None:
+        super().__init__(api)
+        from tests.gitea_api import GiteaAPI
+
+        self.gitea = GiteaAPI(api, self.repository, TOKEN, git=self.git)
+        api.routes = Routes(self.route)  # branch reads are answered (and counted) here
+
+    def route(self, rec: Recorded) -> Answer | None:
+        prefix = f"/api/v1/repos/{self.repository}/branches/"
+        if rec.path.startswith(prefix):
+            name = unquote(rec.path.removeprefix(prefix))
+            return self.branch_read(
+                rec, name, lambda s: {"name": name, "commit": {"id": s}},
+                {"message": "The target couldn't be found.", "url": "",
+                 "errors": [f"branch does not exist [name: {name}]"]})
+        return self.gitea.route(rec)
+
+    def repository_config(self, reconcile_seconds: float) -> dict[str, Any]:
+        return {**super().repository_config(reconcile_seconds),
+                "api_url": self.api.url + "/api/v1"}
+
+    def deliver(self, svc: Service, before: str, after: str, delivery_id: str) -> int:
+        doc = json.loads(fixture_bytes("gitea/woodpecker-gitea-HookPush.json"))
+        doc.update(ref=f"refs/heads/{self.branch}", before=before, after=after)
+        body = json.dumps(doc).encode()
+        sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return requests.post(svc.url + "/webhooks/gitea", data=body, timeout=10, headers={
+            "Content-Type": "application/json", "X-Gitea-Event": "push",
+            "X-Gitea-Delivery": delivery_id, "X-Gitea-Signature": sig}).status_code
+
+
+class AzureDevOps(World):
+    provider, repository, branch = "azure-devops", "fabrikam/Fabrikam Fiber/mono", "main"
+
+    def __init__(self, api: FakeAPI) -> None:
+        super().__init__(api)
+        from tests.azure_devops_api import AzureDevOpsAPI
+
+        self.azure = AzureDevOpsAPI(api, self.repository, TOKEN, git=self.git)
+        api.routes = Routes(self.route)  # branch reads are answered (and counted) here
+
+    def repository_config(self, reconcile_seconds: float) -> dict[str, Any]:
+        # its webhook secret is the service hook's user:password
+        return {**super().repository_config(reconcile_seconds),
+                "webhook_secrets": ["env:RECONCILE_AZURE_HOOK"]}
+
+    def route(self, rec: Recorded) -> Answer | None:
+        if rec.path == f"{self.azure.root}/refs":
+            name = rec.query["filter"][0].removeprefix("heads/")
+            return self.branch_read(
+                rec, name, lambda s: {"value": [{"name": f"refs/heads/{name}", "objectId": s}],
+                                      "count": 1},
+                {"value": [], "count": 0})
+        return self.azure.route(rec)
+
+    def branch_read(self, rec: Recorded, name: str, found: Callable[[str], Any],
+                    missing: Any) -> Answer:
+        # a missing ref is an empty list (200), not a 404
+        _status, body, headers = super().branch_read(rec, name, found, missing)
+        return 200, body, headers
+
+    def deliver(self, svc: Service, before: str, after: str, delivery_id: str) -> int:
+        doc = json.loads(fixture_bytes("azure-devops/go-scm-push.json"))
+        doc["id"] = delivery_id
+        doc["resource"]["refUpdates"] = [{"name": f"refs/heads/{self.branch}",
+                                          "oldObjectId": before, "newObjectId": after}]
+        repo = doc["resource"]["repository"]
+        repo.update(name="mono", remoteUrl="https://dev.azure.com/fabrikam/Fabrikam%20Fiber/"
+                    "_git/mono")
+        repo["project"]["name"] = "Fabrikam Fiber"
+        pair = base64.b64encode(f"hook:{SECRET}".encode()).decode()
+        return requests.post(svc.url + "/webhooks/azure-devops", data=json.dumps(doc).encode(),
+                             timeout=10, headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Basic {pair}"}).status_code
+
+
+WORLDS: list[type[World]] = [GitHub, GitLab, Bitbucket, BitbucketServer, Gitea, AzureDevOps]
+ENV = {"RECONCILE_SECRET": SECRET, "RECONCILE_TOKEN": TOKEN,
+       "RECONCILE_AZURE_HOOK": f"hook:{SECRET}"}
 
 
 def service(tmp_path: Path, world: World, name: str, reconcile_seconds: float,

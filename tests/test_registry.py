@@ -63,8 +63,8 @@ def check_config(tmp_path: Path) -> int:
 def test_check_config_refuses_the_provider_before_it_is_registered(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert check_config(tmp_path) == 2
-    assert "repositories[0].provider: 'forgejo' is not allowed; allowed: bitbucket, " \
-        "bitbucket-server, github, gitlab" in capsys.readouterr().err
+    assert "repositories[0].provider: 'forgejo' is not allowed; allowed: azure-devops, " \
+        "bitbucket, bitbucket-server, gitea, github, gitlab" in capsys.readouterr().err
 
 
 def test_check_config_accepts_the_registered_provider_with_its_options(

@@ -20,7 +20,10 @@ import fnmatch
 import inspect
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +50,16 @@ from tests.test_ecs_task import (
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "deploy" / "stack.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
 OUTCOMES_SNIPPET = ROOT / "config" / "eventbridge-outcomes.yaml"
+TABLE_SNIPPET = ROOT / "config" / "dynamodb-table.yaml"
+# checkov pins boto3, packaging and networkx far below what the service is tested with, so it
+# lives in its own venv, which .ci/run makes (python3 -m venv .venv-checkov && ...)
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+# pinned: a new release's new checks change the suite only when someone bumps it
+# (docs/deploy.md); it pins boto3 1.35.49, packaging < 24 and networkx < 2.7, so it cannot
+# share the test venv (the service would be tested against another boto3)
+CHECKOV_VERSION = "3.3.30"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 OUTCOME_RESOURCES = ("OutcomesConnection", "OutcomesDestination", "OutcomesInvokeRole",
                      "OutcomesRule")
@@ -113,6 +125,7 @@ class Renderer:
     """Resolves the intrinsic functions of one template for one set of parameter values."""
 
     def __init__(self, doc: dict[str, Any], parameters: dict[str, str]) -> None:
+        """``parameters`` may also set pseudo parameters (``AWS::Region``, ``AWS::Partition``)."""
         self.doc = doc
         self.values: dict[str, Any] = {
             name: parameters.get(name, spec.get("Default"))
@@ -121,6 +134,7 @@ class Renderer:
         self.values |= {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
                         "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com",
                         "AWS::StackName": "webhook-receiver"}
+        self.values |= {k: v for k, v in parameters.items() if k.startswith("AWS::")}
         self.missing = missing
 
     def condition(self, name: str) -> bool:
@@ -139,16 +153,33 @@ class Renderer:
             return f"arn:aws:iam::{ACCOUNT}:role/{name}"
         if attribute == "Arn" and resource["Type"] == "AWS::DynamoDB::Table":
             return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{self.ref(name)}"
+        if attribute == "Arn" and resource["Type"] == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{self.ref(name)}"
         return f"{name}.{attribute}"
 
-    def sub(self, text: str) -> str:
+    def sub(self, arg: str | list[Any]) -> str:
+        """Fn::Sub in both forms: a string, or [string, {name: value}]."""
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self.render(arg[1]))
+
         def one(match: re.Match[str]) -> str:
             name = match.group(1)
+            if name in variables:
+                return str(variables[name])
             if "." in name and name.split(".")[0] in self.doc["Resources"]:
                 return self.attribute(*name.split(".", 1))
             return str(self.ref(name))
 
         return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def find_in_map(self, arg: list[Any]) -> Any:
+        """Fn::FindInMap; a missing key raises KeyError, as CloudFormation fails the stack."""
+        name, top, second = (self.render(a) for a in arg)
+        return self.doc["Mappings"][name][top][second]
+
+    def exists(self, name: str) -> bool:
+        """Whether CloudFormation creates the resource (its Condition, if any, holds)."""
+        condition = self.doc["Resources"][name].get("Condition")
+        return condition is None or self.condition(condition)
 
     def render(self, node: Any) -> Any:
         """``node`` with every intrinsic function replaced by its value (AWS::NoValue drops)."""
@@ -164,6 +195,8 @@ class Renderer:
                 return self.sub(arg)
             if key == "Fn::GetAtt":
                 return self.attribute(*arg)
+            if key == "Fn::FindInMap":
+                return self.find_in_map(arg)
             if key == "Fn::If":
                 name, then, otherwise = arg
                 return self.render(then if self.condition(name) else otherwise)
@@ -227,6 +260,94 @@ def test_cfn_lint_catches_a_broken_copy() -> None:
     assert broken != STACK.read_text()
     assert any("HealthCheckIntervalSeconds" in m.path_string or "minimum" in str(m)
                for m in lint(broken))
+
+
+# --- checkov ---------------------------------------------------------------------------
+
+
+def _checkov(files: list[Path]) -> dict[Path, list[dict[str, Any]]]:
+    """checkov's failed and skipped checks of each file (every framework, as
+    ``checkov -f FILE ...`` runs them), offline."""
+    if not CHECKOV.exists():  # the first run anywhere makes its venv (PyPI, once)
+        subprocess.run([sys.executable, "-m", "venv", str(CHECKOV.parent.parent)], check=True)
+        subprocess.run([str(CHECKOV.parent / "pip"), "install", "-q",
+                        f"checkov=={CHECKOV_VERSION}"], check=True, timeout=900)
+    argv = [str(CHECKOV), *(a for f in files for a in ("-f", str(f))), "--skip-download",
+            "--output", "json"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    found: dict[Path, list[dict[str, Any]]] = {f.resolve(): [] for f in files}
+    for report in reports:
+        assert report["summary"]["parsing_errors"] == 0, report["check_type"]
+        for check in (*report["results"]["failed_checks"],
+                      *report["results"]["skipped_checks"]):
+            found[(ROOT / check["file_abs_path"]).resolve()].append(check)
+    # exit 1 exactly when something failed: the findings above are all there is
+    failed = any(c["check_result"]["result"] == "FAILED" for cs in found.values() for c in cs)
+    assert result.returncode == int(failed), result.stderr[-2000:]
+    return found
+
+
+def _without_access_logs(text: str) -> str:
+    return re.sub(r"^ +- \{Key: access_logs\.s3\.enabled.*\n", "", text, flags=re.M)
+
+
+def _log_group_without_key(text: str) -> str:
+    return text.replace("      KmsKeyId: !If [HasKmsKey, !Ref KmsKeyArn, !Ref AWS::NoValue]\n",
+                        "")
+
+
+def _base_without_tag(text: str) -> str:
+    return re.sub(r"^FROM python:\S+ AS base$", "FROM python AS base", text, flags=re.M)
+
+
+BROKEN_COPIES = [  # (file, change, the check that must fail)
+    pytest.param(STACK, _without_access_logs, "CKV_AWS_91", id="no load balancer access logs"),
+    pytest.param(STACK, _log_group_without_key, "CKV_AWS_158", id="no key option on the log group"),
+    pytest.param(DOCKERFILE, _base_without_tag, "CKV_DOCKER_7", id="a base image without a tag"),
+]
+
+
+@dataclass
+class CheckovRun:
+    """checkov's findings over the real files and the broken copies (by the check each one
+    must fail)."""
+
+    findings: dict[Path, list[dict[str, Any]]]
+    copies: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def checkov_run(tmp_path_factory: pytest.TempPathFactory) -> CheckovRun:
+    """One checkov run over the real files and every broken copy (each in its own directory,
+    under its own name: checkov tells a Dockerfile by its name)."""
+    copies: dict[str, Path] = {}
+    for case in BROKEN_COPIES:
+        source, change, check_id = case.values
+        broken = tmp_path_factory.mktemp("broken") / source.name
+        broken.write_text(change(source.read_text()))
+        assert broken.read_text() != source.read_text(), case.id
+        copies[check_id] = broken.resolve()
+    return CheckovRun(_checkov([STACK, DOCKERFILE, *copies.values()]), copies)
+
+
+def test_checkov_fails_nothing_in_the_stack_and_the_dockerfile(checkov_run: CheckovRun) -> None:
+    findings = [c for f in (STACK, DOCKERFILE) for c in checkov_run.findings[f]]
+    assert [(c["check_id"], c["file_path"]) for c in findings
+            if c["check_result"]["result"] != "SKIPPED"] == []
+    # a skip is an inline `checkov:skip=ID:reason` in the file, and the reason says why
+    for skipped in findings:
+        assert len(skipped["check_result"].get("suppress_comment", "")) > 40, skipped["check_id"]
+
+
+@pytest.mark.parametrize(("source", "change", "check_id"), BROKEN_COPIES)
+def test_checkov_catches_a_broken_copy(checkov_run: CheckovRun, source: Path,
+                                       change: Callable[[str], str], check_id: str) -> None:
+    broken = checkov_run.copies[check_id]
+    failed = {c["check_id"] for c in checkov_run.findings[broken]
+              if c["check_result"]["result"] == "FAILED"}
+    assert failed == {check_id}
 
 
 # --- the task definition agrees with ecs-task.json ------------------------------------
@@ -401,6 +522,128 @@ def test_renderer_resolves_everything_it_is_given() -> None:
     doc["Resources"]["LogGroup"]["Properties"]["RetentionInDays"] = {"Fn::Select": [0, [1]]}
     with pytest.raises(AssertionError, match="Fn::Select"):
         Renderer(doc, production_parameters()).resource("LogGroup")
+
+
+# --- the load balancer's access logs ---------------------------------------------------
+
+
+def _attributes(renderer: Renderer) -> dict[str, str]:
+    attributes = renderer.resource("LoadBalancer")["Properties"]["LoadBalancerAttributes"]
+    return {a["Key"]: a["Value"] for a in attributes}
+
+
+def _delivery_statement(renderer: Renderer) -> dict[str, Any]:
+    document = renderer.resource("AccessLogsBucketPolicy")["Properties"]["PolicyDocument"]
+    (statement,) = [s for s in document["Statement"]
+                    if s["Effect"] == "Allow" and s["Action"] == "s3:PutObject"]
+    assert isinstance(statement, dict)
+    return statement
+
+
+def test_load_balancer_logs_where_the_bucket_policy_lets_elastic_load_balancing_write() -> None:
+    r = render()
+    attributes = _attributes(r)
+    assert attributes["access_logs.s3.enabled"] == "true"
+    bucket = r.resource("AccessLogsBucketPolicy")["Properties"]["Bucket"]
+    assert attributes["access_logs.s3.bucket"] == bucket == r.ref("AccessLogsBucket")
+    prefix = attributes["access_logs.s3.prefix"]
+    assert "AWSLogs" not in prefix  # the user guide: Elastic Load Balancing adds it
+    # where the guide says the objects go: bucket/prefix/AWSLogs/ACCOUNT/...
+    assert _delivery_statement(r)["Resource"] == \
+        f"arn:aws:s3:::{bucket}/{prefix}/AWSLogs/{ACCOUNT}/*"
+    # enabling the logs writes a test object at once
+    assert r.doc["Resources"]["LoadBalancer"]["DependsOn"] == "AccessLogsBucketPolicy"
+
+
+# the writer per Region, from the table of the Elastic Load Balancing user guide ("Enable
+# access logs for your Application Load Balancer"): an account where the guide lists one, the
+# log delivery service elsewhere ("such as Middle East (UAE)")
+@pytest.mark.parametrize(("region", "partition", "principal"), [
+    ("us-east-1", "aws", {"AWS": "arn:aws:iam::127311923021:root"}),
+    ("eu-west-1", "aws", {"AWS": "arn:aws:iam::156460612806:root"}),
+    ("us-gov-west-1", "aws-us-gov", {"AWS": "arn:aws-us-gov:iam::048591011584:root"}),
+    ("me-central-1", "aws", {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}),
+])
+def test_bucket_policy_lets_the_regions_log_writer_deliver(
+        region: str, partition: str, principal: dict[str, str]) -> None:
+    r = render({"AWS::Region": region, "AWS::Partition": partition})
+    assert _delivery_statement(r)["Principal"] == principal
+
+
+def test_a_region_the_mapping_lacks_fails_instead_of_guessing_the_writer() -> None:
+    with pytest.raises(KeyError, match="xx-nowhere-1"):
+        render({"AWS::Region": "xx-nowhere-1"}).resource("AccessLogsBucketPolicy")
+
+
+def test_access_log_bucket_is_private_encrypted_tls_only_and_expires_its_logs() -> None:
+    r = render()
+    bucket = r.resource("AccessLogsBucket")
+    props = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert set(props["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    # the only encryption Elastic Load Balancing delivers to
+    (encryption,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption == {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+    (rule,) = props["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["ExpirationInDays"]) == ("Enabled", 90)
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
+    document = r.resource("AccessLogsBucketPolicy")["Properties"]["PolicyDocument"]
+    (deny,) = [s for s in document["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert set(deny["Resource"]) == {r.attribute("AccessLogsBucket", "Arn"),
+                                     r.attribute("AccessLogsBucket", "Arn") + "/*"}
+
+
+# --- the customer managed key -----------------------------------------------------------
+
+KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"  # KMS docs' example key
+
+
+@pytest.mark.parametrize(("value", "accepted"), [
+    ("", True),
+    (KEY, True),
+    (f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/webhook-receiver", False),  # CloudWatch Logs takes key ARNs only
+    ("1234abcd-12ab-34cd-56ef-1234567890ab", False),  # a key id alone
+])
+def test_key_parameter_takes_a_key_arn_or_nothing(value: str, accepted: bool) -> None:
+    for template in (load_stack(), load_stack(TABLE_SNIPPET.read_text())):
+        pattern = template["Parameters"]["KmsKeyArn"]["AllowedPattern"]
+        assert (re.fullmatch(pattern, value) is not None) is accepted
+
+
+def test_without_a_key_the_log_group_and_table_use_aws_managed_keys() -> None:
+    r = render()
+    assert "KmsKeyId" not in r.resource("LogGroup")["Properties"]
+    assert r.resource("StateTable")["Properties"]["SSESpecification"] == \
+        {"SSEEnabled": True, "SSEType": "KMS"}  # the aws/dynamodb key
+    assert not r.exists("StateTableKeyPolicy")
+
+
+def test_with_a_key_the_log_group_and_table_use_it_and_the_task_role_may_through_dynamodb() \
+        -> None:
+    r = render({"KmsKeyArn": KEY})
+    assert r.resource("LogGroup")["Properties"]["KmsKeyId"] == KEY
+    assert r.resource("StateTable")["Properties"]["SSESpecification"] == \
+        {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": KEY}
+    assert r.exists("StateTableKeyPolicy")
+    policy = r.resource("StateTableKeyPolicy")["Properties"]
+    assert policy["RoleName"] == r.ref("TaskRole")
+    document = policy["PolicyDocument"]
+    assert policy_problems(document) == []
+    assert {resource for _, resource in grants(document)} == {KEY}
+    assert {action for action, _ in grants(document)} >= {"kms:Decrypt", "kms:Encrypt"}
+    (statement,) = document["Statement"]
+    assert statement["Condition"] == \
+        {"StringEquals": {"kms:ViaService": f"dynamodb.{REGION}.amazonaws.com"}}
+
+
+@pytest.mark.parametrize("key", ["", KEY], ids=["no key", "a key"])
+def test_table_snippet_encrypts_the_table_as_the_stack_does(key: str) -> None:
+    snippet = Renderer(load_stack(TABLE_SNIPPET.read_text()), {"KmsKeyArn": key})
+    assert snippet.resource("StateTable")["Properties"]["SSESpecification"] == \
+        render({"KmsKeyArn": key}).resource("StateTable")["Properties"]["SSESpecification"]
 
 
 # --- secrets ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from receiver.state import StateStore, open_store
 from receiver.statuses import KIND, StatusHandler, StatusListener
 from receiver.worker import Worker
 
+BACKLOG_SECONDS = 60.0  # how often one replica measures the backlog (CloudWatch's resolution)
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -230,6 +231,15 @@ def _background(config: Config, store: StateStore, launcher: Launcher,
     if reconciler.interval is not None:
         runtime.add(LeasedLoop("reconcile", reconciler.interval, store, worker.owner,
                                reconciler.run))
+
+    def backlog(now: float) -> None:  # the metrics of a queue that stalls or floods
+        waiting = store.backlog(now)
+        log.info("backlog.measured", pending_deliveries=waiting.deliveries,
+                 oldest_pending_seconds=round(now - (waiting.oldest_delivery or now), 1),
+                 pending_tasks=waiting.tasks,
+                 overdue_task_seconds=round(max(0.0, now - (waiting.oldest_task or now)), 1))
+
+    runtime.add(LeasedLoop("backlog", BACKLOG_SECONDS, store, worker.owner, backlog))
     return runtime, worker, recorder
 
 

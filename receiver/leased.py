@@ -66,6 +66,7 @@ class LeasedLoop:
             return False
         if held and not self.held:
             self._next_run = None  # taken (over): run at once
+            self.log.info("lease.taken", lease=self.name, owner=self.owner)
         self.held = held
         if not held or (self._next_run is not None and time.monotonic() < self._next_run):
             return False
@@ -87,6 +88,7 @@ class LeasedLoop:
         try:
             self.store.release_lease(self.name, self.owner)
             self.held = False
+            self.log.info("lease.released", lease=self.name, owner=self.owner)
         except ReceiverError as exc:  # it expires on its own within LEASE_SECONDS
             self.log.warning(f"{self.name}.failed", error=str(exc))
 

@@ -216,7 +216,7 @@ class OutcomeRecorder:
         open execution whose status is not settled, and the baseline of every row whose
         last start's outcome is known but not applied to it. How many were healed."""
         healed = 0
-        for execution in self.store.open_executions(started_before=now + 1, limit=POLL_BATCH):
+        for execution in self.store.open_executions(limit=POLL_BATCH):
             if execution.settled != execution.status:
                 self.follow_up(execution, "poll", now)
                 healed += 1

@@ -333,9 +333,10 @@ class StateStore(Protocol):
         """Set the status, attempt and ``updated_at`` of ``updated`` if the recorded status
         and attempt are still ``expected``'s. False when another writer got there first."""
 
-    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
+    def open_executions(self, started_before: float | None = None,
+                        limit: int = 100) -> list[Execution]:
         """Open executions (:attr:`Execution.open`: no final status, or one not settled yet),
-        started before ``started_before``, oldest first."""
+        started before ``started_before`` (None: whenever), oldest first."""
 
     def in_flight_baselines(self, limit: int = 100) -> list[Baseline]:
         """Baselines whose last start's outcome is not applied yet (``last_execution_status``

@@ -690,8 +690,10 @@ class DynamoDBStore:
         rows = map(self._baseline, self._index_items(IN_FLIGHT, limit=limit))
         return [b for b in rows if b.in_flight]
 
-    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
-        items = self._index_items(OPEN_EXECUTION, before=_sortable(started_before), limit=limit)
+    def open_executions(self, started_before: float | None = None,
+                        limit: int = 100) -> list[Execution]:
+        before = None if started_before is None else _sortable(started_before)
+        items = self._index_items(OPEN_EXECUTION, before=before, limit=limit)
         return [x for x in map(self._execution, items) if x.open]
 
     def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:

@@ -526,11 +526,13 @@ class SQLiteStore:
              expected.pipeline, expected.execution_id, expected.status, expected.attempt))
         return cur.rowcount == 1
 
-    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
+    def open_executions(self, started_before: float | None = None,
+                        limit: int = 100) -> list[Execution]:
         # the partial index's own condition, word for word, so SQLite uses it
         rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions"
-                           " WHERE (final = 0 OR settled IS NOT status) AND started_at < ?"
-                           " ORDER BY started_at LIMIT ?", (started_before, limit))
+                           " WHERE (final = 0 OR settled IS NOT status)"
+                           " AND (? IS NULL OR started_at < ?) ORDER BY started_at LIMIT ?",
+                           (started_before, started_before, limit))
         return [Execution(*row) for row in rows]
 
     def in_flight_baselines(self, limit: int = 100) -> list[Baseline]:

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from providers import Provider, build_providers
 from providers.base import constant_time_equal, load_json_object, verify_for
 from receiver.config import Config, read_secrets
+from receiver.effects import Bus
 from receiver.errors import (
     BadRequest,
     Ignored,
@@ -26,16 +27,19 @@ from receiver.errors import (
     UnsupportedMediaType,
 )
 from receiver.events import Delivery
-from receiver.launcher import Launcher, build_launcher
+from receiver.launcher import Launcher, aws_region, build_launcher
 from receiver.leased import LeasedLoop
 from receiver.logging import client_address, configure, get_logger
-from receiver.outcomes import parse_event, poll_outcomes
+from receiver.outcomes import OutcomeRecorder, parse_event, poll_outcomes
 from receiver.processor import Processor
 from receiver.reconcile import Reconciler
+from receiver.runtime import Runtime
+from receiver.sender import Sender
 from receiver.state import StateStore, open_store
-from receiver.statuses import StatusWriter
+from receiver.statuses import KIND, StatusHandler, StatusListener
 from receiver.worker import Worker
 
+BACKLOG_SECONDS = 60.0  # how often one replica measures the backlog (CloudWatch's resolution)
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -53,35 +57,14 @@ def create_app(config: Config, *, store: StateStore | None = None,
         store.init()  # the embedded default needs no separate 'state init'
     launcher = launcher if launcher is not None else build_launcher(config.launcher)
     providers = providers if providers is not None else build_providers()
-    processor = Processor(config, store, launcher, providers,
-                          statuses=StatusWriter(store, providers))
-    worker = Worker(processor, store, config.processing, warm_up=launcher.warm)
-    recorder = processor.outcomes
-
-    def poll(now: float) -> None:
-        asked = poll_outcomes(recorder, launcher, config.outcomes.poll_seconds, now)
-        if asked:
-            log.info("outcome.polled", executions=asked, owner=worker.owner)
-
-    poller = LeasedLoop("outcomes-poll", config.outcomes.poll_seconds, store, worker.owner,
-                        poll, run_at_start=False)
-
-    reconciler = Reconciler(config, store, providers, worker.notify, worker.owner)
-    reconcile_loop = (LeasedLoop("reconcile", reconciler.interval, store, worker.owner,
-                                 reconciler.run, run_at_start=True)
-                      if reconciler.interval is not None else None)
-
+    runtime, worker, recorder = _background(config, store, launcher, providers)
     if start_worker:
-        worker.start()
-        if not launcher.dry_run:  # a dry-run start is Succeeded at once: nothing to poll
-            poller.start()
-        if reconcile_loop is not None:
-            reconcile_loop.start()
+        runtime.start()
 
     app = Flask("receiver")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["receiver"] = {"config": config, "store": store, "worker": worker,
-                                  "poller": poller, "reconciler": reconcile_loop}
+                                  "runtime": runtime}
 
     @app.before_request
     def started() -> None:
@@ -218,6 +201,46 @@ def create_app(config: Config, *, store: StateStore | None = None,
         return answer(500, error="internal", message="internal error")
 
     return app
+
+
+def _background(config: Config, store: StateStore, launcher: Launcher,
+                providers: Mapping[str, Provider]) -> tuple[Runtime, Worker, OutcomeRecorder]:
+    """The process's background work, wired: the executor publishes to the listeners
+    (commit statuses as tasks for the sender), and every runnable joins one runtime."""
+    log = get_logger()
+    bus = Bus()
+    processor = Processor(config, store, launcher, providers, bus=bus)
+    worker = Worker(processor, store, config.processing, warm_up=launcher.warm)
+    sender = Sender(store, {KIND: StatusHandler(config, store, providers)}, worker.owner)
+    StatusListener(store, aws_region(config.launcher.region), providers,
+                   wake=sender.notify).subscribe(bus)
+    recorder = processor.outcomes
+    runtime = Runtime()
+    runtime.add(worker)
+    runtime.add(sender)
+
+    def poll(now: float) -> None:
+        asked = poll_outcomes(recorder, launcher, config.outcomes.poll_seconds, now)
+        if asked:
+            log.info("outcome.polled", executions=asked, owner=worker.owner)
+
+    if not launcher.dry_run:  # a dry-run start is Succeeded at once: nothing to poll
+        runtime.add(LeasedLoop("outcomes-poll", config.outcomes.poll_seconds, store,
+                               worker.owner, poll))
+    reconciler = Reconciler(config, store, providers, worker.notify, worker.owner)
+    if reconciler.interval is not None:
+        runtime.add(LeasedLoop("reconcile", reconciler.interval, store, worker.owner,
+                               reconciler.run))
+
+    def backlog(now: float) -> None:  # the metrics of a queue that stalls or floods
+        waiting = store.backlog(now)
+        log.info("backlog.measured", pending_deliveries=waiting.deliveries,
+                 oldest_pending_seconds=round(now - (waiting.oldest_delivery or now), 1),
+                 pending_tasks=waiting.tasks,
+                 overdue_task_seconds=round(max(0.0, now - (waiting.oldest_task or now)), 1))
+
+    runtime.add(LeasedLoop("backlog", BACKLOG_SECONDS, store, worker.owner, backlog))
+    return runtime, worker, recorder
 
 
 def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any) -> None:

@@ -426,6 +426,8 @@ def cmd_state(args: argparse.Namespace) -> int:
         store.init()
         _say(f"ok: state backend {cfg.state.backend} initialised")
         return 0
+    if args.action == "leases":
+        return _leases(store)
     for b in store.all_baselines():
         print(json.dumps({
             "repository": b.repository, "branch": b.branch, "pipeline": b.pipeline,
@@ -435,6 +437,26 @@ def cmd_state(args: argparse.Namespace) -> int:
             "deployed_commit": b.deployed_commit,
             "updated_at": datetime.fromtimestamp(b.updated_at, UTC).isoformat(),
         }))
+    return 0
+
+
+def _leases(store: Any) -> int:
+    """What is held now: leases (one replica's periodic work), refs being processed and
+    pipeline starts in flight, with owner and expiry; then the backlog."""
+    import time
+    from datetime import UTC, datetime
+
+    now = time.time()
+    for held in store.holdings(now):
+        print(json.dumps({
+            "kind": held.kind, "name": held.name, "owner": held.owner,
+            "until": None if held.until is None
+            else datetime.fromtimestamp(held.until, UTC).isoformat(),
+            "expires_in_s": None if held.until is None else round(held.until - now, 1)}))
+    waiting = store.backlog(now)
+    print(json.dumps({"kind": "backlog", "pending_deliveries": waiting.deliveries,
+                      "oldest_pending_seconds": round(now - (waiting.oldest_delivery or now), 1),
+                      "pending_tasks": waiting.tasks}))
     return 0
 
 
@@ -577,14 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     state = sub.add_parser(
         "state", help="print baselines; 'state init' creates the backend; 'state seed' sets "
-                      "baselines when adopting the service",
+                      "baselines when adopting the service; 'state leases' lists what is held",
         description="One JSON line per (repository, branch, pipeline); 'state init' creates "
                     "what the state backend needs (safe to run again); 'state seed' sets "
                     "baselines and deployed commits from each pipeline's newest Succeeded "
-                    "execution or by hand.")
-    state.add_argument("action", nargs="?", choices=["init", "seed"],
+                    "execution or by hand; 'state leases' lists leases, refs being processed "
+                    "and pipeline starts in flight with their owners and expiry, and the "
+                    "backlog.")
+    state.add_argument("action", nargs="?", choices=["init", "seed", "leases"],
                        help="init: create the DynamoDB table or the SQLite schema; seed: set "
-                            "baselines (with --from-executions, or --pipeline and --commit)")
+                            "baselines (with --from-executions, or --pipeline and --commit); "
+                            "leases: what each replica holds now")
     state.add_argument("--config", help=config_help)
     state.add_argument("--branch", help="seed: the branch (default: the repository's first "
                        "literal name in branches)")

@@ -102,6 +102,14 @@ class DependencyError(ReceiverError):
     """A call to something outside the process failed."""
 
 
+class TerminalError(ReceiverError):
+    """Work that no later try can do (a commit status for a repository no longer
+    configured, a payload that cannot be read): the background task that met it is
+    finished failed at once instead of being retried (controller-runtime's
+    ``TerminalError``). Every other ReceiverError raised by background work may be
+    retried with back-off."""
+
+
 class ProviderError(DependencyError):
     """The provider API failed in a way a later retry may fix (timeout, 5xx, rate limit).
 

@@ -43,13 +43,14 @@ loglevel = "warning"
 
 
 def worker_exit(server: object, worker: object) -> None:
-    """A worker is leaving (SIGTERM, restart): let its background processor finish the
-    delivery in hand, within what is left of graceful_timeout; an unfinished one keeps its
-    lease and is claimed again once the lease expires, by this task's successor or a peer."""
+    """A worker is leaving (SIGTERM, restart): stop its background runtime within what is
+    left of graceful_timeout (receiver/runtime.py): no new claims, the delivery and the
+    status write in hand finish, pending tasks stay in the store, leases are released; an
+    unfinished delivery keeps its lease and is claimed again once it expires."""
     extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
     receiver = extensions.get("receiver")
     if receiver is not None:
-        receiver["worker"].stop(timeout=max(1.0, graceful_timeout - 5))
+        receiver["runtime"].stop(timeout=max(1.0, graceful_timeout - 5))
 
 
 def when_ready(server: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,13 @@ RETRYABLE = frozenset({
     "ThrottlingException", "ConcurrentPipelineExecutionsLimitExceededException",
     "ConflictException", "ServiceUnavailableException", "InternalFailure", "RequestTimeout",
 })
+
+
+def aws_region(configured: str | None) -> str:
+    """The region pipelines run in (console links name it): ``launcher.region``, else the
+    SDK's environment (``AWS_REGION``, ``AWS_DEFAULT_REGION``), else us-east-1."""
+    return (configured or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1")
 
 
 @dataclass(frozen=True, slots=True)

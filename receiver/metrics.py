@@ -5,7 +5,8 @@ block and the metric values to the same JSON line, so CloudWatch Logs extracts t
 and ops keep one stream. Namespace ``WebhookReceiver`` (env RECEIVER_METRICS_NAMESPACE);
 RECEIVER_METRICS=off turns it off (both read at start-up). Dimensions are only ever the
 provider (a name in the provider registry, else ``unknown``: a URL must not mint metric
-dimensions), a fixed outcome, and an execution's final status (one of CodePipeline's).
+dimensions), a fixed outcome, and an execution's final status (one of CodePipeline's); the
+backlog's have none (one series for the whole service, measured by one replica).
 
 | metric | unit | dimensions | from event |
 |---|---|---|---|
@@ -19,6 +20,9 @@ dimensions), a fixed outcome, and an execution's final status (one of CodePipeli
 | ProviderErrors | Count | provider | provider.error (a compare failed: retried, then failed) |
 | MissedPushes | Count | provider | reconcile.missed |
 | DeliveriesFailed | Count | provider | delivery.failed (attempts used up, also by workers killed) |
+| PendingDeliveries | Count | (none) | backlog.measured (pending_deliveries) |
+| OldestPendingSeconds | Seconds | (none) | backlog.measured (oldest_pending_seconds) |
+| PendingTasks | Count | (none) | backlog.measured (pending_tasks: statuses, notifications) |
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
     "changes.incomplete": (("IncompleteDiffs", "Count", ("provider",), None),),
     "provider.error": (("ProviderErrors", "Count", ("provider",), None),),
     "delivery.failed": (("DeliveriesFailed", "Count", ("provider",), None),),
+    "backlog.measured": (("PendingDeliveries", "Count", (), "pending_deliveries"),
+                         ("OldestPendingSeconds", "Seconds", (), "oldest_pending_seconds"),
+                         ("PendingTasks", "Count", (), "pending_tasks")),
 }
 
 

@@ -3,7 +3,11 @@
 Two sources report a status (DESIGN.md "Execution outcomes"): EventBridge events pushed to
 ``POST /events/codepipeline`` and a poll of ``GetPipelineExecution``. Both go through
 :meth:`OutcomeRecorder.observe`, which keeps the newest status of the execution and then
-moves the pipeline's baseline row by :func:`baseline_after`. The rules are pure functions:
+applies its follow-ups (the baseline row by :func:`baseline_after`, then the listeners of
+:class:`~receiver.effects.ExecutionChanged`: statuses, notifications). Follow-ups are
+level-based: an execution stays open until they are all applied, and each poll pass
+re-applies what an error interrupted (:meth:`OutcomeRecorder.heal`). The rules are pure
+functions:
 
 - Ordering (:func:`advance`): a higher ``pipeline-execution-attempt`` wins (a console retry
   keeps the execution id); within one attempt a final status wins over ``Stopping``, which
@@ -19,10 +23,12 @@ moves the pipeline's baseline row by :func:`baseline_after`. The rules are pure 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from receiver.config import Config
+from receiver.effects import Bus, ExecutionChanged
 from receiver.errors import BadRequest, Ignored, LaunchError, StateError
 from receiver.logging import get_logger
 from receiver.state.base import (
@@ -147,32 +153,39 @@ def _whole(value: object) -> int | None:
     return None
 
 
-Policy = Callable[[str], str]  # repository key -> its `baseline` setting
-OnFinal = Callable[[Execution, Source], None]
-
-
 class OutcomeRecorder:
-    """Applies observations to the store: the execution's status, then its baseline row."""
+    """Applies observations to the store, then their follow-ups.
 
-    def __init__(self, store: StateStore, policy: Policy,
-                 on_change: OnFinal | None = None) -> None:
+    Level-based: what an execution's status requires (its baseline row moved, its
+    listeners' work recorded: statuses, notifications) is *derived* from the stored
+    execution and applied until it holds. The execution stays open (the poll lists it)
+    until :meth:`follow_up` has applied everything for its status; an observation that
+    changes nothing but finds follow-ups missing applies them again instead of being
+    ignored, and every poll pass re-applies what is missing (:meth:`heal`).
+    """
+
+    def __init__(self, store: StateStore, config: Config, bus: Bus) -> None:
         self.store = store
-        self.policy = policy
-        self.on_change = on_change  # e.g. the commit-status writer; after the store write
+        self.config = config
+        self.bus = bus
         self.log = get_logger()
 
     def observe(self, seen: Observation, now: float) -> Literal["accepted", "unknown",
                                                                  "ignored"]:
-        """Record ``seen``: ``accepted`` when it changed the execution, ``unknown`` for an
-        execution this service did not start, ``ignored`` for a replay or an older status.
-        Raises StateError when the store cannot answer."""
+        """Record ``seen``: ``accepted`` when it changed the execution (or found its
+        follow-ups missing and applied them), ``unknown`` for an execution this service did
+        not start, ``ignored`` for a replay or an older status whose follow-ups are all
+        applied. Raises StateError when the store cannot answer."""
         for _ in range(CAS_ROUNDS):
             current = self.store.execution(seen.pipeline, seen.execution_id)
             if current is None:
                 return "unknown"
             updated = advance(current, seen, now)
             if updated is None:
-                return "ignored"
+                if current.settled == current.status:
+                    return "ignored"
+                self.follow_up(current, seen.source, now)
+                return "accepted"
             if self.store.update_execution(current, updated):
                 break
         else:
@@ -183,14 +196,44 @@ class OutcomeRecorder:
                           status=updated.status, source=seen.source,
                           repository=updated.repository.partition(":")[2],
                           branch=updated.branch, attempt=updated.attempt)
-        self.settle(updated, now)
-        if self.on_change is not None:
-            self.on_change(updated, seen.source)
+        self.follow_up(updated, seen.source, now)
         return "accepted"
+
+    def follow_up(self, execution: Execution, source: str, now: float) -> bool:
+        """Apply what ``execution``'s status requires: move its baseline row, publish
+        :class:`ExecutionChanged` to the listeners; then mark it settled. False (and it
+        stays open) when a listener failed. Raises StateError when the store cannot
+        answer."""
+        self.settle(execution, now)
+        repo = self.config.repository_by_key(execution.repository)
+        done = repo is None or self.bus.publish(ExecutionChanged(repo, execution, source))
+        if done:
+            self.store.settle_execution(execution)
+        return done
+
+    def heal(self, now: float) -> int:
+        """Re-apply what an interrupted observation left undone: the follow-ups of every
+        open execution whose status is not settled, and the baseline of every row whose
+        last start's outcome is known but not applied to it. How many were healed."""
+        healed = 0
+        for execution in self.store.open_executions(limit=POLL_BATCH):
+            if execution.settled != execution.status:
+                self.follow_up(execution, "poll", now)
+                healed += 1
+        for row in self.store.in_flight_baselines(limit=POLL_BATCH):
+            assert row.last_execution_id is not None  # a start named it
+            named = self.store.execution(row.pipeline, row.last_execution_id)
+            if named is not None and named.status != row.last_execution_status:
+                self.settle(named, now)
+                healed += 1
+        if healed:
+            self.log.info("outcome.healed", follow_ups=healed)
+        return healed
 
     def settle(self, execution: Execution, now: float) -> None:
         """Move the baseline row of ``execution``'s pipeline as its status requires."""
-        policy = self.policy(execution.repository)
+        repo = self.config.repository_by_key(execution.repository)
+        policy = repo.baseline if repo is not None else "succeeded"
         for _ in range(CAS_ROUNDS):
             rows = self.store.baselines(execution.repository, execution.branch)
             current = rows.get(execution.pipeline)
@@ -207,7 +250,6 @@ class OutcomeRecorder:
         raise StateError(f"baseline of {execution.pipeline}: lost {CAS_ROUNDS} updates")
 
 
-
 class StatusSource(Protocol):
     """What the poll asks: the launcher's ``execution_status`` (raises LaunchError)."""
 
@@ -219,10 +261,12 @@ class StatusSource(Protocol):
 def poll_outcomes(recorder: OutcomeRecorder, launcher: StatusSource, min_age: float,
                   now: float) -> int:
     """Ask about every execution with no final status started at least ``min_age`` seconds
-    ago, and record what it says; the number of executions asked about."""
+    ago and record what it says, then re-apply what is missing (:meth:`OutcomeRecorder.heal`);
+    the number of executions asked about."""
     log = get_logger()
-    open_ = recorder.store.open_executions(started_before=now - min_age, limit=POLL_BATCH)
-    for execution in open_:
+    running = [x for x in recorder.store.open_executions(started_before=now - min_age,
+                                                         limit=POLL_BATCH) if not x.final]
+    for execution in running:
         try:
             status = launcher.execution_status(execution.pipeline, execution.execution_id)
         except LaunchError as exc:
@@ -233,4 +277,5 @@ def poll_outcomes(recorder: OutcomeRecorder, launcher: StatusSource, min_age: fl
             continue
         recorder.observe(Observation(execution.pipeline, execution.execution_id,
                                      status, "poll"), now)
-    return len(open_)
+    recorder.heal(now)
+    return len(running)

@@ -1,17 +1,17 @@
-"""Background processing of one recorded delivery: baselines, compare, decide, start, advance.
+"""The executor: background processing of one recorded delivery — plan, act, publish.
 
 State semantics (DESIGN.md): a pipeline's baseline is the last commit at which it was
-started or found unchanged. For a push with head H, pipelines are grouped by base and each
-distinct base costs one compare (usually one for the whole push); :func:`receiver.decide.decide`
-turns the difference into a verdict per pipeline. Starts go through a start intent keyed
-by (pipeline, head) so that no pipeline starts twice for one commit; baselines move by
-compare-and-set, and a lost race re-evaluates against the new baseline.
+started or found unchanged. :func:`receiver.planner.plan_push` plans a push (bases, one
+difference per distinct base, verdicts); this module acts on the plan: starts go through a
+start intent keyed by (pipeline, head) so that no pipeline starts twice for one commit,
+baselines move by compare-and-set, and a lost race is planned again against the new
+baseline. What happened is then published to the listeners (receiver/effects.py: commit
+statuses, head notes, notifications); their failures never fail the delivery.
 """
 
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,24 +19,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from providers.base import CommitStatus, Diff, Provider
+from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Decision
-from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, StateError
+from receiver.effects import (
+    Bus,
+    DeliveryProcessed,
+    HeadSeen,
+    MapInvalid,
+    PipelineStarted,
+    StartFailed,
+)
+from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable
 from receiver.events import Delivery, PushEvent
 from receiver.gitdiff import GitMirror, ref_problem
 from receiver.launcher import Launcher, StartRequest, render_variables
 from receiver.logging import delivery_context, get_logger
-from receiver.module_map import (
-    CONFIG_STATUS,
-    PipelineSet,
-    RepositoryMaps,
-    Resolved,
-    provider_source,
-)
-from receiver.outcomes import Observation, OutcomeRecorder, Source
+from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
+from receiver.outcomes import Observation, OutcomeRecorder
 from receiver.planner import PushPlan, plan_push
-from receiver.reconcile import caught_up
+from receiver.reconcile import RECONCILER, caught_up, note_head
 from receiver.state.base import (
     NOTHING_DEPLOYED,
     Baseline,
@@ -45,7 +47,6 @@ from receiver.state.base import (
     PipelineDecision,
     StateStore,
 )
-from receiver.statuses import StatusJob, StatusWriter, console_url, status_for
 
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
@@ -138,19 +139,17 @@ class Processor:
 
     def __init__(self, config: Config, store: StateStore, launcher: Launcher,
                  providers: Mapping[str, Provider],
-                 clock: Callable[[], float] = time.time,
-                 statuses: StatusWriter | None = None) -> None:
+                 clock: Callable[[], float] = time.time, bus: Bus | None = None) -> None:
         self.config = config
         self.store = store
         self.launcher = launcher
         self.providers = providers
         self.clock = clock
         self.log = get_logger()
-        self.statuses = statuses
-        self.outcomes = OutcomeRecorder(store, _baseline_policy(config),
-                                        on_change=self._status_of_outcome)
-        self.region = (config.launcher.region or os.environ.get("AWS_REGION")
-                       or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        self.bus = bus if bus is not None else Bus()
+        # the reconciler's memory of each branch's head (reconcile.py reads it)
+        self.bus.subscribe(HeadSeen, "heads", note_head(store, clock))
+        self.outcomes = OutcomeRecorder(store, config, self.bus)
         self._mirrors: dict[str, GitMirror] = {}  # diff: git, one per repository
         self._mirrors_lock = threading.Lock()
         # kept for the process's life: its threads keep their store connections
@@ -190,10 +189,12 @@ class Processor:
                     continue  # reconciled, but a delivery brought the head first
                 else:
                     self._branch(push)
-                    if not push.behind:  # the reconciler's last known head (reconcile.py)
-                        self.store.note_head(repo.key, event.ref_name, push.head, None,
-                                             self.clock())
-                self.store.record_decision(push.decision_record(self.clock()))
+                    if not push.behind:
+                        self.bus.publish(HeadSeen(repo, event.ref_name, push.head))
+                record = push.decision_record(self.clock())
+                self.store.record_decision(record)
+                self.bus.publish(DeliveryProcessed(repo, delivery, event, record,
+                                                   missed=delivery.verified_by == RECONCILER))
             self.log.info(
                 "delivery.processed",
                 branch=",".join(e.ref_name for e in delivery.events),
@@ -269,29 +270,14 @@ class Processor:
             self.log.warning("module_map.invalid", path=push.repo.module_map.path,
                              commit=push.head, errors=list(resolved.problems),
                              kept=resolved.kept)
-            self._config_status(push, resolved)
+            self.bus.publish(MapInvalid(push.repo, push.head, push.repo.module_map.path,
+                                        resolved.problems, resolved.kept))
         return resolved.pipelines
 
     def _kept_map(self, push: Push, error: str) -> Resolved:
         """Out of attempts to read the file: the last valid map (logged)."""
         self.log.warning("module_map.unreadable", commit=push.head, error=error)
         return self.maps.kept(push.repo)
-
-    def _config_status(self, push: Push, resolved: Resolved) -> None:
-        if self.statuses is None or not push.repo.commit_status:
-            return
-        assert push.repo.module_map is not None
-        kept = f"; kept the map of {resolved.kept[:12]}" if resolved.kept else ""
-        status = CommitStatus(
-            CONFIG_STATUS, "error",
-            self.providers[push.repo.provider].file_url(push.repo, push.repo.module_map.path,
-                                                         push.head),
-            f"{push.repo.module_map.path}: {resolved.problems[0]}" + kept)
-        try:
-            self.statuses.submit(StatusJob(push.repo, push.head, status))
-        except StateError as exc:
-            self.log.warning("status.failed", error=str(exc), status=CONFIG_STATUS,
-                             commit=push.head)
 
     def _mirror(self, repo: RepositoryConfig) -> GitMirror:
         """This process's mirror of ``repo`` (made on first use)."""
@@ -447,6 +433,8 @@ class Processor:
             retry = exc.retryable and not push.final
             self.log.error("pipeline.start_failed", pipeline=pipeline.name, commit=head,
                            error=str(exc), will_retry=retry)
+            if not retry:
+                self.bus.publish(StartFailed(push.repo, branch, pipeline.name, head, str(exc)))
             return Outcome("retry" if retry else "failed", error=str(exc))
         self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
                                 execution_id=execution_id)
@@ -459,37 +447,15 @@ class Processor:
 
     def _record_execution(self, push: Push, pipeline: str, execution_id: str) -> None:
         """Keep the execution so its outcome can be learnt (idempotent: a retried delivery
-        that finds the start already made records it again, harmlessly), and put the
-        pending status on the commit."""
+        that finds the start already made records it again, harmlessly), and tell the
+        listeners (the pending commit status); once they have it, its start is settled."""
         now = self.clock()
         execution = Execution(
             pipeline=pipeline, execution_id=execution_id, repository=push.repo.key,
             branch=push.event.ref_name, commit=push.head, started_at=now, updated_at=now)
         self.store.record_execution(execution)
-        self._write_status(push.repo, execution, "InProgress")
-
-    def _status_of_outcome(self, execution: Execution, _source: Source) -> None:
-        """An execution's status changed: show it on its commit."""
-        repo = self.config.repository_by_key(execution.repository)
-        if repo is not None:
-            self._write_status(repo, execution, execution.status)
-
-    def _write_status(self, repo: RepositoryConfig, execution: Execution, status: str) -> None:
-        if self.statuses is None or not repo.commit_status:
-            return
-        url = console_url(self.region, execution.pipeline, execution.execution_id)
-
-        def still_running() -> bool:  # a pending status is not written over a final one
-            found = self.store.execution(execution.pipeline, execution.execution_id)
-            return found is None or not found.final
-
-        try:
-            self.statuses.submit(StatusJob(
-                repo, execution.commit, status_for(execution.pipeline, status, url),
-                still_running if status == "InProgress" else None))
-        except StateError as exc:  # a status never blocks or undoes a start
-            self.log.warning("status.failed", error=str(exc), pipeline=execution.pipeline,
-                             commit=execution.commit)
+        if self.bus.publish(PipelineStarted(push.repo, execution)):
+            self.store.settle_execution(execution)
 
 
 def _refused_branches(delivery: Delivery) -> dict[PushEvent, str]:
@@ -503,10 +469,6 @@ def _refused_branches(delivery: Delivery) -> dict[PushEvent, str]:
     return found
 
 
-def _baseline_policy(config: Config) -> Callable[[str], str]:
-    """Repository state key -> its ``baseline`` setting (``succeeded`` when unknown)."""
-    policies = {repo.key: repo.baseline for repo in config.repositories}
-    return lambda key: policies.get(key, "succeeded")
 
 
 def _matched_fields(decision: Decision) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from providers.base import BranchHead, Provider
 from receiver.config import Config, RepositoryConfig
+from receiver.effects import HeadSeen
 from receiver.errors import ProviderError
 from receiver.events import Delivery, PushEvent
 from receiver.logging import get_logger
@@ -73,6 +74,14 @@ def literal_branches(repo: RepositoryConfig) -> set[str]:
     """The include names of ``repo.branches`` without wildcards that the rules still watch."""
     return {name for name in repo.branches.includes
             if not _WILDCARDS & set(name) and repo.watches_branch(name)}
+
+
+def note_head(store: StateStore, clock: Callable[[], float]) -> Callable[[HeadSeen], None]:
+    """The listener that keeps the reconciler's memory: each branch's last known head, as
+    processed pushes report it (``HeadSeen``)."""
+    def listener(event: HeadSeen) -> None:
+        store.note_head(event.repo.key, event.branch, event.sha, event.etag, clock())
+    return listener
 
 
 def caught_up(store: StateStore, repo: RepositoryConfig, delivery: Delivery,

@@ -1,26 +1,29 @@
-"""Commit statuses in provider-neutral terms: the status a pipeline execution shows.
+"""Commit statuses: what each pipeline execution shows on its commit.
 
-Pure functions, shared by whatever writes statuses (each provider's ``set_status`` maps the
-neutral state to its own; see DESIGN.md "Commit statuses"). A status is named
-``codepipeline/<pipeline>`` and links to the execution in the AWS console.
+The status of an execution state is a pure function (:func:`status_for`; each provider's
+``set_status`` maps the neutral state to its own, see DESIGN.md "Commit statuses"). A
+status is named ``codepipeline/<pipeline>`` and links to the execution in the AWS console.
+:class:`StatusListener` turns started pipelines, changed executions and invalid module
+maps into tasks kept in the state store; :class:`StatusHandler` writes them when the
+sender (receiver/sender.py) comes to them, each at most once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
+import json
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from providers.base import CommitStatus, HaltReason, Provider, StatusState
-from receiver.config import RepositoryConfig
-from receiver.errors import ProviderError
-from receiver.logging import get_logger
-from receiver.state.base import StateStore
+from receiver.config import Config, RepositoryConfig
+from receiver.effects import Bus, ExecutionChanged, MapInvalid, PipelineStarted
+from receiver.errors import TerminalError
+from receiver.module_map import CONFIG_STATUS
+from receiver.state.base import Execution, StateStore, Task
 
 STATUS_PREFIX = "codepipeline/"
 # a region becomes part of the console's host name: only a real region's shape may
@@ -81,82 +84,113 @@ def status_for(pipeline: str, execution_status: str, url: str) -> CommitStatus:
 
 # --- writing them ------------------------------------------------------------------------
 
-WRITE_DELAYS = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # seconds before each attempt of one write
+KIND = "status"  # the tasks of commit statuses (receiver/sender.py)
 
 
-@dataclass(frozen=True, slots=True)
-class StatusJob:
-    """One commit status to write. ``current``, when given, says whether it is still worth
-    writing (a pending status whose execution has already ended is not)."""
+def status_task(repo: RepositoryConfig, commit: str, status: CommitStatus, now: float,
+                while_running: tuple[str, str] | None = None) -> Task:
+    """The task of writing ``status`` on ``commit``: one per (repository, commit, name,
+    state), so a retry, a replay or a second replica enqueues the same task, written once.
+    ``while_running`` (pipeline, execution id): write it only while that execution has no
+    final status (a pending status must not replace an outcome already written)."""
+    key = hashlib.sha256("\0".join((repo.key, commit, status.name,
+                                     status.state)).encode()).hexdigest()
+    payload = {"repository": repo.key, "commit": commit, "name": status.name,
+               "state": status.state, "url": status.url, "description": status.description,
+               "detail": status.detail, "while_running": while_running}
+    return Task(key=key, kind=KIND, target=repo.key, payload=json.dumps(payload),
+                due_at=now, created_at=now)
 
-    repo: RepositoryConfig
-    commit: str
-    status: CommitStatus
-    current: Callable[[], bool] | None = None
 
+class StatusListener:
+    """Turns what happened into commit-status tasks (with ``commit_status: true``): a
+    pending status when a pipeline starts, its outcome when its execution changes, an
+    error status ``webhook-receiver/config`` when a module map is invalid."""
 
-class StatusWriter:
-    """Writes commit statuses in the background, each at most once, retried with back-off.
-
-    ``submit`` never blocks on the provider: it claims the (commit, name, state) write in
-    the state store (so across workers and replicas at most one process writes it) and
-    queues it for one background thread, which writes the statuses of this process in the
-    order they were submitted. A write that fails is logged ``status.failed`` and retried
-    after each of ``WRITE_DELAYS``; the last failure gives up.
-    """
-
-    def __init__(self, store: StateStore, providers: Mapping[str, Provider],
+    def __init__(self, store: StateStore, region: str, providers: Mapping[str, Provider],
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        self.region = region
         self.providers = providers
         self.clock = clock
-        self.sleep = sleep
-        self.log = get_logger()
-        self._queue: queue.Queue[StatusJob | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self.wake = wake  # the sender: look now
 
-    def submit(self, job: StatusJob) -> None:
-        """Queue ``job`` unless this (repository, commit, name, state) was claimed before.
-        Raises StateError when the store cannot answer."""
-        key = hashlib.sha256("\0".join((job.repo.key, job.commit, job.status.name,
-                                        job.status.state)).encode()).hexdigest()
-        if not self.store.claim_status_write(key, self.clock()):
+    def subscribe(self, bus: Bus) -> None:
+        """Listen to the events that show on a commit."""
+        bus.subscribe(PipelineStarted, "statuses", self.started)
+        bus.subscribe(ExecutionChanged, "statuses", self.changed)
+        bus.subscribe(MapInvalid, "statuses", self.map_invalid)
+
+    def started(self, event: PipelineStarted) -> None:
+        """The pending status of a start (not written once its execution has ended)."""
+        x = event.execution
+        self._enqueue(event.repo, x.commit, self._of(x, "InProgress"),
+                      (x.pipeline, x.execution_id))
+
+    def changed(self, event: ExecutionChanged) -> None:
+        """The status of the execution's new state."""
+        x = event.execution
+        self._enqueue(event.repo, x.commit, self._of(x, x.status), None)
+
+    def map_invalid(self, event: MapInvalid) -> None:
+        """The error status of an invalid module map, naming its first problem."""
+        kept = f"; kept the map of {event.kept[:12]}" if event.kept else ""
+        url = self.providers[event.repo.provider].file_url(event.repo, event.path, event.commit)
+        self._enqueue(event.repo, event.commit, CommitStatus(
+            CONFIG_STATUS, "error", url, f"{event.path}: {event.problems[0]}{kept}"), None)
+
+    def _of(self, execution: Execution, status: str) -> CommitStatus:
+        url = console_url(self.region, execution.pipeline, execution.execution_id)
+        return status_for(execution.pipeline, status, url)
+
+    def _enqueue(self, repo: RepositoryConfig, commit: str, status: CommitStatus,
+                 while_running: tuple[str, str] | None) -> None:
+        if not repo.commit_status:
             return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="receiver-statuses",
-                                                daemon=True)
-                self._thread.start()
-        self._queue.put(job)
+        if self.store.enqueue_task(status_task(repo, commit, status, self.clock(),
+                                               while_running)):
+            self.wake()
 
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self._write(job)
-            except Exception as exc:  # a bug must not end the thread for the process's life
-                self.log.exception("status.error", error=type(exc).__name__)
-            finally:
-                self._queue.task_done()
 
-    def _write(self, job: StatusJob) -> None:
-        provider = self.providers[job.repo.provider]
-        fields = {"repository": job.repo.name, "provider": job.repo.provider,
-                  "commit": job.commit, "status": job.status.name, "state": job.status.state}
-        for attempt, delay in enumerate(WRITE_DELAYS, start=1):
-            self.sleep(delay)
-            if job.current is not None and not job.current():
+class StatusHandler:
+    """Writes one commit-status task through its repository's provider (``set_status``,
+    whose bounded retries cover a dropped connection; a failed write is tried again by the
+    sender after its back-off)."""
+
+    kind = KIND
+    event = "status"
+    done = "written"
+
+    def __init__(self, config: Config, store: StateStore,
+                 providers: Mapping[str, Provider]) -> None:
+        self.config = config
+        self.store = store
+        self.providers = providers
+
+    def describe(self, task: Task) -> dict[str, Any]:
+        """Repository, provider, commit, status name and state."""
+        doc = json.loads(task.payload)
+        provider, _, name = str(doc["repository"]).partition(":")
+        return {"repository": name, "provider": provider, "commit": doc["commit"],
+                "status": doc["name"], "state": doc["state"]}
+
+    def pace(self, target: str) -> float:
+        """Statuses are not paced (the providers' rate limits are answered by back-off)."""
+        return 0.0
+
+    def send(self, task: Task) -> None:
+        """Write the status, unless it is a pending one whose execution ended since."""
+        doc = json.loads(task.payload)
+        repo = self.config.repository_by_key(doc["repository"])
+        if repo is None:
+            raise TerminalError(f"{doc['repository']} is no longer configured")
+        if doc["while_running"] is not None:
+            found = self.store.execution(*doc["while_running"])
+            if found is not None and found.final:
                 return
-            try:
-                provider.set_status(job.repo, job.commit, job.status)
-            except (ProviderError, ValueError) as exc:
-                last = attempt == len(WRITE_DELAYS)
-                self.log.warning("status.failed", error=str(exc), attempt=attempt,
-                                 will_retry=not last, **fields)
-                continue
-            self.log.info("status.written", attempt=attempt, **fields)
-            return
+        try:
+            self.providers[repo.provider].set_status(repo, doc["commit"], CommitStatus(
+                doc["name"], doc["state"], doc["url"], doc["description"], doc["detail"]))
+        except ValueError as exc:  # not a commit id: no retry can write it
+            raise TerminalError(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""The background worker: one thread per process that claims and processes deliveries.
+"""The delivery worker: a runnable (receiver/runtime.py) that claims and processes deliveries.
 
 A new delivery wakes it at once; a poll every ``poll_seconds`` also picks up deliveries
 whose lease expired (their owner died), so work accepted before a crash is finished by
@@ -30,6 +30,7 @@ from receiver.processor import Processor, RetryLater
 from receiver.state.base import DecisionRecord, StateStore
 
 IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing
+STOP_CHECK = 0.25  # an idle worker notices a stop within this many seconds
 
 
 class Worker:
@@ -46,35 +47,23 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = get_logger()
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the background thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="receiver-worker",
-                                            daemon=True)
-            self._thread.start()
+    name = "worker"
 
     def notify(self) -> None:
         """A delivery was recorded: look now instead of at the next poll."""
         self._wake.set()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Claim nothing more; wait up to ``timeout`` seconds for the delivery in hand."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self.log.info("worker.stopped", finished=not self._thread.is_alive())
-
-    def _loop(self) -> None:
+    def run(self, stop: threading.Event) -> None:
+        """Claim and process deliveries until ``stop`` is set; the delivery in hand is
+        finished first (the runtime's deadline bounds it: one cut short keeps its lease and
+        is claimed again once that expires, by a peer or this task's successor)."""
         if self.warm_up is not None:
             try:
                 self.warm_up()
             except Exception as exc:  # the first start pays for it instead, and says why
                 self.log.warning("worker.warm_up_failed", error=f"{type(exc).__name__}: {exc}")
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 busy = self.run_once()
             except StateError as exc:
@@ -83,9 +72,19 @@ class Worker:
             if not busy:
                 # a burst wakes us once per accepted delivery; when nothing could be claimed
                 # (its ref is busy elsewhere) look again at most every IDLE_RECHECK seconds
-                self._stop.wait(min(IDLE_RECHECK, self.config.poll_seconds))
-                self._wake.wait(self.config.poll_seconds)
-                self._wake.clear()
+                stop.wait(min(IDLE_RECHECK, self.config.poll_seconds))
+                self._idle(stop)
+        self.log.info("worker.stopped")
+
+    def _idle(self, stop: threading.Event) -> None:
+        """Wait for a new delivery, at most ``poll_seconds`` (an expired lease or a retry
+        comes due without one), and no longer than it takes ``stop`` to be noticed."""
+        deadline = time.monotonic() + self.config.poll_seconds
+        while not stop.is_set() and not self._wake.wait(
+                min(STOP_CHECK, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+        self._wake.clear()
 
     def run_once(self) -> bool:
         """Claim and process one delivery. False when there was nothing to claim."""

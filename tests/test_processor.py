@@ -15,6 +15,7 @@ import pytest
 
 from providers.base import Diff
 from receiver.config import RepositoryConfig, parse
+from receiver.effects import Bus
 from receiver.errors import LaunchError, ProviderError
 from receiver.events import Delivery, PushEvent
 from receiver.launcher import StartRequest
@@ -85,7 +86,7 @@ def config(**repo_extra: Any) -> Any:
 
 
 class World:
-    def __init__(self, tmp_path: Path, store: StateStore | None = None,
+    def __init__(self, tmp_path: Path, store: StateStore | None = None, bus: Bus | None = None,
                  **repo_extra: Any) -> None:
         self.git = GitModel()
         self.root = self.git.commit(None, {"svc/collections/a.py": "1", "svc/utilities/u.py": "1",
@@ -95,8 +96,9 @@ class World:
         self.provider = ModelProvider(self.git)
         self.launcher = RecordingLauncher()
         self.processor = Processor(config(**repo_extra), self.store, self.launcher,
-                                   {"github": self.provider})  # type: ignore[dict-item]
+                                   {"github": self.provider}, bus=bus)  # type: ignore[dict-item]
         self.count = 0
+        self.head = self.root  # the branch's head, for tests that push on from it
 
     def push(self, before: str | None, after: str | None, ref: str = "main",
              ref_type: str = "branch", attempts: int = 1, delivery_id: str | None = None) -> None:

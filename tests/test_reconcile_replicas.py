@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from receiver.leased import LEASE_SECONDS
 from receiver.reconcile import delivery_id as reconcile_id
 from tests.harness import FakeAPI, MotoServer, Recorded, Service, create_pipelines
 from tests.test_reconcile_e2e import _ts
@@ -33,8 +34,6 @@ from tests.test_replicas import (
     start_services,
     wait_processed,
 )
-
-LEASE_PASSES = 3  # receiver/leased.py: a lease lasts this many intervals
 
 
 def passes(services: list[Service]) -> list[dict[str, Any]]:
@@ -95,14 +94,14 @@ def test_one_replica_reconciles_at_a_time_and_another_takes_over_a_killed_holder
         def since_kill() -> list[dict[str, Any]]:
             return [e for e in passes(services) if _ts(e) > killed_ts]
 
-        # (3) another process takes over: its passes start within the lease (3 intervals)
+        # (3) another process takes over: its passes start once the lease expires
         def successor() -> str | None:
             owners = [e["owner"] for e in since_kill() if e["owner"] != holder]
             return owners[0] if owners else None
         new_holder = wait_until(successor, 60, "nobody took the lease over")
         took = time.monotonic() - killed_at
         assert new_holder != holder
-        assert took < LEASE_PASSES * interval + 20  # the lease, plus a loaded machine's slack
+        assert took < LEASE_SECONDS + interval + 20  # the lease, plus a loaded machine's slack
 
         caught_up = reconcile_id("github", REPO, "master", pairs[-1][1])
         wait_processed(services, {caught_up}, timeout=90)

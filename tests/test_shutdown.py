@@ -103,7 +103,9 @@ def test_sigterm_mid_burst_loses_no_accepted_delivery(tmp_path: Path, fake_api: 
     assert exit_seconds < gunicorn_conf.graceful_timeout + 5
     assert accepted, "nothing was accepted before the SIGTERM"
     processed_before = {e["delivery_id"] for e in first.events("delivery.processed")}
-    assert [e["finished"] for e in first.events("worker.stopped")]
+    # every worker's runtime stopped (its runnables returned) before the deadline
+    assert [e["unfinished"] for e in first.events("runtime.stopped")] == \
+        [[]] * len(first.events("runtime.stopped")) != []
 
     second = Service(config, tmp_path, env=env, name="second").start()
     try:

@@ -18,10 +18,12 @@ from receiver.config import StateConfig
 from receiver.events import Delivery, PushEvent
 from receiver.state.base import (
     ACTIVE_VERDICTS,
+    Backlog,
     Baseline,
     DecisionRecord,
     PipelineDecision,
     StateStore,
+    Task,
 )
 from receiver.state.dynamodb import DynamoDBStore
 from receiver.state.sqlite import SQLiteStore
@@ -537,6 +539,7 @@ def test_open_executions_are_the_unfinished_ones_started_before_a_time(
     store.record_execution(execution("done", started_at=2.0))
     store.update_execution(execution("done", started_at=2.0),
                            execution("done", started_at=2.0, status="Succeeded"))
+    store.settle_execution(execution("done", started_at=2.0, status="Succeeded"))
     assert [x.execution_id for x in store.open_executions(started_before=10.0)] == ["old"]
     assert [x.execution_id for x in store.open_executions(started_before=100.0)] == [
         "old", "new"]
@@ -548,14 +551,50 @@ def test_a_console_retried_execution_is_open_again_until_its_new_attempt_ends(
     store.record_execution(started)
     failed = execution(started_at=1.0, status="Failed", updated_at=5.0)
     assert store.update_execution(started, failed) is True
+    store.settle_execution(failed)
     assert store.open_executions(started_before=100.0) == []
     # retried from the console: same id, the next attempt, running again
     retried = execution(started_at=1.0, attempt=2, updated_at=6.0)
     assert store.update_execution(failed, retried) is True
-    assert store.open_executions(started_before=100.0) == [retried]
+    assert store.open_executions(started_before=100.0) == [
+        dataclasses.replace(retried, settled="Failed")]
     succeeded = execution(started_at=1.0, attempt=2, status="Succeeded", updated_at=7.0)
     assert store.update_execution(retried, succeeded) is True
+    store.settle_execution(succeeded)
     assert store.open_executions(started_before=100.0) == []
+
+
+def test_an_ended_execution_stays_open_until_its_follow_ups_are_settled(
+        store: StateStore) -> None:
+    started = execution(started_at=1.0)
+    store.record_execution(started)
+    assert store.settle_execution(started) is True  # its start's follow-ups are applied
+    assert store.open_executions(started_before=100.0) == [
+        execution(started_at=1.0, settled="InProgress")]
+    failed = execution(started_at=1.0, status="Failed", updated_at=5.0, settled="InProgress")
+    store.update_execution(store.open_executions(100.0)[0], failed)
+    assert store.open_executions(started_before=100.0) == [failed]  # not settled yet
+    assert store.settle_execution(execution(started_at=1.0, status="Succeeded")) is False
+    assert store.settle_execution(failed) is True
+    assert store.open_executions(started_before=100.0) == []
+    assert store.execution("p", "x1") == execution(started_at=1.0, status="Failed",
+                                                   updated_at=5.0, settled="Failed")
+
+
+def test_baselines_in_flight_are_those_whose_last_outcome_is_not_applied(
+        store: StateStore) -> None:
+    import dataclasses
+
+    repo = "github:acme/mono"
+    store.advance_baseline(Baseline(repo, "main", "p1"), A, 1.0, execution_id="x1")
+    store.advance_baseline(Baseline(repo, "main", "p2"), A, 2.0)  # unchanged: no start
+    store.advance_baseline(Baseline(repo, "dev", "p1"), B, 3.0, execution_id="x2")
+    assert [(b.branch, b.pipeline) for b in store.in_flight_baselines()] == [
+        ("main", "p1"), ("dev", "p1")]
+    row = store.baselines(repo, "main")["p1"]
+    store.replace_baseline(row, dataclasses.replace(row, last_execution_status="Failed",
+                                                    updated_at=4.0))
+    assert [(b.branch, b.pipeline) for b in store.in_flight_baselines()] == [("dev", "p1")]
 
 
 def test_replace_baseline_writes_every_field_under_compare_and_set(store: StateStore) -> None:
@@ -582,10 +621,100 @@ def test_a_lease_is_held_by_one_owner_until_it_expires(store: StateStore) -> Non
     assert store.acquire_lease("other", "w1", until=100.0, now=150.0) is True
 
 
-def test_a_status_write_is_claimed_once(store: StateStore) -> None:
-    assert store.claim_status_write("k1", 1.0) is True
-    assert store.claim_status_write("k1", 2.0) is False
-    assert store.claim_status_write("k2", 2.0) is True
+def task(key: str = "k1", due_at: float = 1.0, **changes: Any) -> Task:
+    fields: dict[str, Any] = {"key": key, "kind": "status", "target": "github:acme/mono",
+                              "payload": '{"x": 1}', "due_at": due_at, "created_at": 0.5}
+    return Task(**{**fields, **changes})
+
+
+def test_a_task_is_kept_once_per_key(store: StateStore) -> None:
+    assert store.enqueue_task(task()) is True
+    assert store.enqueue_task(task(payload="{}")) is False  # the same effect: one task
+    assert store.enqueue_task(task("k2")) is True
+    assert store.claim_tasks("w1", 10.0, 60, 10) == [task(), task("k2")]
+
+
+def test_only_due_tasks_are_claimed_oldest_due_first(store: StateStore) -> None:
+    store.enqueue_task(task("later", due_at=50.0))
+    store.enqueue_task(task("soon", due_at=2.0))
+    store.enqueue_task(task("first", due_at=1.0))
+    assert [t.key for t in store.claim_tasks("w1", 10.0, 60, 10)] == ["first", "soon"]
+    assert [t.key for t in store.claim_tasks("w1", 60.0, 60, 10)] == ["later"]
+
+
+def test_a_claimed_task_is_not_claimed_again_until_its_lease_expires(store: StateStore) -> None:
+    store.enqueue_task(task())
+    assert [t.key for t in store.claim_tasks("w1", 10.0, 60, 10)] == ["k1"]
+    assert store.claim_tasks("w2", 20.0, 60, 10) == []
+    assert [t.key for t in store.claim_tasks("w2", 71.0, 60, 10)] == ["k1"]  # w1 died
+
+
+def test_a_retried_task_comes_due_again_counting_the_failed_try(store: StateStore) -> None:
+    store.enqueue_task(task())
+    (claimed,) = store.claim_tasks("w1", 10.0, 60, 10)
+    store.retry_task(claimed, "w1", 30.0, "HTTP 502")
+    assert store.claim_tasks("w1", 20.0, 60, 10) == []
+    (again,) = store.claim_tasks("w2", 30.0, 60, 10)
+    assert (again.attempts, again.error, again.due_at) == (1, "HTTP 502", 30.0)
+    store.retry_task(again, "w2", 40.0, None, failed=False)  # paced: not a failed try
+    (paced,) = store.claim_tasks("w2", 40.0, 60, 10)
+    assert (paced.attempts, paced.error) == (1, "HTTP 502")
+
+
+def test_a_finished_task_is_never_claimed_nor_enqueued_again(store: StateStore) -> None:
+    store.enqueue_task(task())
+    store.enqueue_task(task("k2"))
+    done, failed = store.claim_tasks("w1", 10.0, 60, 10)
+    store.finish_task(done, "w1", "done", 11.0)
+    store.finish_task(failed, "w1", "failed", 11.0, "HTTP 401")
+    assert store.claim_tasks("w1", 1000.0, 60, 10) == []
+    assert store.enqueue_task(task()) is False
+
+
+def test_only_the_task_holder_can_give_it_back_or_finish_it(store: StateStore) -> None:
+    store.enqueue_task(task())
+    (claimed,) = store.claim_tasks("w1", 10.0, 60, 10)
+    store.finish_task(claimed, "w2", "done", 11.0)
+    store.retry_task(claimed, "w2", 11.0, "x")
+    assert store.claim_tasks("w3", 20.0, 60, 10) == []  # still w1's
+    store.finish_task(claimed, "w1", "done", 21.0)
+    assert store.claim_tasks("w3", 1000.0, 60, 10) == []
+
+
+def test_the_backlog_counts_pending_deliveries_and_tasks_and_their_oldest(
+        store: StateStore) -> None:
+    assert store.backlog(5.0) == Backlog(0, None, 0, None)
+    store.record_delivery(delivery("d1"), 2.0)
+    store.record_delivery(delivery("d2", branch="dev"), 3.0)
+    store.enqueue_task(task("k1", due_at=4.0))
+    store.enqueue_task(task("k2", due_at=6.0))
+    assert store.backlog(7.0) == Backlog(2, 2.0, 2, 4.0)
+    claimed = store.claim_delivery("w1", 60, 8.0)
+    assert claimed is not None
+    store.finish_delivery(claimed, "w1", "processed", 9.0)
+    assert store.backlog(9.0).deliveries == 1
+
+
+def test_holdings_list_leases_refs_in_process_and_starts_in_flight(store: StateStore) -> None:
+    store.acquire_lease("reconcile", "w1", until=100.0, now=1.0)
+    store.acquire_lease("expired", "w1", until=2.0, now=1.0)
+    store.record_delivery(delivery("d1"), 2.0)
+    assert store.claim_delivery("w2", 60, 5.0) is not None
+    store.begin_start("p1", B, "d1", 1, 6.0)
+    store.begin_start("p2", B, "d1", 1, 6.0)
+    store.finish_start("p2", B, "d1", 1, 7.0, execution_id="x")
+    found = store.holdings(10.0)
+    assert [(h.kind, h.owner, h.until) for h in found] == [
+        ("lease", "w1", 100.0), ("ref", "w2", 65.0), ("start", "d1", None)]
+    assert found[0].name == "reconcile" and found[2].name == f"p1@{B}"
+
+
+def test_a_released_lease_is_free_at_once(store: StateStore) -> None:
+    assert store.acquire_lease("poll", "w1", until=100.0, now=1.0) is True
+    store.release_lease("poll", "w2")  # not its lease: nothing happens
+    assert store.acquire_lease("poll", "w2", until=100.0, now=2.0) is False
+    store.release_lease("poll", "w1")
+    assert store.acquire_lease("poll", "w2", until=100.0, now=3.0) is True
 
 
 def test_heads_are_noted_per_branch_replaced_and_forgotten(store: StateStore) -> None:

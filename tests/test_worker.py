@@ -16,6 +16,7 @@ from receiver.config import ProcessingConfig
 from receiver.events import Delivery, PushEvent
 from receiver.logging import configure
 from receiver.processor import RetryLater
+from receiver.runtime import Runtime
 from receiver.state.sqlite import SQLiteStore
 from receiver.worker import Worker
 
@@ -80,8 +81,9 @@ def test_worker_processes_a_recorded_delivery_at_once_when_notified(tmp_path: Pa
     store.init()
     processor = SlowProcessor(0)
     worker = Worker(processor, store, ProcessingConfig(poll_seconds=5.0))  # type: ignore[arg-type]
-    worker.start()
-    try:
+    runtime = Runtime()
+    runtime.add(worker)
+    with runtime.running():
         time.sleep(0.05)
         _record(store, "now")
         t0 = time.monotonic()
@@ -90,8 +92,6 @@ def test_worker_processes_a_recorded_delivery_at_once_when_notified(tmp_path: Pa
             time.sleep(0.005)
         assert processor.processed == ["now"]
         assert time.monotonic() - t0 < 0.2  # woken, not left for the 5 s poll
-    finally:
-        worker.stop(timeout=5)
 
 
 class AlwaysFailing:
@@ -136,13 +136,12 @@ def test_the_warm_up_runs_once_in_the_background_before_the_first_claim(
     caller: list[threading.Thread] = []
     worker = Worker(Noting(0), store, ProcessingConfig(poll_seconds=0.05),  # type: ignore[arg-type]
                     warm_up=lambda: (order.append("warm"), caller.append(threading.current_thread())))
-    worker.start()
-    try:
+    runtime = Runtime()
+    runtime.add(worker)
+    with runtime.running():
         deadline = time.monotonic() + 5
         while "process d1" not in order and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        worker.stop()
     assert order == ["warm", "process d1"]
     assert caller[0] is not threading.main_thread()
 
@@ -160,13 +159,12 @@ def test_a_failed_warm_up_is_logged_and_deliveries_are_still_processed(
     _record(store, "d1")
     worker = Worker(processor, store, ProcessingConfig(poll_seconds=0.05),  # type: ignore[arg-type]
                     warm_up=broken)
-    worker.start()
-    try:
+    runtime = Runtime()
+    runtime.add(worker)
+    with runtime.running():
         deadline = time.monotonic() + 5
         while not processor.processed and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        worker.stop()
     assert processor.processed == ["d1"]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [doc["error"] for doc in lines if doc["event"] == "worker.warm_up_failed"] \

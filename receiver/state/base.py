@@ -9,6 +9,12 @@ Every backend gives the same guarantees, so the processor can run in many proces
 - ``begin_start`` is an atomic create-or-get of the start intent for (pipeline, commit).
 - ``record_decision`` keeps one ``DecisionRecord`` per push (ref of a delivery), whose
   stored form (``to_json``/``from_json``) is the same in every backend.
+- ``enqueue_task`` keeps a pending effect (a commit status, a notification) once per key,
+  until its sender finishes it: ``claim_tasks`` leases the due ones to one owner at a time,
+  so a restart or a deploy loses none and a replica never sends another's.
+- An execution stays *open* (``open_executions``) until its status is final **and**
+  settled: ``settle_execution`` records that the follow-ups of that status (baseline,
+  statuses, notifications) were applied, so a poll re-applies what an error interrupted.
 
 ``ACTIVE_VERDICTS`` are the pipeline verdicts a by-pipeline history lists.
 
@@ -30,6 +36,7 @@ StartState = Literal["pending", "started", "failed"]
 ExecutionStatus = Literal["InProgress", "Stopping", "Succeeded", "Failed", "Stopped",
                           "Cancelled", "Superseded"]
 FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped", "Cancelled", "Superseded"})
+RUNNING_STATUSES = frozenset({"InProgress", "Stopping"})
 # The baseline commit stored when nothing is known to be deployed (a first start failed, or
 # its execution did): the next push counts the pipeline as changed.
 NOTHING_DEPLOYED = ""
@@ -57,6 +64,11 @@ class Baseline:
     deployed_started_at: float = 0.0  # when that execution was started
     last_execution_status: str | None = None  # of last_execution_id, as last learnt
 
+    @property
+    def in_flight(self) -> bool:
+        """The last start's outcome is not applied to this row yet."""
+        return self.last_execution_status in RUNNING_STATUSES
+
 
 @dataclass(frozen=True, slots=True)
 class Execution:
@@ -75,11 +87,18 @@ class Execution:
     status: str = "InProgress"
     attempt: int = 1
     updated_at: float = 0.0
+    # the status whose follow-ups (baseline, statuses, notifications) were all applied
+    settled: str | None = None
 
     @property
     def final(self) -> bool:
         """Whether the execution has ended (a console retry may still start it again)."""
         return self.status in FINAL_STATUSES
+
+    @property
+    def open(self) -> bool:
+        """Running, or ended with follow-ups still to apply: the poll looks at it."""
+        return not self.final or self.settled != self.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +112,52 @@ class StartRecord:
     attempt: int = 1
     execution_id: str | None = None
     error: str | None = None
+
+
+TaskOutcome = Literal["done", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One pending effect, kept in the store until its sender finishes it.
+
+    ``key`` identifies the effect (the same effect enqueued twice is one task: e.g. one
+    commit status per commit, name and state); ``kind`` names the sender that performs it
+    (``status``, ``notify``); ``target`` is what sends are paced by (a repository, a chat
+    webhook); ``payload`` is the sender's JSON. ``due_at`` is when it may next be tried,
+    ``attempts`` how many tries failed so far, ``error`` the last failure.
+    """
+
+    key: str
+    kind: str
+    target: str
+    payload: str
+    due_at: float
+    created_at: float
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits: pending deliveries (the oldest's ``received_at``) and pending tasks (the
+    earliest ``due_at``); None when there is none."""
+
+    deliveries: int
+    oldest_delivery: float | None
+    tasks: int
+    oldest_task: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Something held by an owner until an expiry, as ``state leases`` lists it: a lease
+    (``lease``), a ref being processed (``ref``) or a pipeline start in flight (``start``)."""
+
+    kind: Literal["lease", "ref", "start"]
+    name: str
+    owner: str
+    until: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +337,53 @@ class StateStore(Protocol):
         """Set the status, attempt and ``updated_at`` of ``updated`` if the recorded status
         and attempt are still ``expected``'s. False when another writer got there first."""
 
-    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
-        """Executions with no final status, started before ``started_before``, oldest first."""
+    def open_executions(self, started_before: float | None = None,
+                        limit: int = 100) -> list[Execution]:
+        """Open executions (:attr:`Execution.open`: no final status, or one not settled yet),
+        started before ``started_before`` (None: whenever), oldest first."""
+
+    def in_flight_baselines(self, limit: int = 100) -> list[Baseline]:
+        """Baselines whose last start's outcome is not applied yet (``last_execution_status``
+        ``InProgress`` or ``Stopping``), least recently updated first: the poll re-derives
+        them from their execution's stored status."""
+
+    def settle_execution(self, execution: Execution) -> bool:
+        """Record that the follow-ups of ``execution.status`` were applied (``settled``), if
+        the recorded status and attempt are still ``execution``'s; a final one then leaves
+        ``open_executions``. False when the execution moved on meanwhile."""
 
     def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
         """Hold the lease ``name`` until ``until`` if it is free, expired (``until`` <= now)
         or already ``owner``'s; False when another owner holds it. One replica at a time."""
 
-    def claim_status_write(self, key: str, now: float) -> bool:
-        """True exactly once per ``key`` (commit, status name and state): the caller then
-        writes that commit status; every later claim of the same key answers False."""
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease ``name`` up if ``owner`` holds it (a graceful stop), so another
+        replica takes it at once instead of waiting for it to expire."""
+
+    def enqueue_task(self, task: Task) -> bool:
+        """Keep ``task`` pending unless a task with its key exists (pending, done or
+        failed: the effect is had once); True when it was added."""
+
+    def claim_tasks(self, owner: str, now: float, lease_seconds: float,
+                    limit: int) -> list[Task]:
+        """Lease up to ``limit`` pending tasks due by ``now`` (``due_at`` <= now) that no
+        one holds (or whose lease expired) to ``owner``, oldest due first."""
+
+    def retry_task(self, task: Task, owner: str, due_at: float, error: str | None,
+                   *, failed: bool = True) -> None:
+        """Give a claimed task back (owner only), due again at ``due_at``; ``failed``
+        counts the try in ``attempts`` and keeps ``error`` (False: it was only paced)."""
+
+    def finish_task(self, task: Task, owner: str, outcome: TaskOutcome, now: float,
+                    error: str | None = None) -> None:
+        """Mark a claimed task ``done`` or ``failed`` for good (owner only)."""
+
+    def backlog(self, now: float) -> Backlog:
+        """How many deliveries and tasks wait, and since when (the backlog metrics)."""
+
+    def holdings(self, now: float) -> list[Holding]:
+        """Every lease, ref being processed and start in flight that has not expired,
+        with its owner and expiry (``webhook-receiver state leases``)."""
 
     def finish_start(self, pipeline: str, commit: str, owner: str, attempt: int, now: float,
                      execution_id: str | None = None, error: str | None = None) -> None:

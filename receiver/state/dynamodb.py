@@ -69,11 +69,15 @@ from receiver.state.base import (
     DELIVERY_RETENTION_SECONDS,
     HISTORY_RETENTION_SECONDS,
     START_RETENTION_SECONDS,
+    Backlog,
     Baseline,
     DecisionRecord,
     Execution,
     Head,
+    Holding,
     StartRecord,
+    Task,
+    TaskOutcome,
 )
 
 DELIVERY_TTL_SECONDS = DELIVERY_RETENTION_SECONDS
@@ -82,6 +86,8 @@ HISTORY_TTL_SECONDS = HISTORY_RETENTION_SECONDS
 GSI = "gsi1"
 PENDING = "PENDING"
 OPEN_EXECUTION = "OPEN_EXECUTION"
+IN_FLIGHT = "IN_FLIGHT_BASELINE"
+PENDING_TASK = "PENDING_TASK"
 CLAIM_CANDIDATES = 25
 CLAIM_PAGES = 20
 PK_MAX_BYTES = 2048  # DynamoDB's limit on a partition key, in the table and in an index
@@ -417,10 +423,14 @@ class DynamoDBStore:
                                   ":r": _s(expected.repository), ":b": _s(expected.branch),
                                   ":p": _s(expected.pipeline)}
         if execution_id is not None:
+            # in flight until the outcome is applied (replace_baseline takes it out)
             sets += ["last_started_commit = :c", "last_execution_id = :x",
-                     "last_execution_status = :running"]
+                     "last_execution_status = :running", "gsi1pk = :flight",
+                     "gsi1sk = :now_key"]
             values[":x"] = _s(execution_id)
             values[":running"] = _s("InProgress")
+            values[":flight"] = _s(IN_FLIGHT)
+            values[":now_key"] = _s(_sortable(now))
         if expected.version == 0:
             condition = "attribute_not_exists(pk)"
         else:
@@ -575,11 +585,17 @@ class DynamoDBStore:
         values.update({":now": _n(updated.updated_at), ":d": _n(updated.deployed_started_at),
                        ":v": _n(expected.version), ":next": _n(expected.version + 1)})
         sets = [f"#f{i} = :f{i}" for i in range(len(fields))]
+        if updated.in_flight:
+            sets += ["gsi1pk = :flight", "gsi1sk = :now_key"]
+            values.update({":flight": _s(IN_FLIGHT), ":now_key": _s(_sortable(updated.updated_at))})
+            index = ""
+        else:
+            index = " REMOVE gsi1pk, gsi1sk"
         answer = self._call(
             "update_item", TableName=self.table, Key=key,
             UpdateExpression="SET " + ", ".join([*sets, "updated_at = :now",
                                                  "deployed_started_at = :d",
-                                                 "version = :next"]),
+                                                 "version = :next"]) + index,
             ConditionExpression="version = :v", ExpressionAttributeNames=names,
             ExpressionAttributeValues=values)
         return answer is not None
@@ -596,7 +612,9 @@ class DynamoDBStore:
                 "started_at": _n(x.started_at), "status": _s(x.status), "attempt": _n(x.attempt),
                 "updated_at": _n(x.updated_at),
                 "expires_at": _n(int(x.started_at + START_TTL_SECONDS))}
-        if not x.final:
+        if x.settled is not None:
+            item["settled"] = _s(x.settled)
+        if x.open:
             item.update(gsi1pk=_s(OPEN_EXECUTION), gsi1sk=_s(_sortable(x.started_at)))
         self._call("put_item", TableName=self.table, Item=item,
                    ConditionExpression="attribute_not_exists(pk)")
@@ -608,7 +626,10 @@ class DynamoDBStore:
             repository=str(_get_s(item, "repository")), branch=str(_get_s(item, "branch")),
             commit=str(_get_s(item, "commit")), started_at=_get_n(item, "started_at"),
             status=str(_get_s(item, "status")), attempt=int(_get_n(item, "attempt", 1)),
-            updated_at=_get_n(item, "updated_at"))
+            updated_at=_get_n(item, "updated_at"),
+            # an item written before follow-ups were settled: settled when it left the index
+            settled=_get_s(item, "settled") or (None if "gsi1pk" in item
+                                                else _get_s(item, "status")))
 
     def execution(self, pipeline: str, execution_id: str) -> Execution | None:
         item = self._call("get_item", TableName=self.table, ConsistentRead=True,
@@ -616,39 +637,64 @@ class DynamoDBStore:
         return None if item is None else self._execution(item)
 
     def update_execution(self, expected: Execution, updated: Execution) -> bool:
-        # a final status leaves the sparse index: the poll never asks about it again; a
-        # console retry (same id, next attempt, running again) comes back into it
-        values = {":s": _s(updated.status), ":a": _n(updated.attempt),
-                  ":now": _n(updated.updated_at), ":old": _s(expected.status),
-                  ":olda": _n(expected.attempt)}
-        if updated.final:
-            index = " REMOVE gsi1pk, gsi1sk"
-        else:
-            index = ", gsi1pk = :open, gsi1sk = :started"
-            values.update({":open": _s(OPEN_EXECUTION),
-                           ":started": _s(_sortable(updated.started_at))})
+        # a new status has follow-ups to apply: the execution is open (in the sparse index)
+        # until settle_execution says they were applied; a console retry of a finished
+        # execution comes back into it the same way
         answer = self._call(
             "update_item", TableName=self.table,
             Key=self._execution_key(expected.pipeline, expected.execution_id),
-            UpdateExpression="SET #st = :s, attempt = :a, updated_at = :now" + index,
+            UpdateExpression="SET #st = :s, attempt = :a, updated_at = :now,"
+                             " gsi1pk = :open, gsi1sk = :started",
             ConditionExpression="#st = :old AND attempt = :olda",
             ExpressionAttributeNames={"#st": "status"},
-            ExpressionAttributeValues=values)
+            ExpressionAttributeValues={
+                ":s": _s(updated.status), ":a": _n(updated.attempt),
+                ":now": _n(updated.updated_at), ":old": _s(expected.status),
+                ":olda": _n(expected.attempt), ":open": _s(OPEN_EXECUTION),
+                ":started": _s(_sortable(updated.started_at))})
         return answer is not None
 
-    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
+    def settle_execution(self, execution: Execution) -> bool:
+        # a final status whose follow-ups are applied leaves the index: never polled again
+        index = " REMOVE gsi1pk, gsi1sk" if execution.final else ""
+        answer = self._call(
+            "update_item", TableName=self.table,
+            Key=self._execution_key(execution.pipeline, execution.execution_id),
+            UpdateExpression="SET settled = :s" + index,
+            ConditionExpression="#st = :s AND attempt = :a",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues={":s": _s(execution.status),
+                                       ":a": _n(execution.attempt)})
+        return answer is not None
+
+    def _index_items(self, partition: str, *, before: str | None = None,
+                     limit: int = 100) -> list[dict[str, Any]]:
+        """The whole items of the sparse index's ``partition``, oldest first (the index
+        holds keys only): at most ``limit``, with a sort key below ``before``."""
+        condition, values = "gsi1pk = :p", {":p": _s(partition)}
+        if before is not None:
+            condition += " AND gsi1sk < :t"
+            values[":t"] = _s(before)
         page = self._call("query", TableName=self.table, IndexName=GSI,
-                          KeyConditionExpression="gsi1pk = :p AND gsi1sk < :t",
-                          ExpressionAttributeValues={":p": _s(OPEN_EXECUTION),
-                                                     ":t": _s(_sortable(started_before))},
-                          Limit=limit)
+                          KeyConditionExpression=condition,
+                          ExpressionAttributeValues=values, Limit=limit)
         found = []
         for key in page.get("Items", []):
             item = self._call("get_item", TableName=self.table, ConsistentRead=True,
                               Key={"pk": key["pk"], "sk": key["sk"]}).get("Item")
             if item is not None:
-                found.append(self._execution(item))
-        return [x for x in found if not x.final]
+                found.append(item)
+        return found
+
+    def in_flight_baselines(self, limit: int = 100) -> list[Baseline]:
+        rows = map(self._baseline, self._index_items(IN_FLIGHT, limit=limit))
+        return [b for b in rows if b.in_flight]
+
+    def open_executions(self, started_before: float | None = None,
+                        limit: int = 100) -> list[Execution]:
+        before = None if started_before is None else _sortable(started_before)
+        items = self._index_items(OPEN_EXECUTION, before=before, limit=limit)
+        return [x for x in map(self._execution, items) if x.open]
 
     def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
         answer = self._call(
@@ -660,13 +706,143 @@ class DynamoDBStore:
             ExpressionAttributeValues={":o": _s(owner), ":now": _n(now)})
         return answer is not None
 
-    def claim_status_write(self, key: str, now: float) -> bool:
-        answer = self._call(
-            "put_item", TableName=self.table,
-            Item={**_key(f"STATUS#{key}", "STATUS"), "claimed_at": _n(now),
-                  "expires_at": _n(int(now + START_TTL_SECONDS))},
-            ConditionExpression="attribute_not_exists(pk)")
+    def release_lease(self, name: str, owner: str) -> None:
+        self._call("delete_item", TableName=self.table, Key=_key(f"LEASE#{name}", "LEASE"),
+                   ConditionExpression="#o = :o", ExpressionAttributeNames={"#o": "owner"},
+                   ExpressionAttributeValues={":o": _s(owner)})
+
+    # --- tasks (pending effects) -------------------------------------------------------
+
+    @staticmethod
+    def _task_key(key: str) -> dict[str, Any]:
+        return _key(f"TASK#{key}", "TASK")
+
+    @staticmethod
+    def _task(item: dict[str, Any]) -> Task:
+        return Task(key=str(_get_s(item, "key")), kind=str(_get_s(item, "kind")),
+                    target=str(_get_s(item, "target")), payload=str(_get_s(item, "payload")),
+                    due_at=_get_n(item, "due_at"), created_at=_get_n(item, "created_at"),
+                    attempts=int(_get_n(item, "attempts")), error=_get_s(item, "error"))
+
+    def enqueue_task(self, task: Task) -> bool:
+        t = task
+        item = {**self._task_key(t.key), "key": _s(t.key), "kind": _s(t.kind),
+                "target": _s(t.target), "payload": _s(t.payload), "due_at": _n(t.due_at),
+                "created_at": _n(t.created_at), "attempts": _n(t.attempts),
+                "status": _s("pending"), "lease_until": _n(0),
+                "gsi1pk": _s(PENDING_TASK), "gsi1sk": _s(self._due_key(t.due_at, t.key)),
+                "expires_at": _n(int(t.created_at + START_TTL_SECONDS))}
+        if t.error is not None:
+            item["error"] = _s(t.error)
+        answer = self._call("put_item", TableName=self.table, Item=item,
+                            ConditionExpression="attribute_not_exists(pk)")
         return answer is not None
+
+    @staticmethod
+    def _due_key(due_at: float, key: str) -> str:
+        return _fit(f"{_sortable(due_at)}#{key}", SK_MAX_BYTES)
+
+    def claim_tasks(self, owner: str, now: float, lease_seconds: float,
+                    limit: int) -> list[Task]:
+        # the index orders by due time: every key below "now~" is due (digits sort before ~)
+        page = self._call("query", TableName=self.table, IndexName=GSI,
+                          KeyConditionExpression="gsi1pk = :p AND gsi1sk < :t",
+                          ExpressionAttributeValues={":p": _s(PENDING_TASK),
+                                                     ":t": _s(_sortable(now) + "~")},
+                          Limit=limit)
+        claimed = []
+        for key in page.get("Items", []):
+            answer = self._call(
+                "update_item", TableName=self.table, Key={"pk": key["pk"], "sk": key["sk"]},
+                UpdateExpression="SET lease_owner = :o, lease_until = :u",
+                ConditionExpression="#st = :pending AND lease_until <= :now AND due_at <= :now",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues={":o": _s(owner), ":u": _n(now + lease_seconds),
+                                           ":pending": _s("pending"), ":now": _n(now)},
+                ReturnValues="ALL_NEW")
+            if answer is not None:
+                claimed.append(self._task(answer["Attributes"]))
+        return claimed
+
+    def retry_task(self, task: Task, owner: str, due_at: float, error: str | None,
+                   *, failed: bool = True) -> None:
+        sets = "SET due_at = :d, lease_until = :zero, gsi1sk = :due"
+        values: dict[str, Any] = {":d": _n(due_at), ":zero": _n(0),
+                                  ":due": _s(self._due_key(due_at, task.key)),
+                                  ":o": _s(owner), ":pending": _s("pending")}
+        if failed:
+            sets += ", attempts = attempts + :one" + (", #err = :e" if error else "")
+            values[":one"] = _n(1)
+            if error:
+                values[":e"] = _s(error)
+        self._call("update_item", TableName=self.table, Key=self._task_key(task.key),
+                   UpdateExpression=sets + " REMOVE lease_owner",
+                   ConditionExpression="lease_owner = :o AND #st = :pending",
+                   ExpressionAttributeNames={"#st": "status",
+                                             **({"#err": "error"} if failed and error else {})},
+                   ExpressionAttributeValues=values)
+
+    def finish_task(self, task: Task, owner: str, outcome: TaskOutcome, now: float,
+                    error: str | None = None) -> None:
+        sets = "SET #st = :out, finished_at = :now" + (", #err = :e" if error else "")
+        values: dict[str, Any] = {":out": _s(outcome), ":now": _n(now), ":o": _s(owner),
+                                  ":pending": _s("pending")}
+        if error:
+            values[":e"] = _s(error)
+        self._call("update_item", TableName=self.table, Key=self._task_key(task.key),
+                   UpdateExpression=sets + " REMOVE lease_owner, gsi1pk, gsi1sk",
+                   ConditionExpression="lease_owner = :o AND #st = :pending",
+                   ExpressionAttributeNames={"#st": "status",
+                                             **({"#err": "error"} if error else {})},
+                   ExpressionAttributeValues=values)
+
+    # --- what operators look at ----------------------------------------------------------
+
+    def _count_and_first(self, partition: str) -> tuple[int, str | None]:
+        """How many keys the sparse index's ``partition`` holds, and its first sort key."""
+        count, first = 0, None
+        kwargs: dict[str, Any] = {"TableName": self.table, "IndexName": GSI,
+                                  "KeyConditionExpression": "gsi1pk = :p",
+                                  "ExpressionAttributeValues": {":p": _s(partition)}}
+        while True:
+            page = self._call("query", **kwargs)
+            items = page.get("Items", [])
+            if first is None and items:
+                first = str(items[0]["gsi1sk"]["S"])
+            count += len(items)
+            if "LastEvaluatedKey" not in page:
+                return count, first
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def backlog(self, now: float) -> Backlog:
+        deliveries, first = self._count_and_first(PENDING)
+        tasks, first_task = self._count_and_first(PENDING_TASK)
+        return Backlog(deliveries, float(first.partition("#")[0]) if first else None,
+                       tasks, float(first_task.partition("#")[0]) if first_task else None)
+
+    def holdings(self, now: float) -> list[Holding]:
+        found: list[Holding] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "FilterExpression": "begins_with(pk, :lease) OR begins_with(pk, :ref)"
+                                " OR (begins_with(pk, :start) AND #st = :pending)",
+            "ExpressionAttributeNames": {"#st": "state"},
+            "ExpressionAttributeValues": {":lease": _s("LEASE#"), ":ref": _s("REFLOCK#"),
+                                          ":start": _s("START#"), ":pending": _s("pending")}}
+        while True:
+            page = self._call("scan", **kwargs)
+            for item in page.get("Items", []):
+                kind, _, name = str(item["pk"]["S"]).partition("#")
+                owner = str(_get_s(item, "owner"))
+                if kind == "START":
+                    found.append(Holding("start", name.replace("#", "@", 1), owner, None))
+                elif _get_n(item, "until") > now:
+                    found.append(Holding("lease" if kind == "LEASE" else "ref", name, owner,
+                                         _get_n(item, "until")))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(found, key=lambda h: (h.kind, h.name))
 
     def heads(self, repository: str) -> dict[str, Head]:
         found: dict[str, Head] = {}

@@ -30,16 +30,20 @@ from receiver.state.base import (
     DELIVERY_RETENTION_SECONDS,
     HISTORY_RETENTION_SECONDS,
     START_RETENTION_SECONDS,
+    Backlog,
     Baseline,
     DecisionRecord,
     Execution,
     Head,
+    Holding,
     StartRecord,
+    Task,
+    TaskOutcome,
 )
 
 BUSY_TIMEOUT_SECONDS = 30.0  # how long a write waits for a locked database
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
-SCHEMA_VERSION = 2  # PRAGMA user_version of a file that has this module's schema
+SCHEMA_VERSION = 3  # PRAGMA user_version of a file that has this module's schema
 
 # columns added since the first schema: a file made by an older version gains them
 MIGRATIONS = (
@@ -48,6 +52,7 @@ MIGRATIONS = (
     ("baselines", "deployed_commit", "TEXT"),
     ("baselines", "deployed_started_at", "REAL NOT NULL DEFAULT 0"),
     ("baselines", "last_execution_status", "TEXT"),
+    ("executions", "settled", "TEXT"),
 )
 
 TABLES = """
@@ -92,6 +97,7 @@ CREATE TABLE IF NOT EXISTS executions (
     attempt INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     final INTEGER NOT NULL,
+    settled TEXT,  -- Execution.settled: the status whose follow-ups were applied
     PRIMARY KEY (pipeline, execution_id)
 );
 CREATE TABLE IF NOT EXISTS leases (
@@ -108,9 +114,20 @@ CREATE TABLE IF NOT EXISTS heads (
     updated_at REAL NOT NULL,
     PRIMARY KEY (repository, branch)
 );
-CREATE TABLE IF NOT EXISTS status_writes (
+-- pending effects (commit statuses, notifications) until their sender finishes them
+CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY,
-    claimed_at REAL NOT NULL
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',  -- pending | done | failed
+    due_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS decisions (
     delivery_id TEXT NOT NULL,
@@ -157,8 +174,13 @@ CREATE INDEX IF NOT EXISTS deliveries_leased_by_ref ON deliveries (ref_key, leas
 CREATE INDEX IF NOT EXISTS deliveries_done_by_age ON deliveries (finished_at)
     WHERE status = 'done';
 CREATE INDEX IF NOT EXISTS decisions_head ON decisions (head, recorded_at);
--- the executions still running (a handful): what the outcome poll asks about
-CREATE INDEX IF NOT EXISTS executions_open ON executions (started_at) WHERE final = 0
+-- the open executions (a handful): running, or ended with follow-ups to apply
+CREATE INDEX IF NOT EXISTS executions_unsettled ON executions (started_at)
+    WHERE final = 0 OR settled IS NOT status;
+CREATE INDEX IF NOT EXISTS tasks_pending_by_due ON tasks (due_at) WHERE status = 'pending';
+-- the baselines whose last start's outcome is not applied yet (Baseline.in_flight)
+CREATE INDEX IF NOT EXISTS baselines_in_flight ON baselines (updated_at)
+    WHERE last_execution_status IN ('InProgress', 'Stopping')
 """
 
 
@@ -198,7 +220,8 @@ _BASELINE_COLUMNS = ("repository, branch, pipeline, commit_sha, last_started_com
                      " last_execution_id, updated_at, version, deployed_commit,"
                      " deployed_started_at, last_execution_status")
 _EXECUTION_COLUMNS = ("pipeline, execution_id, repository, branch, commit_sha, started_at,"
-                      " status, attempt, updated_at")
+                      " status, attempt, updated_at, settled")
+_TASK_COLUMNS = "key, kind, target, payload, due_at, created_at, attempts, error"
 # a baseline's compare-and-set
 _SAME_VERSION = " WHERE repository = ? AND branch = ? AND pipeline = ? AND version = ?"
 
@@ -282,6 +305,10 @@ class SQLiteStore:
             # files written before SCHEMA_VERSION 1 recorded deliveries as 'new', admitted
             # to the queue later: they are queued deliveries like any other
             conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'new'")
+            # before SCHEMA_VERSION 3 the follow-ups of a final status were applied with it
+            conn.execute("DROP INDEX IF EXISTS executions_open")
+            conn.execute("UPDATE executions SET settled = status WHERE final = 1"
+                         " AND settled IS NULL")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def init(self) -> None:
@@ -368,7 +395,7 @@ class SQLiteStore:
                          (now - HISTORY_RETENTION_SECONDS,))
             conn.execute("DELETE FROM executions WHERE final = 1 AND updated_at < ?",
                          (now - START_RETENTION_SECONDS,))
-            conn.execute("DELETE FROM status_writes WHERE claimed_at < ?",
+            conn.execute("DELETE FROM tasks WHERE status != 'pending' AND finished_at < ?",
                          (now - START_RETENTION_SECONDS,))
 
     def pending_count(self) -> int:
@@ -481,9 +508,10 @@ class SQLiteStore:
     def record_execution(self, execution: Execution) -> None:
         x = execution
         self._execute(f"INSERT OR IGNORE INTO executions ({_EXECUTION_COLUMNS}, final)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (x.pipeline, x.execution_id, x.repository, x.branch, x.commit,
-                       x.started_at, x.status, x.attempt, x.updated_at, int(x.final)))
+                       x.started_at, x.status, x.attempt, x.updated_at, x.settled,
+                       int(x.final)))
 
     def execution(self, pipeline: str, execution_id: str) -> Execution | None:
         rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions"
@@ -498,11 +526,27 @@ class SQLiteStore:
              expected.pipeline, expected.execution_id, expected.status, expected.attempt))
         return cur.rowcount == 1
 
-    def open_executions(self, started_before: float, limit: int = 100) -> list[Execution]:
-        rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE final = 0"
-                           " AND started_at < ? ORDER BY started_at LIMIT ?",
-                           (started_before, limit))
+    def open_executions(self, started_before: float | None = None,
+                        limit: int = 100) -> list[Execution]:
+        # the partial index's own condition, word for word, so SQLite uses it
+        rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions"
+                           " WHERE (final = 0 OR settled IS NOT status)"
+                           " AND (? IS NULL OR started_at < ?) ORDER BY started_at LIMIT ?",
+                           (started_before, started_before, limit))
         return [Execution(*row) for row in rows]
+
+    def in_flight_baselines(self, limit: int = 100) -> list[Baseline]:
+        rows = self._query(f"SELECT {_BASELINE_COLUMNS} FROM baselines WHERE"
+                           " last_execution_status IN ('InProgress', 'Stopping')"
+                           " ORDER BY updated_at LIMIT ?", (limit,))
+        return [Baseline(*row) for row in rows]
+
+    def settle_execution(self, execution: Execution) -> bool:
+        cur = self._execute(
+            "UPDATE executions SET settled = status WHERE pipeline = ? AND execution_id = ?"
+            " AND status = ? AND attempt = ?",
+            (execution.pipeline, execution.execution_id, execution.status, execution.attempt))
+        return cur.rowcount == 1
 
     def acquire_lease(self, name: str, owner: str, until: float, now: float) -> bool:
         cur = self._execute(
@@ -512,10 +556,60 @@ class SQLiteStore:
             (name, owner, until, now))
         return cur.rowcount == 1
 
-    def claim_status_write(self, key: str, now: float) -> bool:
-        cur = self._execute("INSERT OR IGNORE INTO status_writes (key, claimed_at)"
-                            " VALUES (?, ?)", (key, now))
+    def release_lease(self, name: str, owner: str) -> None:
+        self._execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def enqueue_task(self, task: Task) -> bool:
+        t = task
+        cur = self._execute(f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS})"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (t.key, t.kind, t.target, t.payload, t.due_at, t.created_at,
+                             t.attempts, t.error))
         return cur.rowcount == 1
+
+    def claim_tasks(self, owner: str, now: float, lease_seconds: float,
+                    limit: int) -> list[Task]:
+        with self._tx() as conn:
+            rows = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'pending'"
+                                " AND due_at <= ? AND lease_until <= ? ORDER BY due_at"
+                                " LIMIT ?", (now, now, limit)).fetchall()
+            conn.executemany("UPDATE tasks SET lease_owner = ?, lease_until = ? WHERE key = ?",
+                             [(owner, now + lease_seconds, row[0]) for row in rows])
+        return [Task(*row) for row in rows]
+
+    def retry_task(self, task: Task, owner: str, due_at: float, error: str | None,
+                   *, failed: bool = True) -> None:
+        self._execute(
+            "UPDATE tasks SET due_at = ?, lease_owner = NULL, lease_until = 0,"
+            " attempts = attempts + ?, error = CASE WHEN ? THEN ? ELSE error END"
+            " WHERE key = ? AND lease_owner = ? AND status = 'pending'",
+            (due_at, int(failed), int(failed), error, task.key, owner))
+
+    def finish_task(self, task: Task, owner: str, outcome: TaskOutcome, now: float,
+                    error: str | None = None) -> None:
+        self._execute(
+            "UPDATE tasks SET status = ?, finished_at = ?, error = COALESCE(?, error),"
+            " lease_owner = NULL WHERE key = ? AND lease_owner = ? AND status = 'pending'",
+            (outcome, now, error, task.key, owner))
+
+    def backlog(self, now: float) -> Backlog:
+        deliveries, oldest = self._query("SELECT COUNT(*), MIN(received_at) FROM deliveries"
+                                         " WHERE status = 'pending'")[0]
+        tasks, oldest_task = self._query("SELECT COUNT(*), MIN(due_at) FROM tasks"
+                                         " WHERE status = 'pending'")[0]
+        return Backlog(deliveries, oldest, tasks, oldest_task)
+
+    def holdings(self, now: float) -> list[Holding]:
+        leases = self._query("SELECT name, owner, until FROM leases WHERE until > ?"
+                             " ORDER BY name", (now,))
+        refs = self._query("SELECT ref_key, lease_owner, lease_until FROM deliveries"
+                           " WHERE status = 'pending' AND lease_owner IS NOT NULL"
+                           " AND lease_until > ? ORDER BY ref_key", (now,))
+        starts = self._query("SELECT pipeline || '@' || commit_sha, owner FROM starts"
+                             " WHERE state = 'pending' ORDER BY pipeline, commit_sha")
+        return ([Holding("lease", *row) for row in leases]
+                + [Holding("ref", *row) for row in refs]
+                + [Holding("start", name, owner, None) for name, owner in starts])
 
     def heads(self, repository: str) -> dict[str, Head]:
         rows = self._query("SELECT branch, sha, etag, updated_at FROM heads"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import inspect
 import json
 import re
 import subprocess
@@ -34,7 +33,7 @@ import yaml
 from cfnlint.api import lint
 from moto.events.models import EventPattern
 
-from receiver import metrics, outcomes, worker
+from receiver import metrics, outcomes
 from receiver.state import dynamodb
 from tests.harness import Service
 from tests.test_ecs_task import (
@@ -485,26 +484,15 @@ def _alarm_metric_names(alarm: dict[str, Any]) -> set[str]:
 def test_every_service_alarm_watches_a_metric_the_service_emits() -> None:
     r = render()
     emitted = {name for table in metrics._METRICS.values() for name, *_ in table}
-    filters = {t["MetricName"] for n, res in r.doc["Resources"].items()
-               if res["Type"] == "AWS::Logs::MetricFilter"
-               for t in r.resource(n)["Properties"]["MetricTransformations"]}
     alarms = {n: r.resource(n) for n, res in r.doc["Resources"].items()
               if res["Type"] == "AWS::CloudWatch::Alarm"}
     ours = {n: a for n, a in alarms.items()
             if a["Properties"].get("Namespace") != "AWS/ApplicationELB"}
     watched = set().union(*(_alarm_metric_names(a) for a in ours.values()))
     assert watched  # the regex found the Metrics Insights queries
-    assert watched <= emitted | filters
-    assert {"PipelineStartFailures", "Deliveries"} <= watched
-
-
-def test_the_metric_filter_matches_the_event_the_worker_logs() -> None:
-    (name,) = [n for n, res in render().doc["Resources"].items()
-               if res["Type"] == "AWS::Logs::MetricFilter"]
-    pattern = render().resource(name)["Properties"]["FilterPattern"]
-    event = re.fullmatch(r'\{ \$\.event = "([\w.]+)" \}', pattern)
-    assert event is not None
-    assert f'"{event.group(1)}"' in inspect.getsource(worker)
+    assert watched <= emitted
+    assert {"PipelineStartFailures", "Deliveries", "DeliveriesFailed",
+            "OldestPendingSeconds"} <= watched
 
 
 def test_alarms_notify_the_topic_only_when_one_is_given() -> None:

@@ -18,8 +18,7 @@ from receiver.cli.explain import Explain
 from receiver.cli.history import History
 from receiver.cli.serve import Serve
 from receiver.cli.state import State
-from receiver.errors import ConfigError, ProviderError, StateError
-from receiver.secrets import SecretError
+from receiver.errors import ConfigError, ProviderError, SecretError, StateError
 
 COMMANDS: tuple[Command, ...] = (Serve(), CheckConfig(), Explain(), History(), State())
 

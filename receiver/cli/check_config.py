@@ -104,8 +104,7 @@ def _check_pipelines(cfg: config_mod.Config) -> list[str]:
 def _check_repositories(cfg: config_mod.Config) -> list[str]:
     """Each repository's token (or GitHub App) can read it: one GET of the repository."""
     from providers import build_providers
-    from receiver.errors import ReceiverError, RepositoryUnreadable
-    from receiver.secrets import SecretError
+    from receiver.errors import ReceiverError, RepositoryUnreadable, SecretError
 
     providers = build_providers()
     failures = []

@@ -34,10 +34,10 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from receiver import modules as modules_mod
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, SecretError
 from receiver.matcher import GlobError, PathRules, glob_to_regex
 from receiver.modules import ModuleMap
-from receiver.secrets import Secret, SecretError, SecretRef
+from receiver.secrets import Secret, SecretRef
 
 VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths", "module")
 T = TypeVar("T")

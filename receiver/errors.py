@@ -1,10 +1,32 @@
-"""One error hierarchy for the whole service.
+"""One error hierarchy for the whole service, mapped to HTTP in one place (receiver/app.py).
 
-Request errors (``RequestError`` subclasses) carry their HTTP status and a stable
-``code``; ``receiver.app`` maps them to JSON answers in one place. Dependency errors
-(``DependencyError`` subclasses) are what foreign exceptions (requests, botocore) are
-translated into at the boundary, so nothing above a client sees a foreign type.
-Messages never contain a secret, a token or a payload.
+::
+
+    ReceiverError                   every error this service raises on purpose
+    ├── ConfigError                 the configuration is invalid (problems, with key paths)
+    ├── SecretError                 a secret reference is malformed or points at nothing
+    ├── RequestError                a refused request: HTTP status and stable code
+    │   ├── BadRequest              400 malformed body or headers
+    │   ├── Unauthorized            401 missing or wrong signature, token or key
+    │   ├── NotFound                404 unknown provider path, repository not configured
+    │   ├── PayloadTooLarge         413 body over the limit
+    │   ├── UnsupportedMediaType    415 content type not accepted
+    │   └── ServiceUnavailable      503 the state store cannot record it (retry later)
+    ├── Ignored                     200 ``ignored``: verified, nothing to do
+    ├── RetryLater                  background work to redo later, with back-off (retryable)
+    ├── TerminalError               background work no later try can do (not retried)
+    └── DependencyError             a call outside the process failed (translated at the
+        │                           boundary from requests, botocore, sqlite3, git; cause kept)
+        ├── ProviderError           the provider API or git server (retryable)
+        │   └── RepositoryUnreadable  the token or name cannot read the repository
+        ├── StateError              the state store (retryable)
+        └── LaunchError             starting a pipeline (``retryable`` says which)
+
+Retryable vs terminal (controller-runtime's distinction): background work that raises a
+``TerminalError`` is finished failed at once; any other ReceiverError may succeed on a later
+try and is retried with back-off within its bounds (``processing.max_attempts`` for a
+delivery, the sender's back-off for a task). Messages never contain a secret, a token or a
+payload.
 """
 
 from __future__ import annotations
@@ -23,6 +45,15 @@ class ConfigError(ReceiverError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class SecretError(ReceiverError, ValueError):
+    """A secret reference that is malformed or points at nothing; the message names the
+    reference only. A ValueError too, so configuration validation reports it at its key."""
+
+
+class RetryLater(ReceiverError):
+    """Background work must be redone later (a delivery is released with back-off)."""
 
 
 # --- request errors (mapped to HTTP) ---------------------------------------------------

@@ -30,7 +30,7 @@ from receiver.effects import (
     PipelineStarted,
     StartFailed,
 )
-from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable
+from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, RetryLater
 from receiver.events import Delivery, PushEvent
 from receiver.gitdiff import GitMirror, ref_problem
 from receiver.launcher import Launcher, StartRequest, render_variables
@@ -55,10 +55,6 @@ MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
 # How a start attempt ended: started (now or by an earlier attempt), in_flight (another
 # delivery owns the start), failed (final) or retry (the delivery will be redone).
 StartState = Literal["started", "in_flight", "failed", "retry"]
-
-
-class RetryLater(Exception):
-    """Processing must be retried later (the delivery is released with back-off)."""
 
 
 @dataclass(frozen=True, slots=True)

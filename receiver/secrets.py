@@ -32,6 +32,8 @@ from typing import Annotated, Any
 
 from pydantic import PlainValidator
 
+from receiver.errors import SecretError
+
 ALLOWED_FORMS = "env:NAME, file:PATH or aws-secretsmanager:ARN_OR_NAME[#json_key]"
 AWS_SCHEME = "aws-secretsmanager"
 TTL_ENV = "RECEIVER_SECRET_TTL_SECONDS"
@@ -48,10 +50,6 @@ _SECRET_ARN = re.compile(
     r"^arn:aws[a-z-]*:secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:[A-Za-z0-9/_+=.@-]+$")
 
 Clock = Callable[[], float]
-
-
-class SecretError(ValueError):
-    """A reference that is malformed or points at nothing; the message names the reference only."""
 
 
 class SecretRef:

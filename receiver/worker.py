@@ -23,10 +23,10 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from receiver.config import ProcessingConfig
-from receiver.errors import StateError
+from receiver.errors import RetryLater, StateError
 from receiver.events import Delivery
 from receiver.logging import delivery_context, get_logger
-from receiver.processor import Processor, RetryLater
+from receiver.processor import Processor
 from receiver.state.base import DecisionRecord, StateStore
 
 IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from receiver.config import Config, load, parse, read_secrets
-from receiver.errors import ConfigError
-from receiver.secrets import SecretError
+from receiver.errors import ConfigError, SecretError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -408,7 +408,7 @@ def test_the_state_store_keeps_the_last_valid_module_map(store: StateStore) -> N
 
 
 def test_history_prints_which_dependency_brought_a_pipeline_in() -> None:
-    from receiver.cli import _describe
+    from receiver.cli.history import _describe
     from receiver.state.base import DecisionRecord
 
     record = {"recorded_at": 0, "delivery_id": "d1", "provider": "github", "repository": REPO,

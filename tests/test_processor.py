@@ -16,11 +16,11 @@ import pytest
 from providers.base import Diff
 from receiver.config import RepositoryConfig, parse
 from receiver.effects import Bus
-from receiver.errors import LaunchError, ProviderError
+from receiver.errors import LaunchError, ProviderError, RetryLater
 from receiver.events import Delivery, PushEvent
 from receiver.launcher import StartRequest
 from receiver.logging import configure
-from receiver.processor import Processor, RetryLater
+from receiver.processor import Processor
 from receiver.state.base import StateStore
 from receiver.state.sqlite import SQLiteStore
 from tests.gitmodel import GitModel

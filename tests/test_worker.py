@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from receiver.config import ProcessingConfig
+from receiver.errors import RetryLater
 from receiver.events import Delivery, PushEvent
 from receiver.logging import configure
-from receiver.processor import RetryLater
 from receiver.runtime import Runtime
 from receiver.state.sqlite import SQLiteStore
 from receiver.worker import Worker

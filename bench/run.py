@@ -15,6 +15,10 @@
 6. An execution outcome event to its commit status request.
 7. The module map at scale: 5,000 concrete pipelines of a template and a three-level
    dependency graph decided against 5,000 to 50,000 changed paths (bench/modules.py).
+8. ``diff: git`` against ``diff: api`` on a 10,000-file push.
+9. Sustained end-to-end capacity of one task (pushes acknowledged and processed per second,
+   50 pipelines per repository, compare at 20 ms), on SQLite and on a DynamoDB-protocol
+   server with two replicas, and the p99 of push -> start at 80 % of it (bench/capacity.py).
 
 Everything listens on and talks to 127.0.0.1 only. Needs ``wrk`` and ``webhook`` on PATH
 (see bench/README.md); installs nothing. ``--only 1,3`` runs a subset.
@@ -51,7 +55,12 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from bench import fakes, matching, wrk  # noqa: E402
+from bench import (  # noqa: E402
+    capacity,
+    fakes,
+    matching,
+    wrk,
+)
 from bench import modules as module_bench  # noqa: E402
 from receiver import gunicorn_conf  # noqa: E402
 from receiver.matcher import match  # noqa: E402
@@ -904,13 +913,35 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+# --- 9. capacity ---------------------------------------------------------------------------
+
+
+def bench_capacity(ctx: Ctx) -> list[Row]:
+    from tests.harness import MotoServer
+
+    moto = MotoServer()
+    try:
+        results = capacity.run(ctx.tmp, fixture_bytes(PUSH_FIXTURE), post, ts,
+                               lambda tmp, name, repos: start_service(tmp, name, repos),
+                               {**os.environ, **ENV}, moto.url)
+    finally:
+        moto.close()
+    rows = []
+    for r in results:
+        rows += [Row(f"9 pushes processed per second ({r['deployment']})", r["capacity"],
+                     "req/s", r["acknowledged"], "acknowledged/s", "info", None),
+                 Row(f"9 p99 202 -> start at 80 % ({r['deployment']})", r["p99"], "s",
+                     r["p50"], "p50", "info", None)]
+    return rows
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9",
                         help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
@@ -945,6 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (6, "execution outcome to commit status", lambda: bench_outcome_to_status(ctx)),
         (7, "module map at scale", lambda: bench_modules(ctx)),
         (8, "diff strategies on a 10,000-file push", lambda: bench_diff_strategies(ctx)),
+        (9, "sustained capacity of one task", lambda: bench_capacity(ctx)),
     ]
     failed = False
     for number, title, fn in benches:

@@ -286,20 +286,24 @@ class DynamoDBStore:
         }
         # oldest first; past the ones other owners hold (or that wait for a retry time),
         # page on, so busy deliveries at the head of the index cannot starve the rest
+        busy: set[str] = set()  # refs found locked by this claim: not asked again
         for _ in range(CLAIM_PAGES):
             page = self._call("query", **kwargs)
-            found = self._claim_first(page.get("Items", []), owner, lease_seconds, now)
+            found = self._claim_first(page.get("Items", []), owner, lease_seconds, now, busy)
             if found is not None or "LastEvaluatedKey" not in page:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return None
 
     def _claim_first(self, candidates: list[dict[str, Any]], owner: str, lease_seconds: float,
-                     now: float) -> Delivery | None:
+                     now: float, busy: set[str]) -> Delivery | None:
         for candidate in candidates:
             ref_id = str(candidate["gsi1sk"]["S"]).partition("#")[2]
+            if ref_id in busy:
+                continue
             if ref_id and not self._lock_ref(ref_id, owner, now + lease_seconds, now):
-                continue  # another owner is processing this ref: it waits its turn
+                busy.add(ref_id)  # another owner is processing this ref: it waits its turn
+                continue
             answer = self._call(
                 "update_item", TableName=self.table,
                 Key={"pk": candidate["pk"], "sk": candidate["sk"]},

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from providers.base import Diff
 from receiver.cli.base import Command, ExitCode, first_literal_branch, load_config, say
+from receiver.config import Config, RepositoryConfig
+from receiver.gitdiff import local_changed_files, local_file_content
+from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
+from receiver.planner import PushPlan
+from receiver.state import open_store
+from receiver.state.base import Baseline
 
 
 class Explain(Command):
@@ -40,6 +48,10 @@ class Explain(Command):
         return explain(args)
 
 
+class _Refused(Exception):
+    """What the command line asks cannot be explained (the message says why)."""
+
+
 def explain(args: argparse.Namespace) -> int:
     """Dry run: changed paths between two commits, matching rules, what would start.
 
@@ -50,53 +62,17 @@ def explain(args: argparse.Namespace) -> int:
     the branch's last known head, as the next push would be.
     """
     from providers import build_providers
-    from providers.base import Diff
-    from receiver.decide import Base
-    from receiver.gitdiff import local_changed_files, local_file_content
-    from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
     from receiver.planner import plan_push
-    from receiver.state import open_store
-    from receiver.state.base import Baseline
 
     cfg = load_config(args)
-    candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
-                  and (args.provider is None or r.provider == args.provider)]
-    if len(candidates) != 1:
-        what = "no" if not candidates else "more than one"
-        say(f"error: {what} configured repository named {args.repository!r}"
-             + ("; add --provider" if candidates else ""), err=True)
-        return ExitCode.USAGE
-    repo = candidates[0]
     providers = build_providers()
-    # the pipelines the service would use for a push of 'to' (a repository-side map included)
-    resolved = Resolved(PipelineSet.of(repo))
-    if repo.module_map:
-        read = provider_source(providers) if not args.git_dir else (
-            lambda _repo, path, commit: local_file_content(args.git_dir, path, commit))
-        maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0)
-        try:
-            resolved = maps.resolve(repo, args.to_sha, keep=False)
-        except ValueError:
-            say("error: --to must be a full commit id to read the repository's module map",
-                 err=True)
-            return ExitCode.USAGE
-    store = open_store(cfg.state)
-    before: str | None = args.from_sha
-    baselines: dict[str, Baseline] = {}  # with --from: every pipeline compared from it
-    if args.from_sha is None:  # each pipeline from its stored baseline
-        branch = args.branch or first_literal_branch(repo)
-        baselines = store.baselines(repo.key, branch or "")
-        # a pipeline holding none (a template's new module, a new pipeline) is compared as
-        # the next push's would be: from the branch's last known head
-        head = store.heads(repo.key).get(branch or "")
-        before = head.sha if head is not None else None
-        missing = [n for n, sel in resolved.pipelines.modules.selectors.items()
-                   if n not in baselines and not sel.discovers]
-        if branch is None or (missing and before is None) or not (baselines or before):
-            say(f"error: no stored baseline on branch {branch!r} for "
-                 f"{', '.join(missing) or 'any pipeline'}, and no known head to compare "
-                 "the others from; give --from", err=True)
-            return ExitCode.USAGE
+    try:
+        repo = _repository(cfg, args)
+        resolved = _pipelines(cfg, repo, providers, args)
+        baselines, before = _bases(cfg, repo, resolved, args)
+    except _Refused as exc:
+        say(f"error: {exc}", err=True)
+        return ExitCode.USAGE
 
     def difference(base: str, head: str) -> Diff:
         if args.git_dir:
@@ -105,57 +81,127 @@ def explain(args: argparse.Namespace) -> int:
 
     plan = plan_push(resolved.pipelines.modules, baselines, before=before, head=args.to_sha,
                      diff=difference, new_branch=repo.new_branch)
+    report = _report(repo, args.to_sha, plan, resolved.problems)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print(report, repo, args)
+    return ExitCode.SUCCESS
+
+
+def _repository(cfg: Config, args: argparse.Namespace) -> RepositoryConfig:
+    """The one configured repository ``--repository`` (and ``--provider``) names."""
+    candidates = [r for r in cfg.repositories if r.name.casefold() == args.repository.casefold()
+                  and (args.provider is None or r.provider == args.provider)]
+    if len(candidates) != 1:
+        what = "no" if not candidates else "more than one"
+        raise _Refused(f"{what} configured repository named {args.repository!r}"
+                       + ("; add --provider" if candidates else ""))
+    return candidates[0]
+
+
+def _pipelines(cfg: Config, repo: RepositoryConfig, providers: Mapping[str, Any],
+               args: argparse.Namespace) -> Resolved:
+    """The pipelines the service would use for a push of ``--to`` (a repository-side map
+    included, read from the clone with ``--git-dir``)."""
+    if not repo.module_map:
+        return Resolved(PipelineSet.of(repo))
+    read = provider_source(providers) if not args.git_dir else (
+        lambda _repo, path, commit: local_file_content(args.git_dir, path, commit))
+    maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0)
+    try:
+        return maps.resolve(repo, args.to_sha, keep=False)
+    except ValueError:
+        raise _Refused("--to must be a full commit id to read the repository's module "
+                       "map") from None
+
+
+def _bases(cfg: Config, repo: RepositoryConfig, resolved: Resolved,
+           args: argparse.Namespace) -> tuple[dict[str, Baseline], str | None]:
+    """(the stored baselines, the push's ``before``) to plan from: with ``--from``, none
+    and ``--from`` itself; else the branch's baselines and its last known head."""
+    if args.from_sha is not None:
+        return {}, args.from_sha
+    store = open_store(cfg.state)
+    branch = args.branch or first_literal_branch(repo)
+    baselines = store.baselines(repo.key, branch or "")
+    # a pipeline holding none (a template's new module, a new pipeline) is compared as
+    # the next push's would be: from the branch's last known head
+    head = store.heads(repo.key).get(branch or "")
+    before = head.sha if head is not None else None
+    missing = [n for n, sel in resolved.pipelines.modules.selectors.items()
+               if n not in baselines and not sel.discovers]
+    if branch is None or (missing and before is None) or not (baselines or before):
+        raise _Refused(f"no stored baseline on branch {branch!r} for "
+                       f"{', '.join(missing) or 'any pipeline'}, and no known head to "
+                       "compare the others from; give --from")
+    return baselines, before
+
+
+def _report(repo: RepositoryConfig, to: str, plan: PushPlan,
+            map_problems: Sequence[str]) -> dict[str, Any]:
+    """The report (``--json`` prints it as it is): bases, comparisons, every changed path
+    with the pipelines and rules it selected, what would start and what would not."""
     decisions = plan.decisions
     # the differences from the bases (not those of the keep-newer step)
     diffs = {base: d for base, d in plan.diffs.items() if base in plan.groups}
-    bases: dict[str, Base] = {n: b for b, group in plan.groups.items() for n in group}
+    single = len(plan.groups) == 1
     names = sorted(decisions)
     would_start = [n for n in names if decisions[n].verdict == "changed"]
-    per_path: dict[str, list[dict[str, str]]] = {
-        path: [] for d in diffs.values() if d.paths is not None for path in sorted(d.paths)}
-    for name in would_start:
-        for path, glob, via in decisions[name].selected():
-            per_path[path].append({"pipeline": name, "rule": glob,
-                                   **({"via": via} if via else {})})
     froms = {n: d.base for n, d in decisions.items()}
-    single = len(set(bases.values())) == 1
-    diff = next(iter(diffs.values()), None) if single else None
+    diff = next(iter(diffs.values()), None)
     report: dict[str, Any] = {
         "repository": repo.name, "provider": repo.provider,
-        "from": next(iter(froms.values())) if single else froms, "to": args.to_sha,
+        "from": next(iter(froms.values()), None) if single else froms, "to": to,
         "compare": (diff.status if diff is not None else "identical") if single
         else {base: d.status for base, d in diffs.items()},
         "api_calls": plan.api_calls,
         "complete": all(d.complete for d in decisions.values()),
-        "changed_paths": per_path, "would_start": would_start,
+        "changed_paths": _changed_paths(diffs.values(), plan, would_start),
+        "would_start": would_start,
         "unchanged": [n for n in names if n not in would_start],
     }
-    if resolved.problems:
-        report["module_map_errors"] = list(resolved.problems)
+    if map_problems:
+        report["module_map_errors"] = list(map_problems)
     reasons = {d.reason for d in decisions.values() if not d.complete and d.reason}
     if all(d.verdict == "contained" for d in decisions.values()):
         report["note"] = "the 'to' commit is already contained in 'from': nothing starts"
     elif not report["complete"]:
         report.update(reason="; ".join(sorted(reasons)),
                       note="difference incomplete: every pipeline counts as changed")
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return ExitCode.SUCCESS
+    return report
+
+
+def _changed_paths(diffs: Iterable[Diff], plan: PushPlan,
+                   would_start: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Every changed path, sorted, with the pipelines (and rules, and dependencies) it
+    selected among those that would start."""
+    per_path: dict[str, list[dict[str, str]]] = {
+        path: [] for d in diffs if d.paths is not None for path in sorted(d.paths)}
+    for name in would_start:
+        for path, glob, via in plan.decisions[name].selected():
+            per_path[path].append({"pipeline": name, "rule": glob,
+                                   **({"via": via} if via else {})})
+    return per_path
+
+
+def _print(report: dict[str, Any], repo: RepositoryConfig, args: argparse.Namespace) -> None:
+    """The report as text lines."""
+    single = not isinstance(report["from"], dict)
     say(f"{repo.provider} {repo.name}: "
-         + (f"{report['from']}" if single else "each pipeline's baseline")
-         + f" -> {args.to_sha}" + (f" (local clone {args.git_dir})" if args.git_dir else ""))
-    say(f"compare: {report['compare']}, {len(per_path)} changed paths, "
-         f"{report['api_calls']} API calls")
+        + (f"{report['from']}" if single else "each pipeline's baseline")
+        + f" -> {args.to_sha}" + (f" (local clone {args.git_dir})" if args.git_dir else ""))
+    say(f"compare: {report['compare']}, {len(report['changed_paths'])} changed paths, "
+        f"{report['api_calls']} API calls")
     if "note" in report:
         say(f"note: {report['note']}" + (f" ({report['reason']})" if report.get("reason")
-                                          else ""))
-    for problem in resolved.problems:
+                                         else ""))
+    for problem in report.get("module_map_errors", ()):
         say(f"module map invalid at 'to' (the last valid one is used): {problem}")
-    for path, hits in per_path.items():
+    for path, hits in report["changed_paths"].items():
         rules = ", ".join(f"{h['pipeline']} ({h['rule']})"
                           + (f" via {h['via']}" if "via" in h else "")
                           for h in hits) or "no pipeline"
         say(f"  {path}  ->  {rules}")
-    say("would start: " + (", ".join(would_start) or "nothing"))
+    say("would start: " + (", ".join(report["would_start"]) or "nothing"))
     say("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
-    return ExitCode.SUCCESS

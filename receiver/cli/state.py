@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
+import time
+from typing import Any
 
 from receiver import config as config_mod
 from receiver import modules as modules_mod
 from receiver.cli.base import Command, ExitCode, first_literal_branch, load_config, say
 from receiver.errors import StateError
-from receiver.state.base import StateStore
+from receiver.state.base import Baseline, StateStore
 
 
 class State(Command):
@@ -65,23 +69,20 @@ class State(Command):
         return ExitCode.SUCCESS
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
 def seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """``state seed``: set baselines and deployed commits when adopting the service, from
     each pipeline's newest Succeeded execution or, with --pipeline and --commit, by hand."""
-    import dataclasses
-    import re
-    import time
-
     from receiver.launcher import build_launcher
     from receiver.state import open_store
-    from receiver.state.base import Baseline
 
     if args.from_executions == bool(args.pipeline or args.commit) or \
             bool(args.pipeline) != bool(args.commit):
-        say("error: give --from-executions, or both --pipeline and --commit",
-             err=True)
+        say("error: give --from-executions, or both --pipeline and --commit", err=True)
         return ExitCode.USAGE
-    if args.commit and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", args.commit):
+    if args.commit and not _COMMIT.fullmatch(args.commit):
         say("error: --commit must be a full commit id (40 or 64 hex digits)", err=True)
         return ExitCode.USAGE
     store = open_store(cfg.state)
@@ -93,55 +94,76 @@ def seed(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         branch = args.branch or first_literal_branch(repo)
         if branch is None:
             say(f"error: {repo.provider} {repo.name}: no literal branch name in branches; "
-                 "give --branch", err=True)
+                "give --branch", err=True)
             return ExitCode.USAGE
-        for pipeline in repo.pipelines:
-            if modules_mod.PLACEHOLDER in pipeline.name:
-                # a template stands for concrete pipelines: each is seeded by hand, by name
-                found = repo.module_selectors().source(args.pipeline or "")
-                if found is None or found[0] != pipeline.name:
-                    continue
-                pipeline = dataclasses.replace(pipeline, name=args.pipeline, module=found[1])
-            if args.pipeline and pipeline.name != args.pipeline:
+        for pipeline in _chosen(repo, args.pipeline):
+            line: dict[str, Any] = {"repository": repo.name, "branch": branch,
+                                    "pipeline": pipeline.name}
+            found = (args.commit, time.time(), None) if not args.from_executions \
+                else _newest_success(launcher, pipeline)
+            if found is None:
+                print(json.dumps({**line, "seeded": False,
+                                  "reason": "no Succeeded execution with a commit id"}))
                 continue
-            commit, started_at, execution_id = args.commit, time.time(), None
-            if args.from_executions:
-                success = launcher.latest_success(pipeline.name)
-                revisions = dict(success.revisions) if success else {}
-                commit = revisions.get(pipeline.source_action or "") or next(
-                    (rev for rev in revisions.values()
-                     if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", rev)), None)
-                if success is None or commit is None:
-                    print(json.dumps({"repository": repo.name, "branch": branch,
-                                      "pipeline": pipeline.name, "seeded": False,
-                                      "reason": "no Succeeded execution with a commit id"}))
-                    continue
-                started_at, execution_id = success.started_at, success.execution_id
-            now = time.time()
-            for _ in range(10):  # compare-and-set against a running service
-                current = store.baselines(repo.key, branch).get(pipeline.name) or \
-                    Baseline(repo.key, branch, pipeline.name)
-                if current.version == 0:
-                    store.advance_baseline(current, commit, now)
-                    continue
-                updated = dataclasses.replace(
-                    current, commit=commit, deployed_commit=commit,
-                    deployed_started_at=started_at, updated_at=now,
-                    last_execution_status="Succeeded" if execution_id else
-                    current.last_execution_status)
-                if store.replace_baseline(current, updated):
-                    break
-            else:  # the service moved it every time: say so rather than claim it
-                raise StateError(f"{pipeline.name} on {branch}: its baseline kept changing "
-                                 "while it was seeded; run state seed again")
-            print(json.dumps({"repository": repo.name, "branch": branch,
-                              "pipeline": pipeline.name, "seeded": True, "commit": commit,
+            commit, started_at, execution_id = found
+            _write(store, repo.key, branch, pipeline.name, commit, started_at, execution_id)
+            print(json.dumps({**line, "seeded": True, "commit": commit,
                               "execution_id": execution_id}))
             seeded += 1
     if args.pipeline and not seeded:
         say(f"error: no configured pipeline named {args.pipeline!r}", err=True)
         return ExitCode.USAGE
     return ExitCode.SUCCESS
+
+
+def _chosen(repo: config_mod.RepositoryConfig,
+            name: str | None) -> list[config_mod.PipelineConfig]:
+    """The pipelines to seed: every configured one, or the one named (a template's concrete
+    pipeline included: templates are seeded by hand, by name)."""
+    chosen = []
+    for pipeline in repo.pipelines:
+        if modules_mod.PLACEHOLDER in pipeline.name:
+            found = repo.module_selectors().source(name) if name else None
+            if found is None or found[0] != pipeline.name:
+                continue
+            pipeline = dataclasses.replace(pipeline, name=name or "", module=found[1])
+        if name is None or pipeline.name == name:
+            chosen.append(pipeline)
+    return chosen
+
+
+def _newest_success(launcher: Any, pipeline: config_mod.PipelineConfig
+                    ) -> tuple[str, float, str] | None:
+    """(commit, started at, execution id) of the pipeline's newest Succeeded execution, the
+    commit its ``source_action`` (else any source) ran at; None when there is none."""
+    success = launcher.latest_success(pipeline.name)
+    if success is None:
+        return None
+    revisions = dict(success.revisions)
+    commit = revisions.get(pipeline.source_action or "") or next(
+        (rev for rev in revisions.values() if _COMMIT.fullmatch(rev)), None)
+    return None if commit is None else (commit, success.started_at, success.execution_id)
+
+
+def _write(store: StateStore, repository: str, branch: str, pipeline: str, commit: str,
+           started_at: float, execution_id: str | None) -> None:
+    """Set the baseline and deployed commit by compare-and-set against a running service."""
+    now = time.time()
+    for _ in range(10):
+        current = store.baselines(repository, branch).get(pipeline) or \
+            Baseline(repository, branch, pipeline)
+        if current.version == 0:
+            store.advance_baseline(current, commit, now)
+            continue
+        updated = dataclasses.replace(
+            current, commit=commit, deployed_commit=commit, deployed_started_at=started_at,
+            updated_at=now, last_execution_status="Succeeded" if execution_id
+            else current.last_execution_status)
+        if store.replace_baseline(current, updated):
+            return
+    # the service moved it every time: say so rather than claim it
+    raise StateError(f"{pipeline} on {branch}: its baseline kept changing while it was "
+                     "seeded; run state seed again")
 
 
 def leases(store: StateStore) -> int:

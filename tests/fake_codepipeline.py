@@ -5,10 +5,15 @@ it speaks the same wire protocol (``POST /`` with ``X-Amz-Target:
 CodePipeline_20150709.<Operation>``, JSON 1.1) for the operations the service uses —
 StartPipelineExecution, GetPipelineExecution, ListPipelineExecutions, GetPipeline — and
 keeps executions in memory. Listens on 127.0.0.1 only.
+
+Its answers are AWS's published samples (tests/fixtures/codepipeline/, origins in the
+fixtures README) with only the ids, the status and the revisions made this execution's:
+times are epoch seconds as floats, as the wire carries them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -16,6 +21,15 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.harness import fixture_bytes
+
+# AWS's samples: GetPipelineExecution (User Guide, "View status and source revisions with
+# get-pipeline-execution"), ListPipelineExecutions (AWS CLI examples) and
+# StartPipelineExecution (API Reference sample response)
+_GET = json.loads(fixture_bytes("codepipeline/aws-docs-get-pipeline-execution.json"))
+_LIST = json.loads(fixture_bytes("codepipeline/aws-cli-list-pipeline-executions.json"))
+_START = json.loads(fixture_bytes("codepipeline/aws-api-start-pipeline-execution.json"))
 
 
 @dataclass
@@ -70,21 +84,29 @@ class FakeCodePipeline:
                 {"actionName": r["actionName"], "revisionId": r["revisionValue"]}
                 for r in params.get("sourceRevisions", [])])
             self.executions[execution.execution_id] = execution
-            return 200, {"pipelineExecutionId": execution.execution_id}
+            return 200, {**_START, "pipelineExecutionId": execution.execution_id}
         if operation == "GetPipelineExecution":
             found = self.executions.get(params.get("pipelineExecutionId", ""))
             if found is None or found.pipeline != name:
                 return 400, {"__type": "PipelineExecutionNotFoundException",
                              "message": "execution not found"}
-            return 200, {"pipelineExecution": {
-                "pipelineName": name, "pipelineExecutionId": found.execution_id,
-                "status": found.status}}
+            answer = copy.deepcopy(_GET)
+            sample = answer["pipelineExecution"]
+            sample.update(pipelineName=name, pipelineExecutionId=found.execution_id,
+                          status=found.status, executionType="STANDARD")
+            del sample["rollbackMetadata"]  # not a rollback
+            sample["artifactRevisions"] = [
+                {**sample["artifactRevisions"][0], "name": r["actionName"],
+                 "revisionId": r["revisionId"]} for r in found.revisions]
+            return 200, answer
         if operation == "ListPipelineExecutions":
             mine = sorted((x for x in self.executions.values() if x.pipeline == name),
                           key=lambda x: x.started, reverse=True)
+            template = _LIST["pipelineExecutionSummaries"][0]
             return 200, {"pipelineExecutionSummaries": [
-                {"pipelineExecutionId": x.execution_id, "status": x.status,
-                 "startTime": x.started,
+                {**template, "pipelineExecutionId": x.execution_id, "status": x.status,
+                 "startTime": x.started, "lastUpdateTime": x.started,
+                 # the shape the User Guide's newer list-pipeline-executions sample shows
                  "sourceRevisions": x.revisions} for x in mine]}
         if operation == "GetPipeline":
             return 200, {"pipeline": {"name": name, "version": 1, "stages": []}}

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-from slack_sdk.errors import SlackObjectFormationError
-from slack_sdk.models.blocks import Block
 
 from providers import build_providers
 from receiver import config
@@ -46,7 +41,15 @@ from receiver.notify import (
 from receiver.reconcile import RECONCILER
 from receiver.state.base import DecisionRecord, Execution, PipelineDecision, Task
 from receiver.state.sqlite import SQLiteStore
-from tests.harness import MotoServer, fixture_bytes
+from tests.chat_webhooks import (
+    SLACK_SAMPLE,
+    TEAMS_SAMPLE,
+    ChatWebhook,
+    q_problems,
+    slack_problems,
+    teams_problems,
+)
+from tests.harness import MotoServer
 
 HEAD = "9f2c4a1b7e3d5c6f8a0b1c2d3e4f5a6b7c8d9e0f"
 BEFORE = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"
@@ -278,42 +281,6 @@ def test_a_message_survives_its_stored_form() -> None:
 
 # --- shapes: what each target documents -----------------------------------------------------
 
-def slack_problems(payload: dict[str, Any]) -> list[str]:
-    """What Slack's SDK models refuse in an incoming-webhook payload (empty: none)."""
-    problems = [f"unknown key {k}" for k in payload if k not in ("text", "blocks")]
-    for block in payload.get("blocks", []):
-        try:  # to_dict() validates too (lengths, counts)
-            parsed = Block.parse(block)
-            if parsed is None or parsed.to_dict() != block:
-                problems.append(f"not a Block Kit block: {block}")
-        except SlackObjectFormationError as exc:
-            problems.append(str(exc))
-    return problems
-
-
-SLACK_SAMPLE = json.loads(fixture_bytes("notifications/zulip-slack_incoming-blocks.json"))
-CARD_SCHEMA = jsonschema.Draft6Validator(
-    json.loads(fixture_bytes("notifications/adaptivecards-schema-1.2.0.json")))
-TEAMS_SAMPLE = json.loads(fixture_bytes("notifications/msteams-docs-adaptive-card-webhook.json"))
-Q_SCHEMA = jsonschema.Draft7Validator(
-    json.loads(fixture_bytes("notifications/amazon-q-custom-notification.schema.json")))
-
-
-def teams_problems(payload: dict[str, Any]) -> list[str]:
-    """How ``payload`` differs from Microsoft's webhook envelope, or its card from the
-    Adaptive Cards 1.2 schema (empty: none)."""
-    problems = [] if payload.keys() == TEAMS_SAMPLE.keys() and payload["type"] == "message" \
-        else ["not a message envelope"]
-    for attachment in payload.get("attachments", []):
-        if {k: v for k, v in attachment.items() if k != "content"} != \
-                {k: v for k, v in TEAMS_SAMPLE["attachments"][0].items() if k != "content"}:
-            problems.append("not an adaptive card attachment")
-        problems += [e.message for e in CARD_SCHEMA.iter_errors(attachment.get("content"))]
-        if attachment.get("content", {}).get("version") != "1.2":
-            problems.append("not a 1.2 card")
-    return problems
-
-
 def test_the_shape_checkers_accept_the_published_samples_and_refuse_broken_ones() -> None:
     assert slack_problems(SLACK_SAMPLE) == []
     assert slack_problems({**SLACK_SAMPLE, "channel": "#x"}) != []
@@ -324,10 +291,10 @@ def test_the_shape_checkers_accept_the_published_samples_and_refuse_broken_ones(
     broken = json.loads(json.dumps(TEAMS_SAMPLE))
     broken["attachments"][0]["content"]["body"] = [{"type": "TextRun", "text": "x"}]
     assert teams_problems(broken) != []
-    assert list(Q_SCHEMA.iter_errors({"version": "1.0", "source": "custom",
-                                      "content": {"description": "x"}})) == []
-    assert list(Q_SCHEMA.iter_errors({"version": "1.0", "source": "aws.codepipeline",
-                                      "content": {"description": "x"}})) != []
+    assert q_problems({"version": "1.0", "source": "custom",
+                       "content": {"description": "x"}}) == []
+    assert q_problems({"version": "1.0", "source": "aws.codepipeline",
+                       "content": {"description": "x"}}) != []
 
 
 @pytest.mark.parametrize("event", ["push", "missed", "failed", "invalid_map"])
@@ -335,7 +302,7 @@ def test_every_message_has_each_targets_published_shape(event: str) -> None:
     message = messages()[event]
     assert slack_problems(slack_payload(message)) == []
     assert teams_problems(teams_payload(message)) == []
-    assert list(Q_SCHEMA.iter_errors(sns_message(message, "key"))) == []
+    assert q_problems(sns_message(message, "key")) == []
 
 
 # --- escaping: payload text stays text ------------------------------------------------------
@@ -495,47 +462,13 @@ def test_no_targets_no_listener() -> None:
 
 # --- sending -----------------------------------------------------------------------------------
 
-class StandIn:
-    """A chat webhook on 127.0.0.1 answering each POST with the next of ``answers``."""
-
-    def __init__(self, answers: list[tuple[int, bytes]], delay: float = 0.0) -> None:
-        self.answers, self.delay = answers, delay
-        self.bodies: list[Any] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                stand_in.bodies.append(json.loads(self.rfile.read(length)))
-                time.sleep(stand_in.delay)
-                status, body = stand_in.answers.pop(0) if stand_in.answers else (200, b"ok")
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                if 300 <= status < 400:
-                    self.send_header("Location", "https://elsewhere.example/")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = (f"http://127.0.0.1:{self.server.server_address[1]}"
-                    "/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX")
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def handler_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    made: list[StandIn] = []
+    made: list[ChatWebhook] = []
 
     def make(answers: list[tuple[int, bytes]], kind: str = "slack",
-             delay: float = 0.0) -> tuple[NotifyHandler, StandIn, Task]:
-        stand_in = StandIn(answers, delay)
+             delay: float = 0.0) -> tuple[NotifyHandler, ChatWebhook, Task]:
+        stand_in = ChatWebhook(kind, answers, delay)
         made.append(stand_in)
         monkeypatch.setenv("NOTIFY_HOOK", stand_in.url)
         cfg = configured([{kind: "env:NOTIFY_HOOK", "events": ALL}])
@@ -554,7 +487,7 @@ def test_a_webhook_gets_its_targets_payload(handler_for: Any, kind: str) -> None
     handler, stand_in, task = handler_for([(200, b"ok") if kind == "slack" else (202, b"")],
                                           kind)
     handler.send(task)
-    (body,) = stand_in.bodies
+    (body,) = stand_in.bodies()
     message = Message.from_dict(json.loads(task.payload)["message"])
     assert body == (slack_payload(message) if kind == "slack" else teams_payload(message))
 
@@ -571,12 +504,12 @@ def test_a_webhook_gets_its_targets_payload(handler_for: Any, kind: str) -> None
 ])
 def test_a_refusal_is_retried_only_when_a_later_try_may_pass(
         handler_for: Any, status: int, body: bytes, error: type[Exception]) -> None:
-    handler, _, task = handler_for([(status, body)])
+    handler, stand_in, task = handler_for([(status, body)])
     with pytest.raises(error) as caught:
         handler.send(task)
     assert type(caught.value) is error
     assert str(caught.value).startswith(f"slack:env:NOTIFY_HOOK: HTTP {status}")
-    assert "XXXXXXXX" not in str(caught.value) and "127.0.0.1" not in str(caught.value)
+    assert stand_in.secret not in str(caught.value) and "127.0.0.1" not in str(caught.value)
 
 
 def test_no_connection_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -595,10 +528,10 @@ def test_no_connection_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_no_answer_in_time_is_not_sent_again_since_it_may_have_arrived(
         handler_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("receiver.notify.TIMEOUT", (1.0, 0.2))
-    handler, _, task = handler_for([(200, b"ok")], delay=1.0)
+    handler, stand_in, task = handler_for([(200, b"ok")], delay=1.0)
     with pytest.raises(TerminalError) as caught:
         handler.send(task)
-    assert "may have arrived" in str(caught.value) and "XXXX" not in str(caught.value)
+    assert "may have arrived" in str(caught.value) and stand_in.secret not in str(caught.value)
 
 
 def test_a_webhook_url_rotated_to_plain_http_is_refused_at_send(
@@ -610,7 +543,7 @@ def test_a_webhook_url_rotated_to_plain_http_is_refused_at_send(
         handler.send(task)
     assert str(caught.value) == ("env:NOTIFY_HOOK: must be an https URL (http only to a "
                                  "loopback address)")
-    assert stand_in.bodies == []
+    assert stand_in.bodies() == []
 
 
 def test_a_target_no_longer_configured_ends_its_task(handler_for: Any) -> None:
@@ -648,7 +581,7 @@ def test_an_sns_message_is_published_for_q_developer_and_as_text_for_email(
     envelope = json.loads(received["Body"])
     assert envelope["Subject"] == "a-deploy failed"
     published = json.loads(envelope["Message"])
-    assert list(Q_SCHEMA.iter_errors(published)) == []
+    assert q_problems(published) == []
     assert published == sns_message(message, "key-1")
 
 

@@ -597,8 +597,10 @@ def _subject(title: str) -> str:
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
-    """Whether the request surely did not reach the server: no connection was made."""
-    if isinstance(exc, requests.ConnectTimeout):
+    """Whether the request surely did not reach the server: no connection (or no TLS
+    session, or no way through the proxy) was made."""
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError
+                  | requests.exceptions.ProxyError):
         return True
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(exc, requests.ConnectionError) and isinstance(

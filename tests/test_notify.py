@@ -525,6 +525,16 @@ def test_no_connection_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "SECRETPART" not in str(caught.value) and str(port) not in str(caught.value)
 
 
+def test_a_failed_tls_handshake_is_retried(handler_for: Any,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    handler, stand_in, task = handler_for([])
+    monkeypatch.setenv("NOTIFY_HOOK", stand_in.url.replace("http://", "https://"))
+    handler = NotifyHandler(configured([{"slack": "env:NOTIFY_HOOK", "events": ALL}]))
+    with pytest.raises(NotifyError, match=r"could not connect \(SSLError\)") as caught:
+        handler.send(task)
+    assert stand_in.secret not in str(caught.value) and stand_in.bodies() == []
+
+
 def test_no_answer_in_time_is_not_sent_again_since_it_may_have_arrived(
         handler_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("receiver.notify.TIMEOUT", (1.0, 0.2))

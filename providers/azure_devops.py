@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -53,6 +54,7 @@ from providers.base import (
     match_token,
     post_status,
     printable,
+    pusher_in,
     rate_budget,
     refusals_unreadable,
     split_ref,
@@ -136,7 +138,8 @@ class AzureDevOpsProvider(HttpProvider):
         updates = resource.get("refUpdates")
         if not isinstance(updates, list) or not updates:
             raise BadRequest("git.push needs resource.refUpdates")
-        events = [e for i, u in enumerate(updates)
+        pusher = pusher_in(resource, ("pushedBy", "displayName"))
+        events = [replace(e, pusher=pusher) for i, u in enumerate(updates)
                   if (e := _ref_update(self.name, repository, u, i)) is not None]
         if not events:
             raise Ignored("push moved no branch or tag")
@@ -169,6 +172,12 @@ class AzureDevOpsProvider(HttpProvider):
         org, project, name = _parts(repo)
         return (f"{repo.api_url.rstrip('/')}/{quote(org, safe='')}/{quote(project, safe='')}"
                 f"/_git/{quote(name, safe='')}?path=/{quote(path, safe='/')}&version=GC{commit}")
+
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.commit_url: ``/{org}/{project}/_git/{repo}/commit/{sha}``."""
+        org, project, name = _parts(repo)
+        return (f"{repo.api_url.rstrip('/')}/{quote(org, safe='')}/{quote(project, safe='')}"
+                f"/_git/{quote(name, safe='')}/commit/{commit}")
 
     def _repository_url(self, repo: RepositoryConfig) -> str:
         """``GET {org}/{project}/_apis/git/repositories/{repo}``."""

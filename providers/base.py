@@ -238,6 +238,11 @@ class Provider(Protocol):
         ``webhook-receiver/config`` status)."""
         ...
 
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """The web page of ``commit`` on the repository's host (the link of a
+        notification)."""
+        ...
+
     def set_status(self, repo: RepositoryConfig, commit: str, status: CommitStatus) -> None:
         """Create or replace the status named ``status.name`` on ``commit`` (40 or 64 hex).
 
@@ -433,6 +438,22 @@ def _nesting_exceeds(doc: dict[str, Any], limit: int) -> bool:
         children = node.values() if isinstance(node, dict) else node
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
+
+
+PUSHER_MAX = 100  # characters of a pusher's name kept (payload text: bounded)
+
+
+def pusher_in(doc: Mapping[str, Any], *paths: tuple[str, ...]) -> str | None:
+    """Who pushed: the first non-empty string found at one of ``paths`` (keys from the
+    payload's top) in ``doc``, made printable and cut to PUSHER_MAX characters; None when
+    the payload names no one there."""
+    for path in paths:
+        value: Any = doc
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value.strip():
+            return printable(value.strip(), PUSHER_MAX)
+    return None
 
 
 def printable(value: object, limit: int = 64) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -42,6 +42,7 @@ from providers.base import (
     load_json_object,
     post_status,
     printable,
+    pusher_in,
     require_header,
     status_commit,
     status_key,
@@ -120,10 +121,11 @@ class BitbucketProvider(HttpProvider):
         if not isinstance(changes, list):
             raise BadRequest("push payload needs push.changes")
         events: list[PushEvent] = []
+        pusher = pusher_in(doc, ("actor", "display_name"), ("actor", "nickname"))
         for i, change in enumerate(changes):
             event_or_none = _change(self.name, full_name, change, f"push.changes[{i}]")
             if event_or_none is not None:
-                events.append(event_or_none)
+                events.append(replace(event_or_none, pusher=pusher))
         if not events:
             raise Ignored("push moved no branch or tag")
         return tuple(events)
@@ -137,9 +139,15 @@ class BitbucketProvider(HttpProvider):
 
     def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
         """Provider.file_url: ``/{workspace}/{slug}/src/{sha}/{path}`` on bitbucket.org."""
+        return f"{self._web(repo)}/{repo.name}/src/{commit}/{quote(path, safe='/')}"
+
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.commit_url: ``/{workspace}/{slug}/commits/{sha}`` on bitbucket.org."""
+        return f"{self._web(repo)}/{repo.name}/commits/{commit}"
+
+    def _web(self, repo: RepositoryConfig) -> str:
         api = repo.api_url.rstrip("/")
-        web = "https://bitbucket.org" if api == self.default_api_url else api
-        return f"{web}/{repo.name}/src/{commit}/{quote(path, safe='/')}"
+        return "https://bitbucket.org" if api == self.default_api_url else api
 
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/json"}

@@ -27,6 +27,7 @@ reaches the cap, makes the Diff incomplete.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +47,7 @@ from providers.base import (
     load_json_object,
     post_status,
     printable,
+    pusher_in,
     rate_budget,
     require_header,
     status_commit,
@@ -117,7 +119,8 @@ class BitbucketServerProvider(HttpProvider):
         changes = doc.get("changes")
         if not isinstance(changes, list) or not changes:
             raise BadRequest("repo:refs_changed needs a non-empty changes list")
-        events = [e for i, c in enumerate(changes)
+        pusher = pusher_in(doc, ("actor", "displayName"), ("actor", "name"))
+        events = [replace(e, pusher=pusher) for i, c in enumerate(changes)
                   if (e := _push(self.name, repository, c, i)) is not None]
         if not events:
             raise Ignored("no change moved a branch or a tag")
@@ -268,6 +271,11 @@ class BitbucketServerProvider(HttpProvider):
         key, _, slug = repo.name.partition("/")
         return (f"{repo.api_url.rstrip('/')}/projects/{key}/repos/{slug}/browse/"
                 f"{quote(path, safe='/')}?at={commit}")
+
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.commit_url: ``/projects/{key}/repos/{slug}/commits/{sha}``."""
+        key, _, slug = repo.name.partition("/")
+        return f"{repo.api_url.rstrip('/')}/projects/{key}/repos/{slug}/commits/{commit}"
 
     def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
         """``GET /rest/api/latest/projects/{key}/repos/{slug}/branches?filterText={branch}``.

@@ -56,6 +56,7 @@ from providers.base import (
     match_hex_hmac,
     post_status,
     printable,
+    pusher_in,
     rate_budget,
     split_ref,
     status_commit,
@@ -132,7 +133,9 @@ class GiteaProvider(HttpProvider):
             # an annotated tag's `after` is the tag object; head_commit is its commit
             after = checked_sha(head_commit.get("id"), "head_commit.id") or after
         return (PushEvent(provider=self.name, repository=full_name, ref_type=ref_type,
-                          ref_name=ref_name, before=before, after=after, forced=False),)
+                          ref_name=ref_name, before=before, after=after, forced=False,
+                          pusher=pusher_in(doc, ("pusher", "login"), ("pusher", "username"),
+                                           ("sender", "login"))),)
 
     # --- API side ----------------------------------------------------------------------
 
@@ -162,6 +165,10 @@ class GiteaProvider(HttpProvider):
     def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
         """Provider.file_url: ``/{owner}/{repo}/src/commit/{sha}/{path}`` on the host."""
         return f"{_web_root(repo.api_url)}/{repo.name}/src/commit/{commit}/{quote(path, safe='/')}"
+
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.commit_url: ``/{owner}/{repo}/commit/{sha}`` on the host."""
+        return f"{_web_root(repo.api_url)}/{repo.name}/commit/{commit}"
 
     def _repository_url(self, repo: RepositoryConfig) -> str:
         """``GET /api/v1/repos/{owner}/{repo}``."""

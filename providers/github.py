@@ -41,6 +41,7 @@ from providers.base import (
     load_json_object,
     post_status,
     printable,
+    pusher_in,
     require_header,
     split_ref,
     status_commit,
@@ -224,7 +225,8 @@ class GitHubProvider(HttpProvider):
             raise BadRequest("before and after cannot both be empty")
         return PushEvent(provider=self.name, repository=full_name, ref_type=ref_type,
                          ref_name=ref_name, before=before, after=after,
-                         forced=doc.get("forced") is True)
+                         forced=doc.get("forced") is True,
+                         pusher=pusher_in(doc, ("pusher", "name"), ("sender", "login")))
 
     # --- API side ----------------------------------------------------------------------
 
@@ -245,9 +247,16 @@ class GitHubProvider(HttpProvider):
     def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
         """Provider.file_url: ``/{owner}/{repo}/blob/{sha}/{path}`` on github.com or the
         Enterprise Server host of ``api_url``."""
+        return f"{self._web(repo)}/{repo.name}/blob/{commit}/{quote(path, safe='/')}"
+
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.commit_url: ``/{owner}/{repo}/commit/{sha}`` on the same host."""
+        return f"{self._web(repo)}/{repo.name}/commit/{commit}"
+
+    def _web(self, repo: RepositoryConfig) -> str:
+        """github.com, or the Enterprise Server host that serves ``api_url``."""
         api = repo.api_url.rstrip("/")
-        web = "https://github.com" if api == self.default_api_url else api.removesuffix("/api/v3")
-        return f"{web}/{repo.name}/blob/{commit}/{quote(path, safe='/')}"
+        return "https://github.com" if api == self.default_api_url else api.removesuffix("/api/v3")
 
     def _headers(self, repo: RepositoryConfig) -> dict[str, str]:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}

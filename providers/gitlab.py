@@ -61,6 +61,7 @@ from providers.base import (
     match_token,
     post_status,
     printable,
+    pusher_in,
     require_header,
     split_ref,
     status_commit,
@@ -345,8 +346,11 @@ class GitLabProvider(HttpProvider):
 
     def file_url(self, repo: RepositoryConfig, path: str, commit: str) -> str:
         """Provider.file_url: ``/{namespace}/{project}/-/blob/{sha}/{path}``."""
-        web = repo.api_url.rstrip("/").removesuffix("/api/v4")
-        return f"{web}/{repo.name}/-/blob/{commit}/{quote(path, safe='/')}"
+        return f"{_web(repo)}/{repo.name}/-/blob/{commit}/{quote(path, safe='/')}"
+
+    def commit_url(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.commit_url: ``/{namespace}/{project}/-/commit/{sha}``."""
+        return f"{_web(repo)}/{repo.name}/-/commit/{commit}"
 
     def branch_head(self, repo: RepositoryConfig, branch: str, etag: str | None) -> BranchHead:
         """``GET /api/v4/projects/:id/repository/branches/:branch`` (the name URL-encoded).
@@ -360,6 +364,11 @@ class GitLabProvider(HttpProvider):
         resp = self._client(repo).request("GET", url, headers=self._headers(repo))
         return branch_answer(resp, repo.name, lambda doc: doc["commit"]["id"])
 
+
+
+def _web(repo: RepositoryConfig) -> str:
+    """The web host of the GitLab that serves ``api_url``."""
+    return repo.api_url.rstrip("/").removesuffix("/api/v4")
 
 
 def _push(provider: str, doc: dict[str, Any]) -> PushEvent:
@@ -378,7 +387,8 @@ def _push(provider: str, doc: dict[str, Any]) -> PushEvent:
     if before is None and after is None:
         raise BadRequest("before and after cannot both be empty")
     return PushEvent(provider=provider, repository=path, ref_type=ref_type, ref_name=ref_name,
-                     before=before, after=after, forced=False)
+                     before=before, after=after, forced=False,
+                     pusher=pusher_in(doc, ("user_username",), ("user_name",)))
 
 
 def _signing_key(value: str) -> bytes | None:

@@ -30,6 +30,8 @@ from receiver.events import Delivery
 from receiver.launcher import Launcher, aws_region, build_launcher
 from receiver.leased import LeasedLoop
 from receiver.logging import client_address, configure, get_logger
+from receiver.notify import KIND as NOTIFY
+from receiver.notify import NotifyHandler, NotifyListener
 from receiver.outcomes import OutcomeRecorder, parse_event, poll_outcomes
 from receiver.processor import Processor
 from receiver.reconcile import Reconciler
@@ -211,8 +213,11 @@ def _background(config: Config, store: StateStore, launcher: Launcher,
     bus = Bus()
     processor = Processor(config, store, launcher, providers, bus=bus)
     worker = Worker(processor, store, config.processing, warm_up=launcher.warm)
-    sender = Sender(store, {KIND: StatusHandler(config, store, providers)}, worker.owner)
+    sender = Sender(store, {KIND: StatusHandler(config, store, providers),
+                           NOTIFY: NotifyHandler(config)}, worker.owner)
     StatusListener(store, aws_region(config.launcher.region), providers,
+                   wake=sender.notify).subscribe(bus)
+    NotifyListener(config, store, providers, aws_region(config.launcher.region),
                    wake=sender.notify).subscribe(bus)
     recorder = processor.outcomes
     runtime = Runtime()

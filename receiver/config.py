@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast, get_args, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -183,6 +185,79 @@ class OutcomesConfig:
     poll_seconds: Annotated[float, Field(ge=1, le=3600, strict=True)] = 60.0
 
 
+# what a notification target can be told (receiver/notify.py builds each message)
+NotifyEvent = Literal["push", "succeeded", "failed", "stopped", "missed", "invalid_map"]
+NOTIFY_TARGETS = ("sns", "slack", "teams")
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationConfig:
+    """One notification target and what it is told.
+
+    Exactly one of ``sns`` (a topic ARN: Amazon Q Developer's custom-notification JSON),
+    ``slack`` or ``teams`` (a secret reference to an incoming-webhook / Workflows webhook
+    URL). ``events`` picks the messages; ``repositories`` (globs over the configured
+    repository names, ``!`` excludes) narrows them; None: every repository.
+    """
+
+    __pydantic_config__ = FORBID
+    events: Annotated[tuple[NotifyEvent, ...], BeforeValidator(_listed), Field(min_length=1)]
+    sns: Annotated[str, matching(
+        r"arn:aws[a-z-]*:sns:[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}:[0-9]{12}:[A-Za-z0-9_-]{1,256}",
+        "an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:deploys")] | None = None
+    slack: Secret | None = None
+    teams: Secret | None = None
+    repositories: Rules | None = None
+
+    @property
+    def kind(self) -> Literal["sns", "slack", "teams"]:
+        """Which target this is."""
+        return "sns" if self.sns is not None else "slack" if self.slack is not None else "teams"
+
+    @property
+    def target(self) -> str:
+        """The target's name in tasks, pacing and log lines: ``sns:<topic ARN>``, or
+        ``slack:``/``teams:`` and the secret *reference* (never the URL)."""
+        if self.sns is not None:
+            return f"sns:{self.sns}"
+        secret = self.slack if self.slack is not None else self.teams
+        assert secret is not None  # parse() requires exactly one target
+        return f"{self.kind}:{secret.ref}"
+
+    def covers(self, repository: str) -> bool:
+        """Whether messages about ``repository`` (its configured name) go here."""
+        return self.repositories is None or self.repositories.matching_include(repository) \
+            is not None
+
+
+def _no_on_key(item: Any) -> Any:
+    if isinstance(item, dict) and True in item:
+        raise ValueError("a key reads as true (YAML 1.1 reads `on` so): name the messages "
+                         "with `events`")
+    return item
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a chat webhook's URL, or None: it must be an absolute ``https``
+    URL (``http`` only to a loopback address: test stand-ins). The answer never quotes the
+    URL, which is a secret."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # a malformed port raises here
+    except ValueError:
+        return "is not a URL"
+    if not host or parts.scheme not in ("http", "https"):
+        return "must be an absolute https URL"
+    if parts.scheme == "https" or host == "localhost":
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return None if loopback else "must be an https URL (http only to a loopback address)"
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """One CodePipeline pipeline and the rules that select it."""
@@ -293,6 +368,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
     git: GitConfig = field(default_factory=GitConfig)
+    notifications: tuple[NotificationConfig, ...] = ()
     source: str = ""
     # both looked up on every webhook request: indexed once, not scanned per request
     _by_name: Mapping[tuple[str, str], RepositoryConfig] = field(
@@ -334,6 +410,8 @@ class _Document:
     server: Annotated[ServerConfig, _Section] = field(default_factory=ServerConfig)
     outcomes: Annotated[OutcomesConfig, _Section] = field(default_factory=OutcomesConfig)
     git: Annotated[GitConfig, _Section] = field(default_factory=GitConfig)
+    notifications: Annotated[tuple[Annotated[NotificationConfig, BeforeValidator(_no_on_key)],
+                                   ...], BeforeValidator(lambda v: () if v is None else v)] = ()
 
 
 _REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
@@ -361,11 +439,33 @@ def parse(raw: Any, source: str = "<config>") -> Config:
             problems.append(f"repositories[{i}].name: {repo.provider} repository "
                             f"{repo.name!r} is configured twice")
         repos.append(repo)
+    problems.extend(_notification_problems(doc))
     if problems or doc is None:
         raise ConfigError(problems)
     return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
                   processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
-                  git=doc.git, source=source)
+                  git=doc.git, notifications=doc.notifications, source=source)
+
+
+def _notification_problems(doc: _Document | None) -> list[str]:
+    """What the notification schema cannot say on its own: each entry names exactly one
+    target, and no target twice."""
+    problems: list[str] = []
+    if doc is None:
+        return problems
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(doc.notifications):
+        given = [k for k in NOTIFY_TARGETS if getattr(entry, k) is not None]
+        if len(given) != 1:
+            problems.append(f"notifications[{i}]: needs exactly one target of "
+                            f"{', '.join(NOTIFY_TARGETS)}" + (f" (has {', '.join(given)})"
+                                                              if given else ""))
+        elif entry.target in seen:
+            problems.append(f"notifications[{i}]: the same target as "
+                            f"notifications[{seen[entry.target]}]; list its events once")
+        else:
+            seen[entry.target] = i
+    return problems
 
 
 def _repository(item: Any, path: str, registry: Mapping[str, Any],
@@ -532,6 +632,14 @@ def read_secrets(config: Config) -> None:
             secret.values()
         except SecretError as exc:
             problems.append(f"{path}: {exc}")
+    for path, secret in _secrets_in(config.notifications, "notifications"):
+        try:  # a chat webhook's URL: https, or a loopback address for tests
+            refused = next(filter(None, map(webhook_url_problem, secret.values())), None)
+        except SecretError as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if refused:
+            problems.append(f"{path}: {secret.ref}: {refused}")
     for i, repo in enumerate(config.repositories):
         check = REGISTRY[repo.provider].webhook_secret_problem
         for path, secret in _secrets_in(repo, f"repositories[{i}]"):

@@ -181,6 +181,12 @@ class RepositoryUnreadable(ProviderError):
                          status=status)
 
 
+class NotifyError(DependencyError):
+    """A notification target (SNS, a chat webhook) failed in a way a later try may fix:
+    it could not be reached, throttled, or answered 5xx. A refusal no retry can fix is a
+    :class:`TerminalError` instead. The message never holds a webhook URL."""
+
+
 class StateError(DependencyError):
     """The state store failed (unreachable, throttled, corrupt)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import orjson
@@ -27,6 +27,10 @@ class PushEvent:
     before: str | None
     after: str | None
     forced: bool = False
+    # who pushed, as the provider's payload names them (printable, bounded; None when the
+    # payload does not say, or the reconciler found the push); shown, not compared: the
+    # same ref move is the same push whoever the payload says made it
+    pusher: str | None = field(default=None, compare=False)
 
     @property
     def change(self) -> Change:
@@ -68,8 +72,10 @@ class Delivery:
 
     @staticmethod
     def events_from_json(text: str) -> tuple[PushEvent, ...]:
-        """Inverse of :meth:`events_json`."""
-        return tuple(PushEvent(**item) for item in orjson.loads(text))
+        """Inverse of :meth:`events_json`; keys a later version added are ignored (a
+        replica of the previous version may read what a newer one recorded)."""
+        return tuple(PushEvent(**{k: v for k, v in item.items() if k in _EVENT_FIELDS})
+                     for item in orjson.loads(text))
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(PushEvent))

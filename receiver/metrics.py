@@ -23,6 +23,7 @@ backlog's have none (one series for the whole service, measured by one replica).
 | PendingDeliveries | Count | (none) | backlog.measured (pending_deliveries) |
 | OldestPendingSeconds | Seconds | (none) | backlog.measured (oldest_pending_seconds) |
 | PendingTasks | Count | (none) | backlog.measured (pending_tasks: statuses, notifications) |
+| NotificationFailures | Count | (none) | notify.failed (a notification try failed) |
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _METRICS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = 
     "changes.incomplete": (("IncompleteDiffs", "Count", ("provider",), None),),
     "provider.error": (("ProviderErrors", "Count", ("provider",), None),),
     "delivery.failed": (("DeliveriesFailed", "Count", ("provider",), None),),
+    "notify.failed": (("NotificationFailures", "Count", (), None),),
     "backlog.measured": (("PendingDeliveries", "Count", (), "pending_deliveries"),
                          ("OldestPendingSeconds", "Seconds", (), "oldest_pending_seconds"),
                          ("PendingTasks", "Count", (), "pending_tasks")),

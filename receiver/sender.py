@@ -5,7 +5,10 @@ processes and replicas one sender holds each), hands each to the :class:`Handler
 ``kind`` and records the result. It never sleeps on one task while others wait: a failed
 try is rescheduled (``due_at`` moves on by the back-off, ``RETRY_DELAYS``) and the next due
 task goes ahead; a target that must be paced (Slack: one message a second) has its task
-rescheduled to the time it may be sent, without counting a try. On stop, the task in hand
+rescheduled to the time it may be sent, without counting a try. Pacing holds across
+processes and replicas too: a paced send holds the lease ``pace:<kind>:<target>`` in the
+store while it sends and for its pace after, and a target another sender holds waits
+(without counting a try either). On stop, the task in hand
 finishes and those still claimed are given back, due at once, so another process (or this
 one after a restart) sends them: none is lost and none is sent twice.
 """
@@ -108,6 +111,13 @@ class Sender:
         if now < allowed:  # paced: the same task, later, without counting a try
             self.store.retry_task(task, self.owner, allowed, None, failed=False)
             return
+        pace = handler.pace(task.target)
+        paced = f"pace:{task.kind}:{task.target}"
+        if pace > 0 and not self.store.acquire_lease(paced, self.owner, now + LEASE_SECONDS,
+                                                     now):
+            # another process sends to this target now: later, without counting a try
+            self.store.retry_task(task, self.owner, now + pace, None, failed=False)
+            return
         fields = handler.describe(task)
         attempt = task.attempts + 1
         try:
@@ -126,4 +136,7 @@ class Sender:
             self.log.info(f"{handler.event}.{handler.done}", attempt=attempt, **fields)
             self.store.finish_task(task, self.owner, "done", self.clock())
         finally:
-            self._next[(task.kind, task.target)] = self.clock() + handler.pace(task.target)
+            done = self.clock()
+            self._next[(task.kind, task.target)] = done + pace
+            if pace > 0:  # held for its pace after the send, for every other process
+                self.store.acquire_lease(paced, self.owner, done + pace, done)

@@ -132,6 +132,48 @@ def test_a_paced_target_gets_one_send_per_interval_without_counting_a_try(
     assert store.claim_tasks("w2", clock.now + 10**6, 60, 10) == []
 
 
+def test_a_paced_target_is_paced_across_senders_of_other_processes(store: SQLiteStore) -> None:
+    clock, handler = Clock(), Recording(pace=1.0)
+    one = Sender(store, {"test": handler}, "w1", clock)
+    two = Sender(store, {"test": handler}, "w2", clock)
+    enqueue(store, "a", "slack", clock.now)
+    one.run_once()
+    enqueue(store, "b", "slack", clock.now)
+    enqueue(store, "c", "teams", clock.now)
+    clock.now += 0.5
+    two.run_once()
+    assert handler.sent == ["a", "c"]  # w1 sent to slack half a second ago
+    clock.now += 0.5
+    two.run_once()
+    assert handler.sent == ["a", "c"]  # due again one pace after w2 found it held
+    clock.now += 0.5
+    two.run_once()
+    assert handler.sent == ["a", "c", "b"]
+
+
+def test_a_send_in_progress_holds_its_target_for_the_other_processes(
+        store: SQLiteStore) -> None:
+    clock, handler = Clock(), Recording(pace=1.0)
+    two = Sender(store, {"test": handler}, "w2", clock)
+    during: list[list[str]] = []
+
+    class Slow(Recording):
+        def send(self, task: Task) -> None:  # another process looks while this one sends
+            clock.now += 5.0
+            enqueue(store, "b", "slack", clock.now)
+            two.run_once()
+            during.append(list(handler.sent))
+            super().send(task)
+
+    slow = Slow(pace=1.0)
+    enqueue(store, "a", "slack", clock.now)
+    Sender(store, {"test": slow}, "w1", clock).run_once()
+    assert during == [[]] and slow.sent == ["a"]  # "b" waited for "a"
+    clock.now += 1.0
+    two.run_once()
+    assert handler.sent == ["b"]
+
+
 def test_on_stop_the_tasks_still_claimed_are_given_back_due_at_once(store: SQLiteStore) -> None:
     clock, stop = Clock(), threading.Event()
 

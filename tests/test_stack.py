@@ -443,6 +443,29 @@ def test_pipeline_prefix_limits_what_the_task_role_may_start() -> None:
         f"arn:aws:codepipeline:{REGION}:{ACCOUNT}:acme-collections-deploy", pattern)
 
 
+def test_the_task_role_may_publish_to_the_stacks_notification_topic_only() -> None:
+    r = render()
+    topic = r.resource("NotificationTopic")["Properties"]
+    arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:{topic['TopicName']}"
+    published = {res for action, res in grants(_role_policy(r, "TaskRole"))
+                 if action.startswith("sns:")}
+    assert published == {arn}
+    assert {a for a, _ in grants(_role_policy(r, "TaskRole")) if a.startswith("sns:")} == \
+        {"sns:Publish"}
+    assert topic["KmsMasterKeyId"] == "alias/aws/sns"
+
+
+@pytest.mark.parametrize(("email", "subscribed"), [("", False), ("ops@example.com", True)])
+def test_the_notification_topic_mails_an_address_only_when_one_is_given(
+        email: str, subscribed: bool) -> None:
+    r = render({"NotificationEmail": email})
+    assert r.exists("NotificationEmailSubscription") is subscribed
+    if subscribed:
+        props = r.resource("NotificationEmailSubscription")["Properties"]
+        assert (props["Protocol"], props["Endpoint"]) == ("email", email)
+        assert props["TopicArn"] == r.ref("NotificationTopic")
+
+
 # --- network, health check, alarms -----------------------------------------------------
 
 

@@ -19,6 +19,7 @@
         │                           boundary from requests, botocore, sqlite3, git; cause kept)
         ├── ProviderError           the provider API or git server (retryable)
         │   └── RepositoryUnreadable  the token or name cannot read the repository
+        ├── NotifyError             a notification target (SNS, a chat webhook) (retryable)
         ├── StateError              the state store (retryable)
         └── LaunchError             starting a pipeline (``retryable`` says which)
 

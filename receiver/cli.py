@@ -163,14 +163,18 @@ def _check_module_map(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError([f"{args.module_map}: cannot read ({exc.strerror})"]) from None
     chosen = args.config or os.environ.get("RECEIVER_CONFIG")
-    repos: list[config_mod.RepositoryConfig | None] = \
-        [r for r in _load(chosen).repositories if r.module_map] if chosen else []
+    every = _load(chosen).repositories if chosen else ()
+    repos: list[config_mod.RepositoryConfig | None] = [r for r in every if r.module_map]
     problems: list[str] = []
     found = None
     for repo in repos or [None]:
-        allow = repo.module_map.allow if repo and repo.module_map else None
-        found, errors = parse_file(content, allow, args.module_map,
-                                   repo.module_selectors() if repo else None)
+        # the service also refuses names of other repositories' kept maps (in its store)
+        reserved = [(f"repository {r.name}'s configuration", r.module_selectors())
+                    for r in every if repo is not None and r.key != repo.key]
+        found, errors = parse_file(content, repo.module_map if repo else None,
+                                   source=args.module_map,
+                                   configured=repo.module_selectors() if repo else None,
+                                   reserved=reserved)
         if found is not None and repo is not None:
             _, errors = PipelineSet.of(repo).joined(found)
         where = f" (for {repo.provider} {repo.name})" if repo and len(repos) > 1 else ""
@@ -212,7 +216,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if repo.module_map:
         read = provider_source(providers) if not args.git_dir else (
             lambda _repo, path, commit: local_file_content(args.git_dir, path, commit))
-        maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0)
+        maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0, cfg.repositories)
         try:
             resolved = maps.resolve(repo, args.to_sha, keep=False)
         except ValueError:
@@ -264,8 +268,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "api_calls": sum(d.api_calls for d in diffs.values()),
         "complete": all(d.complete for d in decisions.values()),
         "changed_paths": per_path, "would_start": would_start,
-        "unchanged": [n for n in names if n not in would_start],
+        "unchanged": [n for n in names if decisions[n].verdict in ("unchanged", "contained")],
     }
+    refused = [n for n in names if decisions[n].verdict == "refused"]
+    if refused:
+        report["refused"] = refused
     if resolved.problems:
         report["module_map_errors"] = list(resolved.problems)
     reasons = {d.reason for d in decisions.values() if not d.complete and d.reason}
@@ -294,6 +301,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  {path}  ->  {rules}")
     print("would start: " + (", ".join(would_start) or "nothing"))
     print("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
+    for name in refused:
+        print(f"refused:     {name} ({decisions[name].reason})")
     return 0
 
 

@@ -251,7 +251,14 @@ class Glob:
     @classmethod
     def compile(cls, pattern: str, *, placeholder: bool = False) -> Glob:
         """Compile ``pattern`` (no leading ``!``). ``placeholder``: ``{module}`` segments
-        capture a module value (a template's glob). Raises GlobError saying what is wrong."""
+        capture a module value (a template's glob). Raises GlobError saying what is wrong.
+
+        A glob is immutable, so each is compiled once per process (a bounded cache): the
+        schema's check, the pipeline's rules and the module map's build share it."""
+        return _compiled(pattern, placeholder)
+
+    @classmethod
+    def _compile(cls, pattern: str, placeholder: bool) -> Glob:
         if not pattern:
             raise GlobError("empty pattern")
         if pattern.startswith("/"):
@@ -356,6 +363,11 @@ class Glob:
         return value or ""
 
 
+@functools.lru_cache(maxsize=1 << 13)
+def _compiled(pattern: str, placeholder: bool) -> Glob:
+    return Glob._compile(pattern, placeholder)
+
+
 def _chunk(chunk: _Chunk, segs: Sequence[str], start: int, value: str | None) -> str | None:
     """Match ``chunk`` at ``segs[start:]``: the module value it binds (or ``value``), ''
     when it binds none, None when it does not match."""
@@ -418,6 +430,14 @@ class PathRules:
             _excludes=tuple(excludes),
             _index_keys=tuple(_index_key(g.source) for g in includes),
         )
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        """What every path an include selects starts with, each once: its literal leading
+        directories (``services/api/`` for ``services/api/**/*.go``, '' for ``**/*.md``),
+        or the whole path for a glob without wildcards. The match index tests these rules
+        only on paths one of them is a key of (``path_keys``)."""
+        return tuple(dict.fromkeys(self._index_keys))
 
     def matching_include(self, path: str) -> str | None:
         """The first include glob that selects ``path``, or None (also when an exclude hits)."""
@@ -488,9 +508,9 @@ def _index_key(glob: str) -> str:
     return "".join(literal)
 
 
-def _path_keys(path: str) -> list[str]:
-    # every key under which a pipeline that can select ``path`` is indexed: '', each
-    # leading directory with its '/', and the path itself
+def path_keys(path: str) -> list[str]:
+    """Every key under which a pipeline that can select ``path`` is indexed: '', each
+    leading directory with its '/', and the path itself."""
     keys = [""]
     slash = path.find("/")
     while slash != -1:
@@ -515,19 +535,19 @@ def match(paths: Iterable[str], rules: Mapping[str, PathRules]) -> dict[str, tup
     pipelines with at least one such pair, paths in input order. Pure: no I/O.
 
     The result is exactly that of testing every pipeline against every path; an index
-    of include keys (see ``_index_key``) only skips the pipelines that cannot match.
+    of include keys (see ``_index_key``, ``path_keys``) only skips the pipelines that cannot match.
     """
     names = list(rules)
     compiled = [rules[name] for name in names]
     index: dict[str, list[int]] = {}
     for pos, rule in enumerate(compiled):
-        for key in dict.fromkeys(rule._index_keys):
+        for key in rule.directories:
             index.setdefault(key, []).append(pos)
     hits: dict[int, list[RuleMatch]] = {}
     # paths of one directory share their candidates, except those indexed by the full path
     by_dir: dict[str, list[int]] = {}
     for path in dict.fromkeys(paths):
-        keys = _path_keys(path)
+        keys = path_keys(path)
         directory = keys[-2]
         candidates = by_dir.get(directory)
         if candidates is None:

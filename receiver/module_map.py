@@ -29,10 +29,11 @@ from typing import Any, Protocol
 
 import yaml
 
-from providers.base import MAX_FILE_BYTES
+from providers.base import MAX_FILE_BYTES, printable
 from receiver.config import ModuleMapConfig, PipelineConfig, RepositoryConfig, parse_pipelines
 from receiver.errors import FileTooLarge
-from receiver.modules import PLACEHOLDER, ModuleMap, Problems, build, clashes
+from receiver.matcher import path_keys
+from receiver.modules import PLACEHOLDER, ModuleMap, Problems, Template, build, clashes
 from receiver.state.base import StateStore
 
 CONFIG_STATUS = "webhook-receiver/config"  # the commit status an invalid file gets
@@ -48,9 +49,10 @@ MAX_ENTRIES = 1000  # pipelines and modules together
 MAX_PATTERNS_PER_ENTRY = 100  # paths of one pipeline or module
 MAX_DEPENDS_PER_ENTRY = 100  # depends_on names of one pipeline or module
 MAX_PATTERNS = 5000  # paths in the whole file
-MAX_PATTERN_CHARS = 1024  # one glob
-MAX_WILDCARDS = 16  # '*', '?', '[' and '{module}' in one glob ('**' counts two)
+MAX_PATTERN_CHARS = 256  # one glob
+MAX_WILDCARDS = 8  # '*', '?', '[' and '{module}' in one glob ('**' counts two)
 MAX_LINKS = 100_000  # (pipeline, transitive dependency) pairs
+MAX_APPLICABLE = 100  # patterns of the file that one changed path may be tested against
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
 
@@ -168,9 +170,36 @@ def _limits(raw: Mapping[str, Any]) -> list[str]:
     return problems.lines()
 
 
-def _policy(entries: Sequence[Any], rules: ModuleMapConfig) -> list[str]:
+def _applicable(modules: ModuleMap) -> str | None:
+    """The problem when more than ``MAX_APPLICABLE`` of the file's patterns could be
+    tested against one changed path: what bounds the file's cost per changed path.
+
+    The match index tests a pipeline's or module's patterns only on paths under its
+    includes' literal leading directories (``services/api/`` for ``services/api/**``),
+    and a template's on every path; so each entry counts all its patterns under each of
+    those directories ('' for a template or a ``**/...`` include), and a path is tested
+    against what is counted under its own folders."""
+    weights: dict[str, int] = {}
+    for selector in (*modules.selectors.values(), *modules.groups.values()):
+        rules = selector.rules
+        keys = ("",) if isinstance(rules, Template) else rules.directories
+        for key in keys:
+            weights[key] = weights.get(key, 0) + len(rules.includes) + len(rules.excludes)
+    worst, where = 0, ""
+    for key in weights:
+        total = sum(weights.get(k, 0) for k in dict.fromkeys(path_keys(key)))
+        if total > worst:
+            worst, where = total, key
+    if worst <= MAX_APPLICABLE:
+        return None
+    return (f"paths: {worst} patterns could each be tested against one path "
+            f"{'under ' + repr(where) if where else 'anywhere'}; at most {MAX_APPLICABLE} "
+            "(templates and '**/...' patterns count for every path: give pipelines their "
+            "own folders)")
+
+
+def _policy(entries: Sequence[Any], rules: ModuleMapConfig, problems: Problems) -> None:
     """What the file's pipelines set that the operator did not allow them to."""
-    problems = Problems()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
@@ -183,7 +212,6 @@ def _policy(entries: Sequence[Any], rules: ModuleMapConfig) -> list[str]:
         if "source_action" in entry and not rules.allow_source_action:
             problems.append(f"pipelines[{i}].source_action: not allowed in a module map "
                             "(module_map.allow_source_action is false)")
-    return problems.lines()
 
 
 def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
@@ -202,6 +230,14 @@ def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
     ``MAX_PROBLEMS``, then how many more. Time and memory are bounded by the limits
     above whatever the file holds.
     """
+    file, problems = _validated(text, rules, source=source, configured=configured,
+                                reserved=reserved)
+    return file, [_shown(p) for p in problems]
+
+
+def _validated(text: str | bytes, rules: ModuleMapConfig | None, *, source: str,
+               configured: ModuleMap | None, reserved: Sequence[tuple[str, ModuleMap]]
+               ) -> tuple[RepositoryMap | None, list[str]]:
     if len(text) > MAX_FILE_BYTES:
         return None, [f"{source}: {len(text)} bytes; at most {MAX_FILE_BYTES}"]
     if isinstance(text, bytes):
@@ -214,7 +250,7 @@ def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
     except _Refused as exc:
         return None, [f"{source}: {exc}"]
     except yaml.YAMLError as exc:
-        return None, [f"{source}: not valid YAML ({exc})"]
+        return None, [f"{source}: not valid YAML ({' '.join(str(exc).split())})"]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -236,11 +272,10 @@ def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
     pipelines, found = parse_pipelines(entries)
     problems.extend(found)
     allow = rules.names if rules is not None else None
-    modules, found = build(entries, raw.get("modules"), base=configured, allow=allow,
-                           max_links=MAX_LINKS)
-    problems.extend(found)
+    modules, _ = build(entries, raw.get("modules"), base=configured, allow=allow,
+                       max_links=MAX_LINKS, problems=problems)
     if rules is not None:
-        problems.extend(_policy(entries, rules))
+        _policy(entries, rules, problems)
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
@@ -252,11 +287,21 @@ def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
             problems.append(f"pipelines[{i}].tags: is not read from a module map file "
                             "(a tag push starts configured pipelines only)")
     if not problems:
+        over_applicable = _applicable(modules)
+        if over_applicable is not None:
+            problems.append(over_applicable)
+    if not problems:
         for whose, other in reserved:
-            problems.extend(clashes(other, modules, whose))
+            clashes(other, modules, whose, problems)
     if problems:
         return None, problems.lines()
     return RepositoryMap(pipelines, modules), []
+
+
+def _shown(problem: str) -> str:
+    """A problem as logs, statuses and terminals may show it: the file's text in it (a key,
+    a YAML error) may hold control characters (``"\\e[2J"`` is one in YAML)."""
+    return printable(problem, 2000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -273,12 +273,14 @@ class ModuleMap:
                          {**self.links, **other.links})
 
 
-def clashes(a: ModuleMap, b: ModuleMap, where: str | None = None) -> list[str]:
+def clashes(a: ModuleMap, b: ModuleMap, where: str | None = None,
+            problems: Problems | None = None) -> list[str]:
     """Names in ``b`` that ``a`` has too, or that one of ``a``'s templates could produce
     (and the reverse), each as a message. ``where`` names ``a`` in the messages (None:
-    the service configuration of ``b``'s own repository)."""
+    the service configuration of ``b``'s own repository). ``problems``: where to add
+    them (and its lines are returned)."""
     of = "" if where is None else f" of {where}"
-    out = Problems()
+    out = problems if problems is not None else Problems()
     for name, selector in b.selectors.items():
         if name in a.selectors:
             out.append(f"pipeline {name!r} is also in {where or 'the service configuration'}")
@@ -314,7 +316,8 @@ def _key(prefix: str, key: str) -> str:
 
 def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
           base: ModuleMap | None = None, allow: NameRules | None = None,
-          max_links: int | None = None) -> tuple[ModuleMap, list[str]]:
+          max_links: int | None = None,
+          problems: Problems | None = None) -> tuple[ModuleMap, list[str]]:
     """Validate ``pipelines`` (the parsed list, each a mapping with ``name``, ``paths`` and
     optional ``depends_on``) and ``modules`` (the parsed ``modules`` mapping, or None) into
     a :class:`ModuleMap`; ``path`` prefixes every problem's key path (``repositories[0]``).
@@ -330,12 +333,13 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
     that ``depends_on`` may name too and that no new name may repeat; the result holds
     only the new ones. ``allow``: the concrete names the templates may make (a map file's
     ``module_map.allow``). ``max_links``: the most (pipeline, transitive dependency) pairs
-    the result may hold in all (a map file's limit; None: no limit).
+    the result may hold in all (a map file's limit; None: no limit). ``problems``: where
+    to add the problems (with others of the caller's, counted together).
 
     Nothing here recurses: a chain of 10,000 modules costs a pass over its links per
     pipeline that depends on it.
     """
-    problems = Problems()
+    problems = problems if problems is not None else Problems()
     nodes: dict[str, _Node] = {}
     external: dict[str, Selector] = {**base.groups, **base.selectors} if base else {}
     external_groups = base.groups if base else {}
@@ -440,9 +444,10 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
     for name in order:
         depends = _flatten(name, links, rules_of, budget)
         if depends is None:
-            return ModuleMap({}), [
-                f"{_key(path, 'pipelines')}: more than {max_links} (pipeline, dependency) "
-                "pairs through depends_on; depend on fewer modules or share them"]
+            problems.append(f"{_key(path, 'pipelines')}: more than {max_links} (pipeline, "
+                            "dependency) pairs through depends_on; depend on fewer modules "
+                            "or share them")
+            return ModuleMap({}), problems.lines()
         selectors[name] = Selector(nodes[name].rules, depends)
     return ModuleMap(selectors,
                      {name: Selector(node.rules) for name, node in nodes.items()

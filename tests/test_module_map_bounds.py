@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import string
 import subprocess
 import sys
@@ -27,9 +28,11 @@ import pytest
 import yaml
 
 from providers.base import MAX_FILE_BYTES
-from receiver.matcher import Glob, PathRules, RuleMatch, match
+from receiver.config import parse
+from receiver.errors import ConfigError
+from receiver.matcher import Glob, GlobError, PathRules, RuleMatch, match
 from receiver.module_map import MAX_APPLICABLE, MAX_ENTRIES, MAX_PATTERNS, MAX_WILDCARDS
-from receiver.modules import MAX_PROBLEMS, build
+from receiver.modules import MAX_PROBLEMS, Template, build
 from receiver.state.base import StateStore
 from tests.gitserver import GitServer, WorkClone, basic
 from tests.harness import FIXTURES, FakeAPI, Recorded
@@ -422,3 +425,57 @@ def test_build_refuses_more_dependency_links_than_allowed() -> None:
     assert problems == ["pipelines: more than 999 (pipeline, dependency) pairs through "
                         "depends_on; depend on fewer modules or share them"]
 
+
+
+# --- {module} in the one matcher ------------------------------------------------------------
+
+TEMPLATE_GLOB_ERRORS: list[tuple[str, str]] = [
+    ("svc-{module}-*/**", "a path segment holding {module} holds no other wildcard"),
+    ("{module}-{module}/**", "{module} at most once in one path segment"),
+    ("**/{module}/**/{module}/x/**", "{module} between different '**' needs one {module} "
+                                     "before the first '**' or after the last"),
+]
+
+
+@pytest.mark.parametrize(("glob", "message"), TEMPLATE_GLOB_ERRORS,
+                         ids=[g for g, _ in TEMPLATE_GLOB_ERRORS])
+def test_a_template_glob_the_linear_matcher_cannot_place_is_refused(glob: str,
+                                                                    message: str) -> None:
+    with pytest.raises(GlobError, match=re.escape(message)):
+        Template.compile("acme-{module}", [glob])
+
+
+def test_after_a_double_star_the_module_is_the_leftmost_folder_that_fits() -> None:
+    template = Template.compile("acme-{module}", ["**/{module}/src/**"])
+    assert list(template.modules(["a/b/src/c/src/x"])) == ["b"]
+
+
+def test_a_module_bound_at_the_end_is_checked_in_the_middle() -> None:
+    template = Template.compile("acme-{module}", ["**/{module}/**/{module}.yaml"])
+    assert list(template.modules(["x/a/y/b/z/a.yaml", "x/c/y/d.yaml"])) == ["a"]
+
+
+CONFIG_ERRORS: list[tuple[str, dict[str, Any], str]] = [
+    ("an allow glob with a folder", {"allow": ["acme/*"]},
+     "repositories[0].module_map.allow[0]: 'acme/*': a name pattern holds no '/' and is not "
+     "empty"),
+    ("an allow glob with a bad class", {"allow": ["acme-[z-a]*"]},
+     "repositories[0].module_map.allow[0]: 'acme-[z-a]*': bad character range z-a in '[z-a]'"),
+    ("an allowed variable that is no variable name", {"allow_variables": ["NOT A NAME"]},
+     "repositories[0].module_map.allow_variables[0]: must be a CodePipeline variable name"),
+    ("allow_source_action that is no bool", {"allow_source_action": "yes"},
+     "repositories[0].module_map.allow_source_action: must be a valid boolean"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), [c[1:] for c in CONFIG_ERRORS],
+                         ids=[c[0] for c in CONFIG_ERRORS])
+def test_module_map_settings_are_validated_naming_the_key(change: dict[str, Any],
+                                                         expected: str) -> None:
+    raw = {"launcher": {"backend": "log"}, "repositories": [{
+        "provider": "github", "name": MONO, "webhook_secrets": ["env:BOUNDS_SECRET"],
+        "branches": ["main"], "pipelines": [{"name": "acme-a", "paths": ["a/**"]}],
+        "module_map": {"path": MAP_PATH, "allow": ["acme-*"], **change}}]}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert expected in caught.value.problems

@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import yaml
 
@@ -54,7 +55,19 @@ MAX_WILDCARDS = 8  # '*', '?', '[' and '{module}' in one glob ('**' counts two)
 MAX_LINKS = 100_000  # (pipeline, transitive dependency) pairs
 MAX_APPLICABLE = 100  # patterns of the file that one changed path may be tested against
 
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's when PyYAML has it) whose plain scalars are all strings
+    but null: a map holds names, globs and templates only, and YAML 1.1's other implicit
+    types are work an attacker chooses (a 250,000-digit int, ``1:2:3:...`` base 60, a
+    timestamp whose month is 13 raises where no YAML error is expected)."""
+
+    yaml_implicit_resolvers: ClassVar[dict[str, Any]] = {}
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"),
+                              ["~", "n", "N", ""])
 
 
 class FileSource(Protocol):

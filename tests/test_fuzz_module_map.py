@@ -135,6 +135,10 @@ HOSTILE_TEXTS = st.one_of(
     st.just('pipelines:\n  - <<: {name: acme-x}\n    paths: ["x/**"]\n'),
     st.just('pipelines:\n  - name: !!python/object/apply:os.system ["true"]\n'),
     st.builds(lambda n: "#" * n, st.sampled_from([1 << 18, (1 << 18) + 1, 1 << 20])),
+    # scalars YAML 1.1 would make something other than a string of
+    st.builds(lambda v: f"pipelines:\n  - name: {v}\n    paths: [x/**]\n", st.sampled_from(
+        ["2001-13-45", "2001-12-14 21:59:43.10 -5", "1" * 250_000, "1:" * 100_000 + "1",
+         "0x" + "f" * 100_000, "0b" + "1" * 200_000, ".nan", "-.inf", "yes", "~", "1e99999"])),
 )
 
 

@@ -227,6 +227,12 @@ BOMBS: list[tuple[str, bytes, str]] = [
      "allowed"),
     ("100,000 nested lists", b"pipelines:\n" + b"- " * 100_000 + b"x\n",
      f"{MAP_PATH}: line 2: nested deeper than 8 levels"),
+    ("a timestamp with month 13 as a name", one_pipeline(name="X").replace(
+        "name: X", "name: 2001-13-45").encode(),
+     "pipelines[0].name: '2001-13-45' is not allowed here; allowed: acme-*"),
+    ("a 250,000-digit number as a name", one_pipeline(name="X").replace(
+        "name: X", "name: " + "1" * 250_000).encode(),
+     "pipelines[0].name: must be a CodePipeline pipeline name"),
     ("more patterns for one path than the limit", yaml.safe_dump({"pipelines": [
         {"name": f"acme-{half}", "paths": [f"**/*.{half}{i}" for i in range(count)]}
         for half, count in (("a", MAX_APPLICABLE // 2 + 1), ("b", MAX_APPLICABLE // 2))]}
@@ -293,8 +299,9 @@ def test_a_10000_module_chain_in_the_configuration_resolves_without_recursion(
     chain = yaml.safe_load(module_chain(10000))
     raw["repositories"][0].update(modules=chain["modules"], pipelines=chain["pipelines"])
     del raw["repositories"][0]["module_map"]
-    cfg.write_text(yaml.safe_dump(raw))
-    got = resolve_bounded(cfg, paths=["m/9999/deepest.py"], kept={})
+    as_json = tmp_path / "config.json"
+    as_json.write_text(json.dumps(raw))
+    got = resolve_bounded(as_json, paths=["m/9999/deepest.py"], kept={})
     assert got["verdicts"] == {"acme-top": "changed"}
 
 

@@ -226,7 +226,8 @@ def _segment(segment: str, *, placeholder: bool = False) -> _Segment:
 # --- one glob --------------------------------------------------------------------------------
 
 _Chunk = tuple[_Segment, ...]  # whole segments between two '**'
-_LITERAL, _PREFIX, _HEAD_TAIL, _GENERAL = range(4)  # how Glob.matches goes about it
+# how Glob.matches (and bind_path) go about it: the shapes most globs have need no split
+_LITERAL, _PREFIX, _HEAD_LAST, _HEAD_TAIL, _MODULE_HEAD, _GENERAL = range(6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +247,7 @@ class Glob:
     inner: bool  # a '**' between head and tail (else the path has exactly their segments)
     module: bool  # holds {module} (compiled with placeholder=True)
     _kind: int
-    _text: str  # _LITERAL: the path; _PREFIX: what the path starts with
+    _text: str  # _LITERAL: the path; else what every matching path starts with
 
     @classmethod
     def compile(cls, pattern: str, *, placeholder: bool = False) -> Glob:
@@ -291,13 +292,18 @@ class Glob:
             _check_bindings(head, middles, tail)
         literal = [s.literal for s in head]
         plain = not module and None not in literal
-        kind, text = _GENERAL, ""
+        text = "".join(f"{s}/" for s in literal if s is not None)
+        kind = _GENERAL
         if plain and not inner and not rest:
-            kind, text = _LITERAL, "/".join(s for s in literal if s is not None)
+            kind, text = _LITERAL, text[:-1]
         elif plain and not inner:  # 'a/b/**': everything below a/b
-            kind, text = _PREFIX, "".join(f"{s}/" for s in literal if s is not None)
+            kind = _PREFIX
         elif plain and not rest and not middles:  # 'a/**/*.py', '**/*.md'
-            kind, text = _HEAD_TAIL, "".join(f"{s}/" for s in literal if s is not None)
+            kind = _HEAD_LAST if len(tail) == 1 else _HEAD_TAIL
+        elif module and rest and not inner and head[-1].module is not None and \
+                None not in literal[:-1]:  # 'services/{module}/**'
+            kind = _MODULE_HEAD
+            text = "".join(f"{s}/" for s in literal[:-1] if s is not None)
         return cls(pattern, head, middles, tail, rest, inner, module, kind, text)
 
     def matches(self, path: str, segments: Sequence[str] | None = None) -> bool:
@@ -307,8 +313,16 @@ class Glob:
             return path == self._text
         if kind == _PREFIX:
             return path.startswith(self._text)
+        if kind == _HEAD_LAST:
+            # the last segment, the literal head, and non-empty segments between: without
+            # '//' or a leading '/' only the last one (the tail's) can be empty
+            if not self.tail[0].test(path[path.rfind("/") + 1:]) or \
+                    not path.startswith(self._text):
+                return False
+            if "//" not in path and path[:1] != "/":
+                return True
         segs = segments if segments is not None else path.split("/")
-        if kind == _HEAD_TAIL:
+        if kind in (_HEAD_TAIL, _HEAD_LAST):
             # the tail's segments at the end, the literal head, non-empty segments between
             tail = self.tail
             start, end = len(self.head), len(segs) - len(tail)
@@ -320,6 +334,24 @@ class Glob:
             # without '//' or a leading '/', only the last segment (in the tail) can be empty
             return all(segs[start:end]) if "//" in path or path[:1] == "/" else True
         return self.bind(segs) is not None
+
+    def bind_path(self, path: str, value: str | None = None) -> str | None:
+        """``bind`` of ``path`` (split only where the glob's shape needs it: not for
+        ``services/{module}/**``)."""
+        if self._kind == _MODULE_HEAD:
+            start = len(self._text)
+            end = path.find("/", start)  # '**' after it: at least one more segment
+            if end < 0 or not path.startswith(self._text):
+                return None
+            segment = self.head[-1]
+            if segment.module == ("", ""):  # the whole segment is the module
+                got: str | None = path[start:end]
+                if not got or got.strip(MODULE_CHARS):
+                    return None
+            else:
+                got = segment.capture(path[start:end])
+            return got if got is not None and (value is None or got == value) else None
+        return self.bind(path.split("/"), value)
 
     def bind(self, segs: Sequence[str], value: str | None = None) -> str | None:
         """Match path segments ``segs``. Returns the module value (with ``{module}``; when

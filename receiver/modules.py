@@ -170,16 +170,13 @@ class Template:
         room = NAME_LIMIT - len(self.name) + len(PLACEHOLDER)  # the longest value a name takes
         excludes = self._excludes
         for path in paths:
-            segs: list[str] | None = None
             for literal, glob in self._includes:
                 if not path.startswith(literal):
                     continue
-                if segs is None:
-                    segs = path.split("/")
-                value = glob.bind(segs)
+                value = glob.bind_path(path)
                 if value is None:
                     continue
-                if len(value) <= room and not (excludes and self._excluded(segs, value)):
+                if len(value) <= room and not (excludes and self._excluded(path, value)):
                     hits = found.get(value)
                     if hits is None:
                         hits = found[value] = []
@@ -187,9 +184,11 @@ class Template:
                 break
         return {value: tuple(hits) for value, hits in found.items()}
 
-    def _excluded(self, segs: Sequence[str], value: str) -> bool:
-        return any(glob.bind(segs, value if glob.module else None) is not None
-                   for glob in self._excludes)
+    def _excluded(self, path: str, value: str) -> bool:
+        for glob in self._excludes:
+            if glob.bind_path(path, value) is not None if glob.module else glob.matches(path):
+                return True
+        return False
 
 
 Rules = PathRules | Template

@@ -306,8 +306,8 @@ class Glob:
             text = "".join(f"{s}/" for s in literal[:-1] if s is not None)
         return cls(pattern, head, middles, tail, rest, inner, module, kind, text)
 
-    def matches(self, path: str, segments: Sequence[str] | None = None) -> bool:
-        """Whether ``path`` matches (``segments``: ``path.split('/')``, when known)."""
+    def matches(self, path: str) -> bool:
+        """Whether ``path`` matches (split at '/' only when the glob's shape needs it)."""
         kind = self._kind
         if kind == _LITERAL:
             return path == self._text
@@ -321,7 +321,7 @@ class Glob:
                 return False
             if "//" not in path and path[:1] != "/":
                 return True
-        segs = segments if segments is not None else path.split("/")
+        segs = path.split("/")
         if kind in (_HEAD_TAIL, _HEAD_LAST):
             # the tail's segments at the end, the literal head, non-empty segments between
             tail = self.tail
@@ -473,13 +473,14 @@ class PathRules:
 
     def matching_include(self, path: str) -> str | None:
         """The first include glob that selects ``path``, or None (also when an exclude hits)."""
-        return self._first(path, path.split("/"))
+        return self._first(path)
 
-    def _first(self, path: str, segs: Sequence[str]) -> str | None:
+    def _first(self, path: str) -> str | None:
+        # each glob splits the path only if its shape needs it (most do not)
         for glob in self._includes:
-            if glob.matches(path, segs):
+            if glob.matches(path):
                 for exclude in self._excludes:
-                    if exclude.matches(path, segs):
+                    if exclude.matches(path):
                         return None
                 return glob.source
         return None
@@ -590,9 +591,8 @@ def match(paths: Iterable[str], rules: Mapping[str, PathRules]) -> dict[str, tup
             candidates = sorted(set(candidates).union(exact))
         if not candidates:
             continue
-        segs = path.split("/")
         for pos in candidates:
-            glob = compiled[pos]._first(path, segs)
+            glob = compiled[pos]._first(path)
             if glob is not None:
                 hits.setdefault(pos, []).append(RuleMatch(path, glob))
     return {names[pos]: tuple(hits[pos]) for pos in range(len(names)) if pos in hits}

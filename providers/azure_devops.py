@@ -191,12 +191,13 @@ class AzureDevOpsProvider(HttpProvider):
             raise RepositoryUnreadable(repo.name, 404)
 
     def _get(self, repo: RepositoryConfig, url: str, params: dict[str, str | int] | None,
-             headers: dict[str, str] | None = None) -> requests.Response:
+             headers: dict[str, str] | None = None, *, stream: bool = False
+             ) -> requests.Response:
         """One GET answered 200 or 404; refusals (401, 403, 203, a redirect) raise
-        RepositoryUnreadable."""
+        RepositoryUnreadable. ``stream``: the body is read by the caller (a file, capped)."""
         with refusals_unreadable(repo):
             resp = self._client(repo).request("GET", url, headers=headers or self._headers(repo),
-                                              params=params, ok=(200, 203))
+                                              params=params, ok=(200, 203), stream=stream)
         if resp.status_code == 203:
             raise RepositoryUnreadable(repo.name, 203)
         return resp
@@ -331,7 +332,7 @@ class AzureDevOpsProvider(HttpProvider):
         resp = self._get(repo, _repo_api(repo, "items"), {
             "path": f"/{path}", "versionDescriptor.version": status_commit(commit),
             "versionDescriptor.versionType": "commit", "download": "true",
-            "$format": "octetStream", "api-version": API_VERSION}, headers)
+            "$format": "octetStream", "api-version": API_VERSION}, headers, stream=True)
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 

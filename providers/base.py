@@ -26,6 +26,7 @@ import requests
 from receiver.config import RepositoryConfig
 from receiver.errors import (
     BadRequest,
+    FileTooLarge,
     Ignored,
     ProviderError,
     RepositoryUnreadable,
@@ -273,9 +274,10 @@ class Provider(Protocol):
         or 64 hex), through the provider's file API (the repository-side module map).
 
         None when the file does not exist at that commit. Raises ProviderError for any
-        other refusal, when the retries run out, for a rate limit beyond the wait budget,
-        or when the file is larger than ``MAX_FILE_BYTES``; ValueError when ``commit`` is
-        not a full lower-case commit id.
+        other refusal, when the retries run out, or for a rate limit beyond the wait
+        budget; FileTooLarge when the file is larger than ``MAX_FILE_BYTES`` (found without
+        reading it whole: ``file_answer``); ValueError when ``commit`` is not a full
+        lower-case commit id.
         """
         ...
 
@@ -487,11 +489,13 @@ class ApiClient:
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str],
                 params: Mapping[str, str | int] | None = None,
-                ok: Sequence[int] = (200,), json: object = None) -> requests.Response:
+                ok: Sequence[int] = (200,), json: object = None,
+                stream: bool = False) -> requests.Response:
         """Send one logical request; returns the response whose status is in ``ok`` or 404.
 
-        ``json``, when given, is sent as the JSON body. Raises ProviderError for anything
-        else after the retries.
+        ``json``, when given, is sent as the JSON body. ``stream``: the body of the
+        response returned is not read yet (the caller reads what it will take, then closes
+        it). Raises ProviderError for anything else after the retries.
         """
         waited = 0.0
         last = "no attempt"
@@ -500,13 +504,15 @@ class ApiClient:
             try:
                 resp = self.session.request(method, url, headers=dict(headers), params=params,
                                             timeout=(min(3.05, self.timeout), self.timeout),
-                                            allow_redirects=False, json=json)
+                                            allow_redirects=False, json=json, stream=stream)
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}"
                 self._backoff(attempt)
                 continue
             if resp.status_code in ok or resp.status_code == 404:
                 return resp
+            if stream:  # an answer not taken: its connection goes back to the pool
+                resp.close()
             last = f"HTTP {resp.status_code}"
             wait = self._rate_limit_wait(resp)
             if wait is not None:
@@ -837,21 +843,35 @@ def error_message(resp: requests.Response) -> str:
 
 # --- files ------------------------------------------------------------------------------
 
-MAX_FILE_BYTES = 1024 * 1024  # a file read through a provider's API (the module map)
+# a file read from a repository (the module map): it is kept in the state store, and
+# DynamoDB's 400 KB item must hold it with its other attributes even where zlib cannot
+# shrink it (incompressible text grows by a few bytes per 16 KiB block)
+MAX_FILE_BYTES = 256 * 1024
+_CHUNK = 64 * 1024
 
 
 def file_answer(resp: requests.Response, *, repository: str, path: str,
                 commit: str) -> bytes | None:
-    """The body of a raw-file answer: None on 404; ProviderError for any other non-200
-    or a body over ``MAX_FILE_BYTES``."""
-    if resp.status_code == 404:
-        return None
-    if resp.status_code != 200:
-        raise ProviderError(f"reading {path} at {commit[:12]} of {repository} answered HTTP "
-                            f"{resp.status_code}: {error_message(resp)}")
-    declared = resp.headers.get("Content-Length")
-    if (declared is not None and declared.isdigit() and int(declared) > MAX_FILE_BYTES) or \
-            len(resp.content) > MAX_FILE_BYTES:
-        raise ProviderError(f"{path} at {commit[:12]} of {repository} is larger than "
-                            f"{MAX_FILE_BYTES} bytes")
-    return resp.content
+    """The body of a raw-file answer (requested with ``stream=True``): None on 404;
+    ProviderError for any other non-200; FileTooLarge for a body over ``MAX_FILE_BYTES``,
+    found from its ``Content-Length`` or by reading at most one byte more than that (the
+    rest is never read: a 20 MB file costs no more memory than one at the limit)."""
+    with resp:
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise ProviderError(f"reading {path} at {commit[:12]} of {repository} answered "
+                                f"HTTP {resp.status_code}: {error_message(resp)}")
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_FILE_BYTES:
+            raise FileTooLarge(path, MAX_FILE_BYTES, int(declared))
+        body = bytearray()
+        try:
+            for chunk in resp.iter_content(_CHUNK):
+                body += chunk
+                if len(body) > MAX_FILE_BYTES:
+                    raise FileTooLarge(path, MAX_FILE_BYTES)
+        except requests.RequestException as exc:
+            raise ProviderError(f"reading {path} at {commit[:12]} of {repository} failed: "
+                                f"{type(exc).__name__}") from exc
+        return bytes(body)

@@ -327,7 +327,7 @@ class BitbucketProvider(HttpProvider):
         when the path does not exist at that commit."""
         url = self._repo_url(repo, f"src/{status_commit(commit)}/{quote(path, safe='/')}")
         headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
-        resp = self._client(repo).request("GET", url, headers=headers)
+        resp = self._client(repo).request("GET", url, headers=headers, stream=True)
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 

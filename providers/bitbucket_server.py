@@ -322,7 +322,7 @@ class BitbucketServerProvider(HttpProvider):
         url = (f"{repo.api_url}/rest/api/latest/projects/{quote(key, safe='')}/repos/"
                f"{quote(slug, safe='')}/raw/{quote(path, safe='/')}")
         headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
-        resp = self._client(repo).request("GET", url, headers=headers,
+        resp = self._client(repo).request("GET", url, headers=headers, stream=True,
                                           params={"at": status_commit(commit)})
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 

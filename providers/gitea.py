@@ -291,7 +291,7 @@ class GiteaProvider(HttpProvider):
         404 when the path does not exist at that commit."""
         url = _repo_url(repo, f"raw/{quote(path, safe='/')}")
         headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
-        resp = self._client(repo).request("GET", url, headers=headers,
+        resp = self._client(repo).request("GET", url, headers=headers, stream=True,
                                           params={"ref": status_commit(commit)})
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 

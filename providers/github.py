@@ -441,12 +441,13 @@ class GitHubProvider(HttpProvider):
         url = self._url(repo, f"contents/{quote(path, safe='/')}")
         params: dict[str, str | int] = {"ref": status_commit(commit)}
         headers = {**self._headers(repo), "Accept": "application/vnd.github.raw+json"}
-        resp = client.request("GET", url, headers=headers, params=params,
+        resp = client.request("GET", url, headers=headers, stream=True, params=params,
                               ok=(200, 401) if app is not None else (200,))
         if resp.status_code == 401 and app is not None:
+            resp.close()
             app.invalidate(headers["Authorization"].removeprefix("Bearer "))
             headers = {**self._headers(repo), "Accept": "application/vnd.github.raw+json"}
-            resp = client.request("GET", url, headers=headers, params=params)
+            resp = client.request("GET", url, headers=headers, stream=True, params=params)
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 
 

@@ -339,7 +339,7 @@ class GitLabProvider(HttpProvider):
         repository"). 404 when the file does not exist at that commit."""
         url = _project_url(repo, f"repository/files/{quote(path, safe='')}/raw")
         headers = {**self._headers(repo), "Accept": "*/*"}  # raw bytes, not JSON
-        resp = self._client(repo).request("GET", url, headers=headers,
+        resp = self._client(repo).request("GET", url, headers=headers, stream=True,
                                           params={"ref": status_commit(commit)})
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
 

@@ -37,7 +37,7 @@ from pydantic_core import core_schema
 
 from receiver import modules as modules_mod
 from receiver.errors import ConfigError, SecretError
-from receiver.matcher import GlobError, PathRules, glob_to_regex
+from receiver.matcher import GlobError, NameRules, PathRules, check_glob
 from receiver.modules import ModuleMap
 from receiver.secrets import Secret, SecretRef
 
@@ -66,7 +66,7 @@ def matching(regex: str, what: str) -> AfterValidator:
 
 def _glob(raw: str) -> str:
     try:
-        glob_to_regex(raw.removeprefix("!"))
+        check_glob(raw)
     except GlobError as exc:
         raise ValueError(f"{raw!r}: {exc}") from None
     return raw
@@ -82,6 +82,7 @@ Rules = Annotated[PathRules, converted(
     PathRules.compile), BeforeValidator(_listed)]
 PositiveSeconds = Annotated[float, Field(gt=0, strict=True)]
 Text = Annotated[str, Field(min_length=1)]
+VariableName = Annotated[str, matching(r"[A-Za-z0-9@\-_]{1,128}", "a CodePipeline variable name")]
 _Section = BeforeValidator(lambda value: {} if value is None else value)  # `state:` alone
 
 
@@ -269,8 +270,8 @@ class PipelineConfig:
     tags: Rules | None = None
     # a mapping in YAML: pipeline variable name -> template
     variables: Annotated[tuple[tuple[str, str], ...], converted(dict[
-        Annotated[str, matching(r"[A-Za-z0-9@\-_]{1,128}", "a CodePipeline variable name")],
-        Annotated[str, AfterValidator(_template)]], lambda d: tuple(d.items()))] = ()
+        VariableName, Annotated[str, AfterValidator(_template)]],
+        lambda d: tuple(d.items()))] = ()
     source_action: Annotated[str, matching(r"[A-Za-z0-9.@_-]{1,100}", "the name of the "
                                            "pipeline's source action")] | None = None
     # modules or pipelines whose paths also select this one (receiver/modules.py)
@@ -280,14 +281,34 @@ class PipelineConfig:
     module: str | None = None
 
 
+def _name_glob(pattern: str) -> str:
+    try:
+        NameRules.compile([pattern])
+    except GlobError as exc:
+        raise ValueError(str(exc)) from None
+    return pattern
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleMapConfig:
-    """A repository-side module map: the file read at each pushed head, and the glob
-    patterns every pipeline name in it must match."""
+    """A repository-side module map: the file read at each pushed head, the glob patterns
+    every pipeline name in it (each concrete name of its templates too) must match, and
+    what its pipelines may pass to CodePipeline besides the commit."""
 
     __pydantic_config__ = FORBID
     path: Annotated[str, AfterValidator(_repository_path)]
-    allow: Annotated[tuple[Text, ...], BeforeValidator(_listed)] = ()  # required: _repository
+    # required (_repository says so)
+    allow: Annotated[tuple[Annotated[str, AfterValidator(_name_glob)], ...],
+                     BeforeValidator(_listed)] = ()
+    # the pipeline variables a map entry may set (none: a map entry's `variables` is an error)
+    allow_variables: Annotated[tuple[VariableName, ...], BeforeValidator(_listed)] = ()
+    # whether a map entry may name the source action the commit is given to
+    allow_source_action: Annotated[bool, Field(strict=True)] = False
+
+    @property
+    def names(self) -> NameRules:
+        """``allow`` compiled."""
+        return NameRules.compile(self.allow)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ compare from. Verdicts:
 - ``unchanged``: the difference is complete and selects nothing: the baseline moves on.
 - ``contained``: the head is already part of the base (a repeated or out-of-order
   delivery): nothing starts and nothing moves.
+- ``refused``: a concrete pipeline of a repository-side map's template that changed, but
+  whose name ``module_map.allow`` does not admit: nothing starts and no baseline is made.
 
 What selects a pipeline is its :class:`~receiver.modules.Selector`: its own path rules (or a
 ``{module}`` template) and its flattened dependencies; a decision names in ``via`` each
@@ -31,7 +33,7 @@ from providers.base import Diff
 from receiver.matcher import PathRules, RuleMatch, match
 from receiver.modules import Selector, Template
 
-Verdict = Literal["changed", "unchanged", "contained"]
+Verdict = Literal["changed", "unchanged", "contained", "refused"]
 # where a verdict came from, as decision records and `history` name it
 Source = Literal["compare", "identical", "new-branch", "nothing-deployed", "tag"]
 
@@ -99,8 +101,10 @@ def decide(pipelines: Mapping[str, PathRules | Selector], base: Base, head: str,
     A template selector not bound to a module (:attr:`Selector.discovers`) is not decided
     under its own name: it adds a ``changed`` decision for each concrete pipeline the
     changed paths select that is not a key of ``pipelines`` itself, and nothing without a
-    complete difference (there are no paths to find modules in). A dependency's paths
-    select a pipeline as its own do; the decision names the dependency in ``via``.
+    complete difference (there are no paths to find modules in); one whose name the
+    template does not admit (:meth:`Template.admits`) is ``refused`` instead. A
+    dependency's paths select a pipeline as its own do; the decision names the dependency
+    in ``via``.
     """
     if needs_diff(base, head) != (diff is not None):
         raise ValueError("diff must be given exactly when needs_diff(base, head)")
@@ -155,8 +159,14 @@ def _select(selectors: Mapping[str, Selector], paths: list[str],
             if s.module is None:
                 for module, hits in found.items():
                     concrete = s.rules.concrete(module)
-                    if concrete not in selectors:
+                    if concrete in selectors:
+                        continue
+                    if s.rules.admits(concrete):
                         out[concrete] = Decision("changed", base, hits, via=via)
+                    else:
+                        out[concrete] = Decision("refused", base, hits, via=via, reason=(
+                            f"{concrete!r} is outside module_map.allow "
+                            f"({', '.join(s.rules.allow.patterns if s.rules.allow else ())})"))
                 continue
             hits = found.get(s.module, ())
         else:

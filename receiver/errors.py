@@ -127,6 +127,22 @@ class Ignored(ReceiverError):
         self.reason = reason
 
 
+# --- repository content ----------------------------------------------------------------
+
+
+class FileTooLarge(ReceiverError):
+    """A file read from a repository (the module map) is larger than ``limit`` bytes; found
+    without reading it whole. Not retried: a commit always holds the same file. ``size``
+    is its size when known (None: more than ``limit`` came before reading stopped)."""
+
+    def __init__(self, path: str, limit: int, size: int | None = None) -> None:
+        self.path = path
+        self.limit = limit
+        self.size = size
+        super().__init__(f"{path} is {size} bytes, more than {limit}" if size is not None
+                         else f"{path} is larger than {limit} bytes")
+
+
 # --- dependency errors (translated at the client boundary) -----------------------------
 
 

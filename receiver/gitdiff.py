@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from providers.base import CompareStatus, Diff
-from receiver.errors import ProviderError
+from providers.base import MAX_FILE_BYTES, CompareStatus, Diff
+from receiver.errors import FileTooLarge, ProviderError
 from receiver.logging import get_logger
 
 FETCH_TIMEOUT_SECONDS = 120.0
@@ -149,8 +149,11 @@ class GitMirror:
         file is not there (a repository-side module map).
 
         The mirror keeps no blobs, so this one is fetched on demand (git's partial-clone
-        fetch of a missing object, with the credentials of a fetch). Raises ProviderError
-        as ``fetch`` does, and ValueError when ``commit`` is not a full commit id.
+        fetch of a missing object, with the credentials of a fetch) by ``git cat-file -s``,
+        which answers its size: one over ``MAX_FILE_BYTES`` raises FileTooLarge and is
+        never read (git streams it to the object store, not to this process). Raises
+        ProviderError as ``fetch`` does, and ValueError when ``commit`` is not a full
+        commit id.
         """
         _check_sha(commit)
         with self._locked(exclusive=False):
@@ -167,9 +170,13 @@ class GitMirror:
         header, secrets = self._credentials()
         env = _env(extra_header=f"Authorization: {header}" if header else None)
         with self._locked(exclusive=True):
+            run = _Git(self.path, env, self.fetch_timeout, str(self))
             try:
-                done = _Git(self.path, env, self.fetch_timeout, str(self))("cat-file", "blob",
-                                                                           blob)
+                sized = run("cat-file", "-s", blob)
+                size = int(sized.stdout) if sized.returncode == 0 else None
+                if size is not None and size > MAX_FILE_BYTES:
+                    raise FileTooLarge(path, MAX_FILE_BYTES, size)
+                done = run("cat-file", "blob", blob) if size is not None else sized
             except _Timeout:
                 raise ProviderError(f"reading {path} from {self} timed out after "
                                     f"{self.fetch_timeout:g} s") from None

@@ -7,14 +7,14 @@ repository-side map file (``check-config --module-map``) are validated by the sa
 - A **template** is a pipeline whose ``name`` and include ``paths`` share ``{module}``: it
   stands for one concrete pipeline per value the changed paths give the placeholder
   (``acme-{module}-deploy`` with ``services/{module}/**`` is ``acme-billing-deploy`` for
-  ``services/billing/x.py``). It is compiled once into one regex per include glob with the
-  placeholder as a named capture, so a push costs one regex pass over its paths per
-  template, however many modules the repository has.
+  ``services/billing/x.py``). Its globs are compiled once (:class:`receiver.matcher.Glob`,
+  the placeholder captured), so a push costs one pass over its paths per template, however
+  many modules the repository has.
 - A **module** (``modules: {NAME: {paths, depends_on}}``) is a named path group that starts
   nothing itself.
 - ``depends_on`` names modules or pipelines without ``{module}``; a pipeline is selected by
   its own paths or those of any dependency, transitively. The graph is flattened here, once,
-  into each pipeline's :class:`Selector`.
+  into each pipeline's :class:`Selector`, without recursion.
 
 A module value is one path segment of letters, digits, ``.``, ``@``, ``_`` and ``-`` (what a
 CodePipeline pipeline name may hold); a folder named otherwise is no module.
@@ -22,28 +22,68 @@ CodePipeline pipeline name may hold); a folder named otherwise is no module.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from receiver.matcher import GlobError, PathRules, RuleMatch, glob_to_regex
+from receiver.matcher import (
+    MODULE_CHARS,
+    PLACEHOLDER,
+    Glob,
+    GlobError,
+    NameRules,
+    PathRules,
+    RuleMatch,
+)
 
-PLACEHOLDER = "{module}"
-NAME = re.compile(r"^[A-Za-z0-9.@_-]{1,100}$")  # CodePipeline's pipeline-name rule
-_VALUE = r"[A-Za-z0-9.@_-]+"
-# stands for {module} while a glob is translated: letters only, so glob_to_regex keeps it
-_TOKEN = "Qx7moduleQx7"
+__all__ = ["MAX_PROBLEMS", "PLACEHOLDER", "ModuleMap", "Problems", "Selector", "Template",
+           "any_module", "build", "clashes"]
+
+NAME_LIMIT = 100  # CodePipeline's longest pipeline name
+MAX_PROBLEMS = 20  # problems listed one by one; the rest are counted
 _WILDCARDS = "*?[{"
 
 
-def _placeholder_regex(glob: str) -> str:
-    """The regex body of ``glob`` with each ``{module}`` a capture of the same value."""
-    body = glob_to_regex(glob.replace(PLACEHOLDER, _TOKEN))
-    first, *rest = body.split(_TOKEN)
-    return first + "".join(
-        ("(?P<module>" + _VALUE + ")" if i == 0 else "(?P=module)") + part
-        for i, part in enumerate(rest))
+def _is_name(name: str) -> bool:
+    """CodePipeline's pipeline-name rule: 1-100 of letters, digits, . @ _ -."""
+    return 0 < len(name) <= NAME_LIMIT and not name.strip(MODULE_CHARS)
+
+
+class Problems:
+    """Problem messages: the first ``limit`` kept, the rest only counted, so a file with
+    a million mistakes costs no more memory than one with ``limit``."""
+
+    def __init__(self, limit: int = MAX_PROBLEMS) -> None:
+        self.limit = limit
+        self.kept: list[str] = []
+        self.more = 0
+
+    def append(self, problem: str) -> None:
+        """Add one problem."""
+        if len(self.kept) < self.limit:
+            self.kept.append(problem)
+        else:
+            self.more += 1
+
+    def extend(self, problems: Iterable[str]) -> None:
+        """Add each of ``problems``."""
+        for problem in problems:
+            self.append(problem)
+
+    def __bool__(self) -> bool:
+        return bool(self.kept)
+
+    @property
+    def full(self) -> bool:
+        """Whether a further problem would only be counted."""
+        return len(self.kept) >= self.limit
+
+    def lines(self) -> list[str]:
+        """The kept problems, then how many more there were."""
+        more = [f"... and {self.more} more problem{'s' if self.more > 1 else ''}"] \
+            if self.more else []
+        return self.kept + more
 
 
 def any_module(glob: str) -> str:
@@ -53,46 +93,51 @@ def any_module(glob: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """A compiled template: the include/exclude globs (``{module}`` kept) and its name."""
+    """A compiled template: the include/exclude globs (``{module}`` kept) and its name.
+
+    ``allow`` (a repository-side map's templates): the concrete names it may make; a
+    module whose name is outside it is refused (see :meth:`admits`)."""
 
     name: str
     includes: tuple[str, ...]
     excludes: tuple[str, ...]
-    _includes: tuple[tuple[str, re.Pattern[str]], ...]  # (literal start, regex) per include
-    _excludes: tuple[re.Pattern[str], ...]
-    _name: re.Pattern[str]
+    _includes: tuple[tuple[str, Glob], ...]  # (literal start, glob) per include
+    _excludes: tuple[Glob, ...]
+    allow: NameRules | None = None
 
     @classmethod
-    def compile(cls, name: str, globs: Iterable[str]) -> Template:
+    def compile(cls, name: str, globs: Iterable[str],
+                allow: NameRules | None = None) -> Template:
         """Compile ``name`` (one ``{module}``) and ``globs`` (``!`` = exclude; every include
         has ``{module}``). Raises GlobError saying what is wrong."""
         if name.count(PLACEHOLDER) != 1:
             raise GlobError(f"the name needs {PLACEHOLDER} exactly once")
-        includes: list[str] = []
-        excludes: list[str] = []
+        includes: list[Glob] = []
+        excludes: list[Glob] = []
         for raw in globs:
             negated = raw.startswith("!")
-            (excludes if negated else includes).append(raw[1:] if negated else raw)
+            try:
+                glob = Glob.compile(raw[1:] if negated else raw, placeholder=True)
+            except GlobError as exc:
+                raise GlobError(f"{raw!r}: {exc}") from None
+            (excludes if negated else includes).append(glob)
         if not includes:
             raise GlobError("needs at least one include pattern (a glob without '!')")
-        missing = [g for g in includes if PLACEHOLDER not in g]
+        missing = [g.source for g in includes if not g.module]
         if missing:
             raise GlobError(f"every include of a template needs {PLACEHOLDER}; "
                             f"{missing[0]!r} has none (use a module and depends_on for "
                             "shared paths)")
         compiled = []
         for glob in includes:
-            literal = len(glob)
+            literal = len(glob.source)
             for ch in _WILDCARDS:
-                if ch in glob:
-                    literal = min(literal, glob.index(ch))
-            compiled.append((glob[:literal], re.compile(_placeholder_regex(glob))))
-        before, _, after = name.partition(PLACEHOLDER)
-        return cls(name=name, includes=tuple(includes), excludes=tuple(excludes),
-                   _includes=tuple(compiled),
-                   _excludes=tuple(re.compile(_placeholder_regex(g)) for g in excludes),
-                   _name=re.compile(re.escape(before) + f"(?P<module>{_VALUE})"
-                                    + re.escape(after)))
+                if ch in glob.source:
+                    literal = min(literal, glob.source.index(ch))
+            compiled.append((glob.source[:literal], glob))
+        return cls(name=name, includes=tuple(g.source for g in includes),
+                   excludes=tuple(g.source for g in excludes),
+                   _includes=tuple(compiled), _excludes=tuple(excludes), allow=allow)
 
     def concrete(self, module: str) -> str:
         """The concrete pipeline name for ``module``."""
@@ -100,8 +145,16 @@ class Template:
 
     def module_of(self, name: str) -> str | None:
         """The module value of concrete pipeline ``name``, or None if it is not this one's."""
-        m = self._name.fullmatch(name)
-        return m.group("module") if m else None
+        before, _, after = self.name.partition(PLACEHOLDER)
+        if len(name) <= len(before) + len(after) or not name.startswith(before) \
+                or not name.endswith(after):
+            return None
+        value = name[len(before):len(name) - len(after)]
+        return None if value.strip(MODULE_CHARS) else value
+
+    def admits(self, name: str) -> bool:
+        """Whether concrete pipeline ``name`` may start (``allow`` admits it)."""
+        return self.allow is None or self.allow.admits(name)
 
     def overlaps(self, other: Template) -> bool:
         """Whether some concrete name could come from both templates."""
@@ -114,29 +167,26 @@ class Template:
         """Module value -> the (path, include glob) pairs selecting its concrete pipeline,
         paths in input order. An exclude with ``{module}`` applies to the same value."""
         found: dict[str, list[RuleMatch]] = {}
-        room = 100 - len(self.name) + len(PLACEHOLDER)  # the longest value a name can take
+        room = NAME_LIMIT - len(self.name) + len(PLACEHOLDER)  # the longest value a name takes
         excludes = self._excludes
         for path in paths:
-            for (literal, regex), glob in zip(self._includes, self.includes, strict=True):
+            for literal, glob in self._includes:
                 if not path.startswith(literal):
                     continue
-                m = regex.fullmatch(path)
-                if m is None:
+                value = glob.bind_path(path)
+                if value is None:
                     continue
-                value = m.group("module")
                 if len(value) <= room and not (excludes and self._excluded(path, value)):
                     hits = found.get(value)
                     if hits is None:
                         hits = found[value] = []
-                    hits.append(RuleMatch(path, glob))
+                    hits.append(RuleMatch(path, glob.source))
                 break
         return {value: tuple(hits) for value, hits in found.items()}
 
     def _excluded(self, path: str, value: str) -> bool:
-        for regex in self._excludes:
-            m = regex.fullmatch(path)
-            if m is not None and ("module" not in regex.groupindex
-                                  or m.group("module") == value):
+        for glob in self._excludes:
+            if glob.bind_path(path, value) is not None if glob.module else glob.matches(path):
                 return True
         return False
 
@@ -166,11 +216,14 @@ class Selector:
 @dataclass(frozen=True, slots=True)
 class ModuleMap:
     """The selectors of one repository's pipelines, by configured name (a template by its
-    name with ``{module}``), and of its modules (``groups``: they start nothing, but a map
-    file's pipelines may depend on them)."""
+    name with ``{module}``), and of its modules (``groups``, their own rules: they start
+    nothing, but a map file's pipelines may depend on them). ``links``: the direct
+    ``depends_on`` of every module and pipeline, so a map file's dependencies on these
+    are flattened without a copy of every transitive list."""
 
     selectors: Mapping[str, Selector]
     groups: Mapping[str, Selector] = field(default_factory=dict)
+    links: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def plain(cls, rules: Mapping[str, PathRules]) -> ModuleMap:
@@ -196,7 +249,8 @@ class ModuleMap:
     def for_branch(self, known: Iterable[str]) -> dict[str, Selector]:
         """The selectors a push to a branch is decided with: every configured one by name
         (a template finds new concrete pipelines in the paths) and one bound to its module
-        for each ``known`` concrete pipeline name (those holding a baseline there)."""
+        for each ``known`` concrete pipeline name (those holding a baseline there) that
+        its template admits."""
         out = dict(self.selectors)
         templates = self.templates
         if templates:
@@ -206,39 +260,45 @@ class ModuleMap:
                 for template in templates:
                     module = template.module_of(name)
                     if module is not None:
-                        parent = self.selectors[template.name]
-                        out[name] = Selector(template, parent.depends, module)
+                        if template.admits(name):
+                            parent = self.selectors[template.name]
+                            out[name] = Selector(template, parent.depends, module)
                         break
         return out
 
     def merged(self, other: ModuleMap) -> ModuleMap:
         """Both maps' pipelines (names must not overlap: see :func:`clashes`)."""
-        return ModuleMap({**self.selectors, **other.selectors}, {**self.groups, **other.groups})
+        return ModuleMap({**self.selectors, **other.selectors}, {**self.groups, **other.groups},
+                         {**self.links, **other.links})
 
 
-def clashes(a: ModuleMap, b: ModuleMap) -> list[str]:
+def clashes(a: ModuleMap, b: ModuleMap, where: str | None = None,
+            problems: Problems | None = None) -> list[str]:
     """Names in ``b`` that ``a`` has too, or that one of ``a``'s templates could produce
-    (and the reverse), each as a message."""
-    out = []
+    (and the reverse), each as a message. ``where`` names ``a`` in the messages (None:
+    the service configuration of ``b``'s own repository). ``problems``: where to add
+    them (and its lines are returned)."""
+    of = "" if where is None else f" of {where}"
+    out = problems if problems is not None else Problems()
     for name, selector in b.selectors.items():
         if name in a.selectors:
-            out.append(f"pipeline {name!r} is also in the service configuration")
+            out.append(f"pipeline {name!r} is also in {where or 'the service configuration'}")
         elif isinstance(selector.rules, Template):
             other = next((t for t in a.templates if t.overlaps(selector.rules)), None)
             if other is not None:
-                out.append(f"template {name!r} can make the same names as {other.name!r}")
+                out.append(f"template {name!r} can make the same names as {other.name!r}{of}")
             else:
                 static = next((n for n, s in a.selectors.items()
                                if isinstance(s.rules, PathRules)
                                and selector.rules.module_of(n) is not None), None)
                 if static is not None:
                     out.append(f"template {name!r} can make the name {static!r}, also a "
-                               "pipeline")
+                               f"pipeline{of}")
         else:
             owner = next((t for t in a.templates if t.module_of(name) is not None), None)
             if owner is not None:
-                out.append(f"pipeline {name!r} is also a name of template {owner.name!r}")
-    return out
+                out.append(f"pipeline {name!r} is also a name of template {owner.name!r}{of}")
+    return out.lines()
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +314,9 @@ def _key(prefix: str, key: str) -> str:
 
 
 def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
-          base: ModuleMap | None = None) -> tuple[ModuleMap, list[str]]:
+          base: ModuleMap | None = None, allow: NameRules | None = None,
+          max_links: int | None = None,
+          problems: Problems | None = None) -> tuple[ModuleMap, list[str]]:
     """Validate ``pipelines`` (the parsed list, each a mapping with ``name``, ``paths`` and
     optional ``depends_on``) and ``modules`` (the parsed ``modules`` mapping, or None) into
     a :class:`ModuleMap`; ``path`` prefixes every problem's key path (``repositories[0]``).
@@ -264,13 +326,19 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
     a template or itself; cycles (``... depends_on: cycle a -> b -> a``). A pipeline entry
     whose ``name`` or ``paths`` is malformed otherwise (a bad glob, not a string) is left
     to the caller's pipeline schema and skipped here. The map is only meaningful when no
-    problem is returned.
+    problem is returned; at most :data:`MAX_PROBLEMS` are listed, then a count.
 
     ``base`` (a map file's: the service configuration's map) holds pipelines and modules
     that ``depends_on`` may name too and that no new name may repeat; the result holds
-    only the new ones.
+    only the new ones. ``allow``: the concrete names the templates may make (a map file's
+    ``module_map.allow``). ``max_links``: the most (pipeline, transitive dependency) pairs
+    the result may hold in all (a map file's limit; None: no limit). ``problems``: where
+    to add the problems (with others of the caller's, counted together).
+
+    Nothing here recurses: a chain of 10,000 modules costs a pass over its links per
+    pipeline that depends on it.
     """
-    problems: list[str] = []
+    problems = problems if problems is not None else Problems()
     nodes: dict[str, _Node] = {}
     external: dict[str, Selector] = {**base.groups, **base.selectors} if base else {}
     external_groups = base.groups if base else {}
@@ -280,7 +348,7 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
         modules = {}
     for name, raw in (modules or {}).items():
         mpath = f"{mods_path}.{name}"
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not _is_name(name):
             problems.append(f"{mpath}: a module name is letters, digits, . @ - _ (at most 100)")
             continue
         if name in external:
@@ -321,7 +389,7 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
             continue
         rules: Rules
         try:
-            rules = Template.compile(name, globs) if in_name else PathRules.compile(globs)
+            rules = Template.compile(name, globs, allow) if in_name else PathRules.compile(globs)
         except GlobError as exc:
             if in_name:  # a plain glob error is the pipeline schema's to report
                 problems.append(f"{ppath}.paths: {exc}")
@@ -338,18 +406,19 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
         nodes[name] = _Node("pipeline", rules, deps, f"{ppath}.depends_on")
         order.append(name)
     templates = [(n, nodes[n].rules) for n in order if isinstance(nodes[n].rules, Template)]
+    statics = [n for n in order if isinstance(nodes[n].rules, PathRules)]
     for j, (name, template) in enumerate(templates):
         assert isinstance(template, Template)
+        where = nodes[name].path.rsplit(".", 1)[0]
         for other_name, other in templates[:j]:
             assert isinstance(other, Template)
             if template.overlaps(other):
-                problems.append(f"{nodes[name].path.rsplit('.', 1)[0]}.name: template "
-                                f"{name!r} can make the same names as {other_name!r}")
-        for other_name in order:
-            if isinstance(nodes[other_name].rules, PathRules) and \
-                    template.module_of(other_name) is not None:
-                problems.append(f"{nodes[name].path.rsplit('.', 1)[0]}.name: template "
-                                f"{name!r} can make the name {other_name!r}, also a pipeline")
+                problems.append(f"{where}.name: template {name!r} can make the same names "
+                                f"as {other_name!r}")
+        for other_name in statics:
+            if template.module_of(other_name) is not None:
+                problems.append(f"{where}.name: template {name!r} can make the name "
+                                f"{other_name!r}, also a pipeline")
     for node in nodes.values():
         for dep in node.depends_on:
             if dep not in nodes and dep not in external:
@@ -358,13 +427,31 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
             elif isinstance((nodes[dep] if dep in nodes else external[dep]).rules, Template):
                 problems.append(f"{node.path}: {dep!r} is a template; depend on a module "
                                 "or a pipeline without {module}")
-    problems.extend(_cycles(nodes))
+    _cycles(nodes, problems)
     if problems:
-        return ModuleMap({}), problems
-    return ModuleMap({name: Selector(nodes[name].rules, _flatten(name, nodes, external))
-                      for name in order},
-                     {name: Selector(node.rules, _flatten(name, nodes, external))
-                      for name, node in nodes.items() if node.kind == "module"}), []
+        return ModuleMap({}), problems.lines()
+    links = {**(base.links if base else {}),
+             **{name: node.depends_on for name, node in nodes.items()}}
+
+    def rules_of(name: str) -> PathRules:
+        rules = nodes[name].rules if name in nodes else external[name].rules
+        assert isinstance(rules, PathRules)  # refused above: a template as a dependency
+        return rules
+
+    budget = [max_links]
+    selectors = {}
+    for name in order:
+        depends = _flatten(name, links, rules_of, budget)
+        if depends is None:
+            problems.append(f"{_key(path, 'pipelines')}: more than {max_links} (pipeline, "
+                            "dependency) pairs through depends_on; depend on fewer modules "
+                            "or share them")
+            return ModuleMap({}), problems.lines()
+        selectors[name] = Selector(nodes[name].rules, depends)
+    return ModuleMap(selectors,
+                     {name: Selector(node.rules) for name, node in nodes.items()
+                      if node.kind == "module"},
+                     {name: node.depends_on for name, node in nodes.items()}), []
 
 
 def _str_list(value: Any) -> list[str] | None:
@@ -375,7 +462,7 @@ def _str_list(value: Any) -> list[str] | None:
     return None
 
 
-def _depends(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
+def _depends(value: Any, path: str, problems: Problems) -> tuple[str, ...]:
     if value is None:
         return ()
     names = _str_list(value)
@@ -385,55 +472,68 @@ def _depends(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _cycles(nodes: Mapping[str, _Node]) -> list[str]:
+_SHOWN = 12  # names of a cycle a message lists before it says how many more
+
+
+def _cycles(nodes: Mapping[str, _Node], problems: Problems) -> None:
     """One problem per dependency cycle, at the depends_on of its first node in
-    configuration order: ``cycle a -> b -> a``."""
-    problems: list[str] = []
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    configuration order: ``cycle a -> b -> a``. Depth-first without recursion (a chain
+    of 10,000 modules is as deep); once the problems are full, it stops looking."""
+    state: dict[str, int] = {}  # 1: on the current trail, 2: done
     seen_cycles: set[frozenset[str]] = set()
+    for root in nodes:
+        if root in state:
+            continue
+        trail: list[str] = [root]
+        at: dict[str, int] = {root: 0}  # name -> its index in trail
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(nodes[root].depends_on))]
+        state[root] = 1
+        while stack:
+            name, deps = stack[-1]
+            for dep in deps:
+                if dep not in nodes:
+                    continue
+                seen = state.get(dep)
+                if seen == 1:
+                    if problems.full:
+                        return
+                    cycle = [*trail[at[dep]:], dep]
+                    members = frozenset(cycle)
+                    if members not in seen_cycles:
+                        seen_cycles.add(members)
+                        shown = " -> ".join(cycle) if len(cycle) <= _SHOWN else (
+                            " -> ".join(cycle[:_SHOWN - 1])
+                            + f" -> ... ({len(cycle) - _SHOWN} more) -> {dep}")
+                        problems.append(f"{nodes[cycle[0]].path}: cycle {shown}")
+                elif seen is None:
+                    state[dep] = 1
+                    at[dep] = len(trail)
+                    trail.append(dep)
+                    stack.append((dep, iter(nodes[dep].depends_on)))
+                    break
+            else:
+                stack.pop()
+                trail.pop()
+                del at[name]
+                state[name] = 2
 
-    def visit(name: str, trail: list[str]) -> None:
-        state[name] = 1
-        trail.append(name)
-        for dep in nodes[name].depends_on:
-            if dep not in nodes:
-                continue
-            if state.get(dep) == 1:
-                cycle = [*trail[trail.index(dep):], dep]
-                members = frozenset(cycle)
-                if members not in seen_cycles:
-                    seen_cycles.add(members)
-                    problems.append(f"{nodes[cycle[0]].path}: cycle {' -> '.join(cycle)}")
-            elif dep not in state:
-                visit(dep, trail)
-        trail.pop()
-        state[name] = 2
 
-    for name in nodes:
-        if name not in state:
-            visit(name, [])
-    return problems
-
-
-def _flatten(name: str, nodes: Mapping[str, _Node],
-             external: Mapping[str, Selector]) -> tuple[tuple[str, PathRules], ...]:
-    """Every transitive dependency of ``name`` with its own rules, breadth-first, once
-    (an ``external`` one brings its own flattened list: nothing there depends back)."""
+def _flatten(name: str, links: Mapping[str, tuple[str, ...]],
+             rules_of: Callable[[str], PathRules],
+             budget: list[int | None]) -> tuple[tuple[str, PathRules], ...] | None:
+    """Every transitive dependency of ``name`` with its own rules, breadth-first, once;
+    None when that would take ``budget[0]`` (what is left of the links allowed) below 0."""
     out: dict[str, PathRules] = {}
-    queue = list(nodes[name].depends_on)
+    queue = deque(links.get(name, ()))
+    left = budget[0]
     while queue:
-        dep = queue.pop(0)
+        dep = queue.popleft()
         if dep in out or dep == name:
             continue
-        if dep not in nodes:
-            selector = external[dep]
-            assert isinstance(selector.rules, PathRules)
-            out[dep] = selector.rules
-            for inner, rules in selector.depends:
-                out.setdefault(inner, rules)
-            continue
-        own = nodes[dep].rules
-        assert isinstance(own, PathRules)  # build() refuses a template as a dependency
-        out[dep] = own
-        queue.extend(nodes[dep].depends_on)
+        if left is not None and len(out) >= left:
+            return None
+        out[dep] = rules_of(dep)
+        queue.extend(links.get(dep, ()))
+    if left is not None:
+        budget[0] = left - len(out)
     return tuple(out.items())

@@ -156,7 +156,7 @@ class Processor:
         by_api = provider_source(providers)
         self.maps = RepositoryMaps(store, lambda repo, path, commit: (
             self._mirror(repo).file_content(path, commit) if repo.diff == "git"
-            else by_api(repo, path, commit)), clock)
+            else by_api(repo, path, commit)), clock, config.repositories)
 
     def process(self, delivery: Delivery) -> None:
         """Process every push of ``delivery``. Raises RetryLater if part must be redone later."""
@@ -346,6 +346,10 @@ class Processor:
             if decision.verdict == "contained":
                 push.summary.unchanged.append(name)
                 push.record(name, "contained", decision)
+            elif decision.verdict == "refused":  # a map template's name outside allow
+                self.log.warning("module_map.refused", pipeline=name, commit=push.head,
+                                 reason=decision.reason)
+                push.record(name, "refused", decision)
             elif decision.verdict == "unchanged":
                 if self._advance(expected, push.head, now, None):
                     push.summary.unchanged.append(name)

@@ -18,7 +18,7 @@ from providers.gitea import GiteaProvider
 from providers.github import GitHubProvider
 from providers.gitlab import GitLabProvider
 from receiver.config import RepositoryConfig
-from receiver.errors import ProviderError
+from receiver.errors import FileTooLarge, ProviderError
 from receiver.matcher import PathRules
 from receiver.secrets import SecretRef
 
@@ -95,14 +95,28 @@ def test_a_refusal_is_a_provider_error(api: responses.RequestsMock, provider: st
         cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE, SHA)
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
 @pytest.mark.parametrize(("provider", "cls", "api_url", "name", "url"), CASES,
                          ids=[c[0] for c in CASES])
-def test_a_file_over_the_cap_is_a_provider_error(api: responses.RequestsMock, provider: str,
-                                                 cls: Any, api_url: str, name: str,
-                                                 url: str) -> None:
-    api.add(responses.GET, url.partition("?")[0], body=b"x" * (MAX_FILE_BYTES + 1))
-    with pytest.raises(ProviderError, match="larger than"):
+def test_a_file_over_the_cap_is_refused_as_too_large(api: responses.RequestsMock,
+                                                     provider: str, cls: Any, api_url: str,
+                                                     name: str, url: str,
+                                                     declared: bool) -> None:
+    # with a Content-Length the size is known before the body; without, reading stops one
+    # byte past the cap
+    api.add(responses.GET, url.partition("?")[0], body=b"x" * (MAX_FILE_BYTES + 1),
+            auto_calculate_content_length=declared)
+    with pytest.raises(FileTooLarge) as caught:
         cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE, SHA)
+    assert (caught.value.size, caught.value.limit) == (
+        MAX_FILE_BYTES + 1 if declared else None, MAX_FILE_BYTES)
+
+
+def test_a_file_at_the_cap_is_read_whole(api: responses.RequestsMock) -> None:
+    provider, cls, api_url, name, url = CASES[0]
+    api.add(responses.GET, url.partition("?")[0], body=b"x" * MAX_FILE_BYTES)
+    assert cls(sleep=lambda _s: None).file_content(repo(provider, api_url, name), FILE,
+                                                   SHA) == b"x" * MAX_FILE_BYTES
 
 
 def test_a_short_commit_id_is_refused_before_any_request() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from providers.base import Diff
-from receiver.config import parse
+from receiver.config import ModuleMapConfig, parse
 from receiver.decide import NoBase, decide
 from receiver.errors import ConfigError
 from receiver.events import Delivery, PushEvent
@@ -158,8 +158,13 @@ FILE_ERRORS: list[tuple[str, str, str]] = [
 ]
 
 
+# the repository's module_map settings the file is checked against
+RULES = ModuleMapConfig(path=".webhook-receiver.yaml", allow=("acme-*",),
+                        allow_variables=("MODULE_PATHS",))
+
+
 def test_a_valid_module_map_file_parses() -> None:
-    found, problems = parse_file(FILE, ["acme-*"])
+    found, problems = parse_file(FILE, RULES)
     assert problems == []
     assert found is not None
     assert [p.name for p in found.pipelines] == ["acme-{module}-deploy", "acme-web"]
@@ -168,14 +173,14 @@ def test_a_valid_module_map_file_parses() -> None:
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in FILE_ERRORS],
                          ids=[c[0] for c in FILE_ERRORS])
 def test_module_map_file_error_names_the_key_path(text: str, expected: str) -> None:
-    found, problems = parse_file(text, ["acme-*"])
+    found, problems = parse_file(text, RULES)
     assert found is None
     assert any(p.startswith(expected) for p in problems), problems
 
 
 def test_a_file_pipeline_also_in_the_configuration_is_refused() -> None:
     repo = parse(raw_config([{"name": "acme-web", "paths": ["web/**"]}], {})).repositories[0]
-    found, _ = parse_file(FILE, ["acme-*"])
+    found, _ = parse_file(FILE, RULES)
     assert found is not None
     joined, problems = PipelineSet.of(repo).joined(found)
     assert joined is None
@@ -490,7 +495,8 @@ def test_repository_maps_keep_the_last_valid_file_for_every_reader(tmp_path: Pat
 
     repo = parse(raw_config([{"name": "docs", "paths": ["docs/**"]}], {},
                             module_map={"path": ".webhook-receiver.yaml",
-                                        "allow": ["acme-*"]})).repositories[0]
+                                        "allow": ["acme-*"],
+                                        "allow_variables": ["MODULE_PATHS"]})).repositories[0]
     files: dict[str, bytes | None] = {BASE: FILE.encode(), HEAD: b"pipelines: [",
                                       "c" * 40: None}
     reads: list[str] = []

@@ -130,14 +130,18 @@ def _check_module_map(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError([f"{args.module_map}: cannot read ({exc.strerror})"]) from None
     chosen = args.config or os.environ.get("RECEIVER_CONFIG")
-    configured = config_mod.load(chosen).repositories if chosen else ()
-    repos: list[config_mod.RepositoryConfig | None] = [r for r in configured if r.module_map]
+    every = config_mod.load(chosen).repositories if chosen else ()
+    repos: list[config_mod.RepositoryConfig | None] = [r for r in every if r.module_map]
     problems: list[str] = []
     found = None
     for repo in repos or [None]:
-        allow = repo.module_map.allow if repo and repo.module_map else None
-        found, errors = parse_file(content, allow, args.module_map,
-                                   repo.module_selectors() if repo else None)
+        # the service also refuses names of other repositories' kept maps (in its store)
+        reserved = [(f"repository {r.name}'s configuration", r.module_selectors())
+                    for r in every if repo is not None and r.key != repo.key]
+        found, errors = parse_file(content, repo.module_map if repo else None,
+                                   source=args.module_map,
+                                   configured=repo.module_selectors() if repo else None,
+                                   reserved=reserved)
         if found is not None and repo is not None:
             _, errors = PipelineSet.of(repo).joined(found)
         where = f" (for {repo.provider} {repo.name})" if repo and len(repos) > 1 else ""

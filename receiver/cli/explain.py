@@ -108,7 +108,7 @@ def _pipelines(cfg: Config, repo: RepositoryConfig, providers: Mapping[str, Any]
         return Resolved(PipelineSet.of(repo))
     read = provider_source(providers) if not args.git_dir else (
         lambda _repo, path, commit: local_file_content(args.git_dir, path, commit))
-    maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0)
+    maps = RepositoryMaps(open_store(cfg.state), read, lambda: 0.0, cfg.repositories)
     try:
         return maps.resolve(repo, args.to_sha, keep=False)
     except ValueError:
@@ -159,8 +159,11 @@ def _report(repo: RepositoryConfig, to: str, plan: PushPlan,
         "complete": all(d.complete for d in decisions.values()),
         "changed_paths": _changed_paths(diffs.values(), plan, would_start),
         "would_start": would_start,
-        "unchanged": [n for n in names if n not in would_start],
+        "unchanged": [n for n in names if decisions[n].verdict in ("unchanged", "contained")],
     }
+    refused = [n for n in names if decisions[n].verdict == "refused"]
+    if refused:
+        report["refused"] = {n: decisions[n].reason for n in refused}
     if map_problems:
         report["module_map_errors"] = list(map_problems)
     reasons = {d.reason for d in decisions.values() if not d.complete and d.reason}
@@ -205,3 +208,5 @@ def _print(report: dict[str, Any], repo: RepositoryConfig, args: argparse.Namesp
         say(f"  {path}  ->  {rules}")
     say("would start: " + (", ".join(report["would_start"]) or "nothing"))
     say("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
+    for name, reason in report.get("refused", {}).items():
+        say(f"refused:     {name} ({reason})")

@@ -407,4 +407,5 @@ class StateStore(Protocol):
 
     def save_module_map(self, repository: str, commit: str, text: str, now: float) -> None:
         """Keep ``text`` (a valid module map file read at ``commit``) as ``repository``'s
-        last valid map, replacing the one kept. Text up to 1 MiB (the read's cap)."""
+        last valid map, replacing the one kept. Text up to ``MAX_FILE_BYTES`` (256 KiB, the
+        read's cap): a DynamoDB item holds it compressed or not."""

@@ -56,6 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # before forking: every worker inherits the values read, and a service that cannot
     # verify a delivery never starts (the other commands read no secret they do not use)
     config_mod.read_secrets(cfg)
+    from receiver import ui
+
+    ui.check(cfg, args.bind)  # auth none on a bind that is not loopback: exit 2
     if cfg.state.backend == "sqlite":
         from receiver.state import open_store
 

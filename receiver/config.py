@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast, get_args, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -183,6 +184,46 @@ class OutcomesConfig:
     poll_seconds: Annotated[float, Field(ge=1, le=3600, strict=True)] = 60.0
 
 
+ALB_PUBLIC_KEY_URL = "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}"
+
+
+def _public_key_url(template: str) -> str:
+    fields = re.findall(r"{([^{}]*)}", template)
+    if "kid" not in fields or set(fields) - {"region", "kid"}:
+        raise ValueError("must be a URL template with {kid} (and optionally {region}), "
+                         f"like {ALB_PUBLIC_KEY_URL}")
+    parts = urlsplit(template.replace("{region}", "r").replace("{kid}", "k"))
+    # the key that decides who may read the page: fetched over TLS unless from this host
+    if not parts.hostname or (parts.scheme != "https" and not (
+            parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"))):
+        raise ValueError("must be an https URL (http only on a loopback address)")
+    return template
+
+
+@dataclass(frozen=True, slots=True)
+class UiBasicConfig:
+    """HTTP Basic users of the status page."""
+
+    __pydantic_config__ = FORBID
+    # each value is "user:password"
+    users: Annotated[tuple[Secret, ...], BeforeValidator(_listed), Field(min_length=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The read-only status page under ``/ui/`` (receiver/ui/) and who may read it."""
+
+    __pydantic_config__ = FORBID
+    auth: Literal["alb-oidc", "basic", "none"]
+    # alb-oidc: the load balancer whose signature (the JWT header's signer) is accepted
+    alb_arn: Annotated[str, matching(
+        r"arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:loadbalancer/app/[^/\s]+/"
+        r"[0-9a-f]+", "an Application Load Balancer ARN like arn:aws:elasticloadbalancing:"
+        "us-east-1:123456789012:loadbalancer/app/receiver/50dc6c495c0c9188")] | None = None
+    basic: UiBasicConfig | None = None
+    public_key_url: Annotated[str, AfterValidator(_public_key_url)] = ALB_PUBLIC_KEY_URL
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """One CodePipeline pipeline and the rules that select it."""
@@ -293,6 +334,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
     git: GitConfig = field(default_factory=GitConfig)
+    ui: UiConfig | None = None  # None: no status page (/ui/ answers 404)
     source: str = ""
     # both looked up on every webhook request: indexed once, not scanned per request
     _by_name: Mapping[tuple[str, str], RepositoryConfig] = field(
@@ -334,6 +376,7 @@ class _Document:
     server: Annotated[ServerConfig, _Section] = field(default_factory=ServerConfig)
     outcomes: Annotated[OutcomesConfig, _Section] = field(default_factory=OutcomesConfig)
     git: Annotated[GitConfig, _Section] = field(default_factory=GitConfig)
+    ui: UiConfig | None = None
 
 
 _REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
@@ -361,11 +404,25 @@ def parse(raw: Any, source: str = "<config>") -> Config:
             problems.append(f"repositories[{i}].name: {repo.provider} repository "
                             f"{repo.name!r} is configured twice")
         repos.append(repo)
+    if doc is not None and doc.ui is not None:
+        problems.extend(_ui_problems(doc.ui))
     if problems or doc is None:
         raise ConfigError(problems)
     return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
                   processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
-                  git=doc.git, source=source)
+                  git=doc.git, ui=doc.ui, source=source)
+
+
+def _ui_problems(ui: UiConfig) -> list[str]:
+    """Each ``ui.auth`` needs its own key, and only its own."""
+    problems = []
+    for key, auth in (("alb_arn", "alb-oidc"), ("basic", "basic")):
+        given = getattr(ui, key) is not None
+        if ui.auth == auth and not given:
+            problems.append(f"ui.{key}: is required with auth: {auth}")
+        elif ui.auth != auth and given:
+            problems.append(f"ui.{key}: is only for auth: {auth}")
+    return problems
 
 
 def _repository(item: Any, path: str, registry: Mapping[str, Any],
@@ -527,7 +584,8 @@ def read_secrets(config: Config) -> None:
     from providers import REGISTRY
 
     problems: list[str] = []
-    for path, secret in _secrets_in(config.outcomes, "outcomes"):
+    for path, secret in [*_secrets_in(config.outcomes, "outcomes"),
+                         *_secrets_in(config.ui, "ui")]:
         try:
             secret.values()
         except SecretError as exc:

@@ -116,13 +116,11 @@ class AlbOidc:
     challenge: str | None = None
 
     def __init__(self, alb_arn: str, public_key_url: str, *,
-                 clock: Callable[[], float] = time.time,
-                 session: requests.Session | None = None) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.alb_arn = alb_arn
         self.region = alb_arn.split(":")[3]  # arn:aws:elasticloadbalancing:REGION:...
         self.public_key_url = public_key_url
         self.clock = clock
-        self.session = session or requests.Session()
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._fetches: deque[float] = deque()
         self._lock = threading.Lock()
@@ -169,7 +167,7 @@ class AlbOidc:
             self._fetches.append(now)
         url = self.public_key_url.format(region=self.region, kid=quote(kid, safe=""))
         try:
-            answer = self.session.get(url, timeout=KEY_TIMEOUT_SECONDS, stream=True)
+            answer = requests.get(url, timeout=KEY_TIMEOUT_SECONDS, stream=True)
             body = answer.raw.read(KEY_MAX_BYTES + 1, decode_content=True)
             answer.close()
         except (requests.RequestException, OSError) as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
@@ -125,8 +124,8 @@ def page(template: str, **context: Any) -> str:
     # the stylesheet is this package's own file, so it is marked safe (autoescape would
     # turn its quotes into entities, and its hash would no longer match)
     return render_template(f"ui/{template}", style=Markup(STYLE),
-                           reader=g.get("reader", ""), now=time.time(), when=when, ago=ago,
-                           short=short, tone=tone, **context)
+                           reader=g.get("reader", ""), when=when, ago=ago, short=short,
+                           tone=tone, **context)
 
 
 def _filters(config: Config) -> status.Filters:

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from providers import Provider, build_providers
 from providers.base import constant_time_equal, load_json_object, verify_for
+from receiver import ui
 from receiver.config import Config, read_secrets
 from receiver.effects import Bus
 from receiver.errors import (
@@ -67,6 +68,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["receiver"] = {"config": config, "store": store, "worker": worker,
                                   "runtime": runtime}
+    ui.register(app, config, store)  # the status page under /ui/, when configured
 
     @app.before_request
     def started() -> None:

@@ -257,6 +257,44 @@ def webhook_url_problem(url: str) -> str | None:
     except ValueError:
         loopback = False
     return None if loopback else "must be an https URL (http only to a loopback address)"
+ALB_PUBLIC_KEY_URL = "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}"
+
+
+def _public_key_url(template: str) -> str:
+    fields = re.findall(r"{([^{}]*)}", template)
+    if "kid" not in fields or set(fields) - {"region", "kid"}:
+        raise ValueError("must be a URL template with {kid} (and optionally {region}), "
+                         f"like {ALB_PUBLIC_KEY_URL}")
+    parts = urlsplit(template.replace("{region}", "r").replace("{kid}", "k"))
+    # the key that decides who may read the page: fetched over TLS unless from this host
+    if not parts.hostname or (parts.scheme != "https" and not (
+            parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"))):
+        raise ValueError("must be an https URL (http only on a loopback address)")
+    return template
+
+
+@dataclass(frozen=True, slots=True)
+class UiBasicConfig:
+    """HTTP Basic users of the status page."""
+
+    __pydantic_config__ = FORBID
+    # each value is "user:password"
+    users: Annotated[tuple[Secret, ...], BeforeValidator(_listed), Field(min_length=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The read-only status page under ``/ui/`` (receiver/ui/) and who may read it."""
+
+    __pydantic_config__ = FORBID
+    auth: Literal["alb-oidc", "basic", "none"]
+    # alb-oidc: the load balancer whose signature (the JWT header's signer) is accepted
+    alb_arn: Annotated[str, matching(
+        r"arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:loadbalancer/app/[^/\s]+/"
+        r"[0-9a-f]+", "an Application Load Balancer ARN like arn:aws:elasticloadbalancing:"
+        "us-east-1:123456789012:loadbalancer/app/receiver/50dc6c495c0c9188")] | None = None
+    basic: UiBasicConfig | None = None
+    public_key_url: Annotated[str, AfterValidator(_public_key_url)] = ALB_PUBLIC_KEY_URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +428,7 @@ class Config:
     outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
     git: GitConfig = field(default_factory=GitConfig)
     notifications: tuple[NotificationConfig, ...] = ()
+    ui: UiConfig | None = None  # None: no status page (/ui/ answers 404)
     source: str = ""
     # both looked up on every webhook request: indexed once, not scanned per request
     _by_name: Mapping[tuple[str, str], RepositoryConfig] = field(
@@ -433,6 +472,7 @@ class _Document:
     git: Annotated[GitConfig, _Section] = field(default_factory=GitConfig)
     notifications: Annotated[tuple[Annotated[NotificationConfig, BeforeValidator(_no_on_key)],
                                    ...], BeforeValidator(lambda v: () if v is None else v)] = ()
+    ui: UiConfig | None = None
 
 
 _REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
@@ -461,11 +501,13 @@ def parse(raw: Any, source: str = "<config>") -> Config:
                             f"{repo.name!r} is configured twice")
         repos.append(repo)
     problems.extend(_notification_problems(doc))
+    if doc is not None and doc.ui is not None:
+        problems.extend(_ui_problems(doc.ui))
     if problems or doc is None:
         raise ConfigError(problems)
     return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
                   processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
-                  git=doc.git, notifications=doc.notifications, source=source)
+                  git=doc.git, notifications=doc.notifications, ui=doc.ui, source=source)
 
 
 def _notification_problems(doc: _Document | None) -> list[str]:
@@ -486,6 +528,18 @@ def _notification_problems(doc: _Document | None) -> list[str]:
                             f"notifications[{seen[entry.target]}]; list its events once")
         else:
             seen[entry.target] = i
+    return problems
+
+
+def _ui_problems(ui: UiConfig) -> list[str]:
+    """Each ``ui.auth`` needs its own key, and only its own."""
+    problems = []
+    for key, auth in (("alb_arn", "alb-oidc"), ("basic", "basic")):
+        given = getattr(ui, key) is not None
+        if ui.auth == auth and not given:
+            problems.append(f"ui.{key}: is required with auth: {auth}")
+        elif ui.auth != auth and given:
+            problems.append(f"ui.{key}: is only for auth: {auth}")
     return problems
 
 
@@ -648,7 +702,8 @@ def read_secrets(config: Config) -> None:
     from providers import REGISTRY
 
     problems: list[str] = []
-    for path, secret in _secrets_in(config.outcomes, "outcomes"):
+    for path, secret in [*_secrets_in(config.outcomes, "outcomes"),
+                         *_secrets_in(config.ui, "ui")]:
         try:
             secret.values()
         except SecretError as exc:

@@ -149,7 +149,8 @@ def test_every_configuration_key_is_documented() -> None:
     spans = _spans("configuration.md")
     sections = {"state": config.StateConfig, "launcher": config.LauncherConfig,
                 "processing": config.ProcessingConfig, "server": config.ServerConfig,
-                "outcomes": config.OutcomesConfig, "module_map": config.ModuleMapConfig}
+                "outcomes": config.OutcomesConfig, "module_map": config.ModuleMapConfig,
+                "ui": config.UiConfig, "ui.basic": config.UiBasicConfig}
     missing = [f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)
                if f"{name}.{f.name}" not in spans]
     from providers import REGISTRY

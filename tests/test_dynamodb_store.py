@@ -148,20 +148,23 @@ def test_a_ref_of_any_length_is_recorded_claimed_and_remembered(
     assert store.history(delivery_id=claimed.delivery_id) == [record]
     assert store.history(commit=B) == [record]
     assert store.history(pipeline="p1") == [record]
+    assert store.recent_decisions(repo, branch=branch) == [record]
+    assert store.recent_decisions(repo) == [record]
 
     # the reconciler's last known head of the branch (the processor notes it per push)
     store.note_head(repo, branch, B, '"etag"', 15.0)
     assert store.heads(repo) == {branch: Head(B, '"etag"', 15.0)}
 
-    # the delivery, its ref lock, the baseline, the head and the record under three keys
-    assert _every_key_within_the_limits(store, moto_server.url) == 7
+    # the delivery, its ref lock, the baseline, the head and the record under five keys
+    # (delivery, commit, pipeline, repository, ref)
+    assert _every_key_within_the_limits(store, moto_server.url) == 9
 
     store.release_delivery(claimed, "w1", 20.0)  # frees the ref
     again = store.claim_delivery("w2", 60, 21.0)
     assert again is not None and again.attempts == 2
     store.finish_delivery(again, "w2", "processed", 22.0)
     assert store.claim_delivery("w3", 60, 1000.0) is None
-    assert _every_key_within_the_limits(store, moto_server.url) == 6  # the lock is gone
+    assert _every_key_within_the_limits(store, moto_server.url) == 8  # the lock is gone
     store.note_head(repo, branch, None, None, 23.0)  # the branch was deleted
     assert store.heads(repo) == {}
 

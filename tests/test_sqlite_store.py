@@ -284,6 +284,8 @@ def test_deliveries_the_previous_version_left_new_are_claimed_and_processed(
     (old,) = store.history(pipeline="p")
     assert old == DecisionRecord.from_dict(PREVIOUS_DECISION)
     assert old.pipelines[0].matched == (("svc/x.py", "svc/**"),)
+    # its repository, in the record's body only then, is a column now (the status page)
+    assert store.recent_decisions("github:acme/mono", branch="main") == [old]
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 

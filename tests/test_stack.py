@@ -684,6 +684,73 @@ def test_connection_sends_the_secret_the_service_verifies_events_with() -> None:
     assert auth["ApiKeyAuthParameters"]["ApiKeyValue"] == f"{{{{resolve:secretsmanager:{secret}}}}}"
 
 
+# --- the status page's sign-in -----------------------------------------------------------
+
+
+UI_CLIENT_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:ui-oidc-client-AbCdEf"
+UI_OIDC = {"UiOidcIssuer": "https://idp.example.com",
+           "UiOidcAuthorizationEndpoint": "https://idp.example.com/oauth2/authorize",
+           "UiOidcTokenEndpoint": "https://idp.example.com/oauth2/token",
+           "UiOidcUserInfoEndpoint": "https://idp.example.com/oauth2/userinfo",
+           "UiOidcClientId": "webhook-receiver-status",
+           "UiOidcClientSecretArn": UI_CLIENT_SECRET}
+
+
+def test_without_an_issuer_there_is_no_sign_in_rule_and_no_way_out_to_an_idp() -> None:
+    r = render()
+    assert not r.exists("UiSignInRule")
+    assert not r.exists("LoadBalancerEgressToIdp")
+    assert r.resource("HttpsListener")["Properties"]["DefaultActions"] == [
+        {"Type": "forward", "TargetGroupArn": "TargetGroup-id"}]
+
+
+def test_the_sign_in_rule_authenticates_the_status_page_only_then_forwards() -> None:
+    r = render(UI_OIDC)
+    assert r.exists("UiSignInRule") and r.exists("LoadBalancerEgressToIdp")
+    rule = r.resource("UiSignInRule")["Properties"]
+    assert rule["ListenerArn"] == "HttpsListener-id"
+    # /ui/* only: webhooks and execution events keep the default action, with no sign-in
+    assert rule["Conditions"] == [{"Field": "path-pattern",
+                                   "PathPatternConfig": {"Values": ["/ui", "/ui/*"]}}]
+    authenticate, forward = sorted(rule["Actions"], key=lambda a: a["Order"])
+    assert authenticate["Type"] == "authenticate-oidc"
+    config = authenticate["AuthenticateOidcConfig"]
+    assert {k: config[k] for k in ("Issuer", "AuthorizationEndpoint", "TokenEndpoint",
+                                   "UserInfoEndpoint", "ClientId")} == {
+        "Issuer": UI_OIDC["UiOidcIssuer"],
+        "AuthorizationEndpoint": UI_OIDC["UiOidcAuthorizationEndpoint"],
+        "TokenEndpoint": UI_OIDC["UiOidcTokenEndpoint"],
+        "UserInfoEndpoint": UI_OIDC["UiOidcUserInfoEndpoint"],
+        "ClientId": UI_OIDC["UiOidcClientId"]}
+    # the client secret never in a parameter value: resolved from Secrets Manager
+    assert config["ClientSecret"] == f"{{{{resolve:secretsmanager:{UI_CLIENT_SECRET}}}}}"
+    assert config["OnUnauthenticatedRequest"] == "authenticate"
+    assert forward == {"Type": "forward", "Order": 2, "TargetGroupArn": "TargetGroup-id"}
+    egress = r.resource("LoadBalancerEgressToIdp")["Properties"]
+    assert (egress["GroupId"], egress["FromPort"], egress["ToPort"]) == \
+        ("LoadBalancerSecurityGroup-id", 443, 443)
+
+
+def test_the_stack_names_the_load_balancer_the_service_checks_the_signer_against() -> None:
+    # ui.alb_arn is the ARN of this load balancer (Ref of an ELBv2 load balancer is its ARN)
+    outputs = load_stack()["Outputs"]
+    assert outputs["LoadBalancerArn"]["Value"] == {"Ref": "LoadBalancer"}
+
+
+@pytest.mark.parametrize(("parameter", "value", "accepted"), [
+    ("UiOidcIssuer", "", True),
+    ("UiOidcIssuer", "https://idp.example.com", True),
+    ("UiOidcIssuer", "http://idp.example.com", False),
+    ("UiOidcTokenEndpoint", "https://idp.example.com/token", True),
+    ("UiOidcClientSecretArn", UI_CLIENT_SECRET, True),
+    ("UiOidcClientSecretArn", "my-client-secret", False),  # a secret's value, not its ARN
+])
+def test_sign_in_parameters_take_https_endpoints_and_a_secret_arn(
+        parameter: str, value: str, accepted: bool) -> None:
+    pattern = load_stack()["Parameters"][parameter]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, value)) is accepted
+
+
 # --- execution outcomes: the snippet, the rule, the API destination ---------------------
 
 

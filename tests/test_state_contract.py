@@ -331,6 +331,46 @@ def test_each_ref_of_a_multi_ref_delivery_has_its_record(store: StateStore) -> N
     assert {r.push_key for r in store.history(pipeline="p1")} == {"branch:dev", "branch:main"}
 
 
+def test_recent_decisions_list_one_repository_newest_first_and_limited(
+        store: StateStore) -> None:
+    for i in range(5):
+        store.record_decision(decision(f"d{i}", B, float(i), {"p1": "unchanged"}))
+    other = dataclasses.replace(decision("x1", B, 9.0, {"p1": "started"}), repository="acme/other")
+    store.record_decision(other)
+    assert [r.delivery_id for r in store.recent_decisions("github:acme/mono", limit=3)] == \
+        ["d4", "d3", "d2"]
+    assert store.recent_decisions("github:acme/other") == [other]
+    # the whole record, unchanged verdicts included (history by pipeline has active ones only)
+    assert store.recent_decisions("github:acme/mono", limit=1) == \
+        [decision("d4", B, 4.0, {"p1": "unchanged"})]
+
+
+@pytest.mark.parametrize(("repository", "branch", "found"), [
+    ("github:acme/mono", "main", ["d3", "d1"]),
+    ("github:acme/mono", "dev", ["d2"]),
+    ("github:acme/mono", "v1", []),  # a tag of that name is no branch push
+    ("github:acme/mono", None, ["d4", "d3", "d2", "d1"]),
+    ("gitlab:acme/mono", None, []),  # the same name at another provider
+    ("github:acme/mon", None, []),
+])
+def test_recent_decisions_select_by_repository_key_and_branch(
+        store: StateStore, repository: str, branch: str | None, found: list[str]) -> None:
+    store.record_decision(decision("d1", B, 1.0, {"p1": "started"}))
+    store.record_decision(decision("d2", B, 2.0, {"p1": "started"}, ref="dev"))
+    store.record_decision(decision("d3", C, 3.0, {"p1": "unchanged"}))
+    store.record_decision(dataclasses.replace(decision("d4", C, 4.0, {"p1": "started"}, ref="v1"),
+                                              ref_type="tag"))
+    assert [r.delivery_id for r in store.recent_decisions(repository, branch=branch)] == found
+
+
+def test_a_retried_delivery_is_listed_once_with_its_new_record(store: StateStore) -> None:
+    store.record_decision(decision("d1", B, 10.0, {"p1": "retry"}))
+    retried = decision("d1", B, 30.0, {"p1": "started"}, attempt=2)
+    store.record_decision(retried)
+    assert store.recent_decisions("github:acme/mono") == [retried]
+    assert store.recent_decisions("github:acme/mono", branch="main") == [retried]
+
+
 # a decision record as the version before DecisionRecord stored it: a plain dict
 PREVIOUS_RECORD: dict[str, Any] = {
     "delivery_id": "old-1", "provider": "github", "repository": "acme/mono",
@@ -353,7 +393,8 @@ def _store_as_the_previous_version(store: StateStore, record: dict[str, Any]) ->
     active = [p for p in record["pipelines"] if p["verdict"] in ACTIVE_VERDICTS]
     if isinstance(store, SQLiteStore):
         with sqlite3.connect(store.path) as conn:
-            conn.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?)", (
+            conn.execute("INSERT INTO decisions (delivery_id, ref_key, head, recorded_at, body)"
+                         " VALUES (?, ?, ?, ?, ?)", (
                 record["delivery_id"], ref_key, record["head"], record["recorded_at"],
                 json.dumps(record, separators=(",", ":"))))
             conn.executemany("INSERT INTO decision_pipelines VALUES (?, ?, ?, ?)", [

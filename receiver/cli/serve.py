@@ -33,10 +33,11 @@ class Serve(Command):
     def run(self, args: argparse.Namespace) -> int:
         from gunicorn.app.base import BaseApplication
 
-        from receiver import gunicorn_conf
+        from receiver import gunicorn_conf, ui
         from receiver.app import create_app
 
         cfg = load_config(args)
+        ui.check(cfg, args.bind)  # auth none on a bind that is not loopback: exit 2
         # before forking: every worker inherits the values read, and a service that cannot
         # verify a delivery never starts (the other commands read no secret they do not use)
         config_mod.read_secrets(cfg)

@@ -220,6 +220,12 @@ class DecisionRecord:
     failure: str | None = None
 
     @property
+    def repository_key(self) -> str:
+        """The state key of the record's repository (``provider:name``, as
+        ``RepositoryConfig.key``): what :meth:`StateStore.recent_decisions` selects by."""
+        return f"{self.provider}:{self.repository}"
+
+    @property
     def push_key(self) -> str:
         """The record's key within its delivery (``branch:main``): a delivery that moved
         several refs has one record per ref. Not ``Delivery.ref_key``, the queue's key."""
@@ -322,6 +328,13 @@ class StateStore(Protocol):
         in flight (ACTIVE_VERDICTS), each narrowed to that pipeline's entry; an unchanged
         pipeline is found through its commit instead. Empty when nothing matches.
         """
+
+    def recent_decisions(self, repository: str, *, branch: str | None = None,
+                         limit: int = 20) -> list[DecisionRecord]:
+        """The decision records of ``repository`` (its state key, ``provider:name``: the
+        record's ``provider`` and ``repository``), newest ``recorded_at`` first, at most
+        ``limit``; with ``branch`` only the pushes to that branch (not a tag of that name).
+        Whole records, as :meth:`history` by delivery returns them. Empty when none."""
 
     def replace_baseline(self, expected: Baseline, updated: Baseline) -> bool:
         """Write every field of ``updated`` if the row's version is still ``expected.version``

@@ -24,10 +24,12 @@ Single-table design (table name from ``state.table``; keys are strings):
 - start intent: pk ``START#{pipeline}#{commit}``, sk ``START``; created if absent, finished
   only by its owner; TTL.
 - decision ("why") record, ``DecisionRecord.to_json()`` zlib-compressed, written under
-  three keys so each question is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and
-  ``HISTORY#COMMIT#{head}`` (the whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that
-  pipeline's entry, only when it was started, failed or in flight); sk
-  ``{recorded_at}#{delivery_id}#{push_key}``; TTL.
+  several keys so each question is one Query: pk ``HISTORY#DELIVERY#{delivery_id}``,
+  ``HISTORY#COMMIT#{head}``, ``HISTORY#REPOSITORY#{repository_key}`` and
+  ``HISTORY#REF#{repository_key}#{push_key}`` (the whole record; the last two since the
+  status page, so a record written before is found by delivery, commit and pipeline only),
+  and ``HISTORY#PIPELINE#{pipeline}`` (that pipeline's entry, only when it was started,
+  failed or in flight); sk ``{recorded_at}#{delivery_id}#{push_key}``; TTL.
 
 Every key is built by one function, ``_key`` (through ``_fit``): one longer than DynamoDB
 allows (2,048 bytes for a partition key, 1,024 for a sort key, in the table and its index
@@ -38,10 +40,6 @@ read builds its key the same way.
 - module map: pk ``MODULEMAP#{repository}``, sk ``MODULEMAP``; the last valid
   repository-side module map file (``body``, zlib-compressed text) and the ``commit`` it
   was read at; replaced by each newer valid one; no TTL.
-- decision ("why") record, zlib-compressed JSON, written under three keys so each question
-  is one Query: pk ``HISTORY#DELIVERY#{delivery_id}`` and ``HISTORY#COMMIT#{head}`` (the
-  whole record), and ``HISTORY#PIPELINE#{pipeline}`` (that pipeline's entry, only when it
-  was started, failed or in flight); sk ``{recorded_at}#{delivery_id}#{ref}``; TTL.
 
 ``expires_at`` (epoch seconds) is the table's TTL attribute. A delivery is claimed by a
 conditional update (pending and lease expired), so exactly one owner holds it at a time;
@@ -467,9 +465,12 @@ class DynamoDBStore:
     @staticmethod
     def _history_keys(record: DecisionRecord) -> list[tuple[dict[str, Any], DecisionRecord]]:
         """The key and body of each item that holds ``record``: under its delivery, its
-        head and each active pipeline (that one narrowed to the pipeline's entry)."""
+        head, its repository, its ref and each active pipeline (that one narrowed to the
+        pipeline's entry)."""
         sk = f"{_sortable(record.recorded_at)}#{record.delivery_id}#{record.push_key}"
-        bodies = [(f"DELIVERY#{record.delivery_id}", record)]
+        bodies = [(f"DELIVERY#{record.delivery_id}", record),
+                  (f"REPOSITORY#{record.repository_key}", record),
+                  (f"REF#{record.repository_key}#{record.push_key}", record)]
         if record.head:
             bodies.append((f"COMMIT#{record.head}", record))
         bodies += [(f"PIPELINE#{p.pipeline}", record.only(p.pipeline))
@@ -514,6 +515,17 @@ class DynamoDBStore:
             key = f"PIPELINE#{pipeline}"
         else:
             raise ValueError("give delivery_id, commit or pipeline")
+        return self._newest_records(key, limit)
+
+    def recent_decisions(self, repository: str, *, branch: str | None = None,
+                         limit: int = 20) -> list[DecisionRecord]:
+        key = (f"REPOSITORY#{repository}" if branch is None
+               else f"REF#{repository}#branch:{branch}")
+        return self._newest_records(key, limit)
+
+    def _newest_records(self, key: str, limit: int) -> list[DecisionRecord]:
+        """The records under ``HISTORY#{key}``, newest first (the sort key starts with the
+        time), at most ``limit``: one Query."""
         page = self._call("query", TableName=self.table, ConsistentRead=True,
                           KeyConditionExpression="pk = :pk",
                           ExpressionAttributeValues={":pk": _key(f"HISTORY#{key}", "")["pk"]},

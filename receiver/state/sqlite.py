@@ -43,7 +43,7 @@ from receiver.state.base import (
 
 BUSY_TIMEOUT_SECONDS = 30.0  # how long a write waits for a locked database
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
-SCHEMA_VERSION = 3  # PRAGMA user_version of a file that has this module's schema
+SCHEMA_VERSION = 4  # PRAGMA user_version of a file that has this module's schema
 
 # columns added since the first schema: a file made by an older version gains them
 MIGRATIONS = (
@@ -53,6 +53,7 @@ MIGRATIONS = (
     ("baselines", "deployed_started_at", "REAL NOT NULL DEFAULT 0"),
     ("baselines", "last_execution_status", "TEXT"),
     ("executions", "settled", "TEXT"),
+    ("decisions", "repository", "TEXT NOT NULL DEFAULT ''"),
 )
 
 TABLES = """
@@ -135,6 +136,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     head TEXT,
     recorded_at REAL NOT NULL,
     body TEXT NOT NULL,  -- DecisionRecord.to_json()
+    repository TEXT NOT NULL DEFAULT '',  -- DecisionRecord.repository_key
     PRIMARY KEY (delivery_id, ref_key)
 );
 CREATE TABLE IF NOT EXISTS decision_pipelines (
@@ -174,6 +176,9 @@ CREATE INDEX IF NOT EXISTS deliveries_leased_by_ref ON deliveries (ref_key, leas
 CREATE INDEX IF NOT EXISTS deliveries_done_by_age ON deliveries (finished_at)
     WHERE status = 'done';
 CREATE INDEX IF NOT EXISTS decisions_head ON decisions (head, recorded_at);
+-- a repository's records, and one branch's, newest first (recent_decisions)
+CREATE INDEX IF NOT EXISTS decisions_repository ON decisions (repository, recorded_at);
+CREATE INDEX IF NOT EXISTS decisions_repository_ref ON decisions (repository, ref_key, recorded_at);
 -- the open executions (a handful): running, or ended with follow-ups to apply
 CREATE INDEX IF NOT EXISTS executions_unsettled ON executions (started_at)
     WHERE final = 0 OR settled IS NOT status;
@@ -309,6 +314,9 @@ class SQLiteStore:
             conn.execute("DROP INDEX IF EXISTS executions_open")
             conn.execute("UPDATE executions SET settled = status WHERE final = 1"
                          " AND settled IS NULL")
+            # before SCHEMA_VERSION 4 a decision's repository was in its body only
+            conn.execute("UPDATE decisions SET repository = json_extract(body, '$.provider')"
+                         " || ':' || json_extract(body, '$.repository') WHERE repository = ''")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def init(self) -> None:
@@ -439,9 +447,10 @@ class SQLiteStore:
         active = [p.pipeline for p in record.pipelines if p.verdict in ACTIVE_VERDICTS]
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO decisions (delivery_id, ref_key, head, recorded_at, body)"
-                " VALUES (?, ?, ?, ?, ?)", (*key, record.head, record.recorded_at,
-                                            record.to_json()))
+                "INSERT OR REPLACE INTO decisions (delivery_id, ref_key, head, recorded_at, body,"
+                " repository) VALUES (?, ?, ?, ?, ?, ?)",
+                (*key, record.head, record.recorded_at, record.to_json(),
+                 record.repository_key))
             conn.execute("DELETE FROM decision_pipelines WHERE delivery_id = ? AND ref_key = ?",
                          key)
             conn.executemany(
@@ -464,6 +473,18 @@ class SQLiteStore:
             return [DecisionRecord.from_json(row[0]).only(pipeline) for row in rows]
         else:
             raise ValueError("give delivery_id, commit or pipeline")
+        return [DecisionRecord.from_json(row[0]) for row in rows]
+
+    def recent_decisions(self, repository: str, *, branch: str | None = None,
+                         limit: int = 20) -> list[DecisionRecord]:
+        # one of the two indexes answers each form, newest first, reading ``limit`` rows
+        order = " ORDER BY recorded_at DESC, delivery_id DESC, ref_key DESC LIMIT ?"
+        if branch is None:
+            rows = self._query("SELECT body FROM decisions WHERE repository = ?" + order,
+                               (repository, limit))
+        else:
+            rows = self._query("SELECT body FROM decisions WHERE repository = ?"
+                               " AND ref_key = ?" + order, (repository, f"branch:{branch}", limit))
         return [DecisionRecord.from_json(row[0]) for row in rows]
 
     def begin_start(self, pipeline: str, commit: str, owner: str, attempt: int,

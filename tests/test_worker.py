@@ -91,7 +91,8 @@ def test_worker_processes_a_recorded_delivery_at_once_when_notified(tmp_path: Pa
         while not processor.processed and time.monotonic() - t0 < 5:
             time.sleep(0.005)
         assert processor.processed == ["now"]
-        assert time.monotonic() - t0 < 0.2  # woken, not left for the 5 s poll
+        # woken, not left for the 5 s poll (generous: a loaded CI machine is slow)
+        assert time.monotonic() - t0 < 2.5
 
 
 class AlwaysFailing:

@@ -80,6 +80,10 @@ def _listed(value: Any) -> Any:
 Rules = Annotated[PathRules, converted(
     Annotated[list[Annotated[str, AfterValidator(_glob)]], Field(min_length=1)],
     PathRules.compile), BeforeValidator(_listed)]
+# an AWS region's shape (eu-west-1, us-gov-west-1, ap-southeast-7): it names hosts (the
+# console links, the endpoints), so nothing else may pass
+REGION_PATTERN = r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}"
+Region = Annotated[str, matching(REGION_PATTERN, "an AWS region name like eu-west-1")]
 PositiveSeconds = Annotated[float, Field(gt=0, strict=True)]
 Text = Annotated[str, Field(min_length=1)]
 VariableName = Annotated[str, matching(r"[A-Za-z0-9@\-_]{1,128}", "a CodePipeline variable name")]
@@ -135,7 +139,7 @@ class StateConfig:
     path: Text = "var/receiver.db"
     table: Annotated[str, matching(r"[a-zA-Z0-9_.-]{3,255}", "a DynamoDB table name: 3 to 255 "
                                    "letters, digits, '_', '.' or '-'")] = "webhook-receiver"
-    region: Text | None = None
+    region: Region | None = None
     endpoint_url: Text | None = None
 
 
@@ -145,7 +149,7 @@ class LauncherConfig:
 
     __pydantic_config__ = FORBID
     backend: Literal["codepipeline", "log"] = "codepipeline"
-    region: Text | None = None
+    region: Region | None = None
     endpoint_url: Text | None = None
 
 

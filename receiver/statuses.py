@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from providers.base import CommitStatus, HaltReason, Provider, StatusState
-from receiver.config import Config, RepositoryConfig
+from receiver.config import REGION_PATTERN, Config, RepositoryConfig
 from receiver.effects import Bus, ExecutionChanged, MapInvalid, PipelineStarted
 from receiver.errors import TerminalError
 from receiver.module_map import CONFIG_STATUS
@@ -27,7 +27,7 @@ from receiver.state.base import Execution, StateStore, Task
 
 STATUS_PREFIX = "codepipeline/"
 # a region becomes part of the console's host name: only a real region's shape may
-_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}$")
+_REGION = re.compile(REGION_PATTERN)
 
 # CodePipeline execution statuses (GetPipelineExecution, ListPipelineExecutions) and
 # EventBridge execution states (STARTED, RESUMED, CANCELED, ...), compared lower-cased:

@@ -119,6 +119,9 @@ DELETE = object()
         ("processing.max_attempts", 0, "processing.max_attempts: must be greater than or equal to 1"),
         ("repositories", [], "repositories: must not be empty"),
         ("repositories", DELETE, "repositories: is required"),
+        ("launcher.region", "us-easst-1x", "launcher.region: must be an AWS region name like eu-west-1"),
+        ("launcher.region", "eu-west-1.evil.example", "launcher.region: must be an AWS region name"),
+        ("state.region", "EU", "state.region: must be an AWS region name like eu-west-1"),
         ("state.table", "ab", "state.table: must be a DynamoDB table name: 3 to 255 letters, digits, '_', '.' or '-'"),
         ("state.table", "x" * 256, "state.table: must be a DynamoDB table name: 3 to 255"),
         ("state.table", "acme receiver", "state.table: must be a DynamoDB table name: 3 to 255"),
@@ -355,6 +358,18 @@ def test_check_config_prints_every_error_and_exits_non_zero(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "repositories[0].bogus: unknown key" in done.stderr
     assert "repositories[0].pipelines[0].paths: must not be empty" in done.stderr
+
+
+def test_check_config_refuses_a_malformed_launcher_region(tmp_path: Path) -> None:
+    """The region names the console links' host: a typo would fail every status write."""
+    import os
+
+    raw = mutate("launcher.region", "us-easst-1x")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = run_cli("check-config", "--config", str(path), env=dict(os.environ))
+    assert done.returncode == 2
+    assert "launcher.region: must be an AWS region name like eu-west-1" in done.stderr
 
 
 def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:

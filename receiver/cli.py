@@ -218,9 +218,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from providers import build_providers
     from providers.base import Diff
     from receiver.decide import Base
-    from receiver.gitdiff import local_changed_files, local_file_content
+    from receiver.gitdiff import local_changed_files, local_file_content, local_merge_base
     from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
-    from receiver.planner import plan_push
+    from receiver.planner import plan_pull_request, plan_push
     from receiver.state import open_store
     from receiver.state.base import Baseline
 
@@ -269,8 +269,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return local_changed_files(args.git_dir, base, head)
         return providers[repo.provider].changed_files(repo, base, head)
 
-    plan = plan_push(resolved.pipelines.modules, baselines, before=before, head=args.to_sha,
-                     diff=difference, new_branch=repo.new_branch)
+    merge_base: str | None = None
+    if args.base is not None:  # a pull request into --base whose head is --to
+        found = (local_merge_base(args.git_dir, args.base, args.to_sha) if args.git_dir
+                 else providers[repo.provider].merge_base(repo, args.base, args.to_sha))
+        merge_base = found[0] if isinstance(found, tuple) else found
+        head_sha = found[1] if isinstance(found, tuple) else args.to_sha
+        plan = plan_pull_request(resolved.pipelines.modules,
+                                 store.baselines(repo.key, args.base), merge_base=merge_base,
+                                 head=head_sha, diff=difference,
+                                 missing=f"no merge base of {args.base} and {args.to_sha}")
+    else:
+        plan = plan_push(resolved.pipelines.modules, baselines, before=before,
+                         head=args.to_sha, diff=difference, new_branch=repo.new_branch)
     decisions = plan.decisions
     # the differences from the bases (not those of the keep-newer step)
     diffs = {base: d for base, d in plan.diffs.items() if base in plan.groups}
@@ -296,6 +307,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "changed_paths": per_path, "would_start": would_start,
         "unchanged": [n for n in names if n not in would_start],
     }
+    if args.base is not None:
+        report["merge_base"] = merge_base
+        report["would_validate"] = {
+            name: target for name in would_start
+            if (target := resolved.pipelines.pipeline(name).validate_name()) is not None}
     if resolved.problems:
         report["module_map_errors"] = list(resolved.problems)
     reasons = {d.reason for d in decisions.values() if not d.complete and d.reason}
@@ -322,6 +338,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                           + (f" via {h['via']}" if "via" in h else "")
                           for h in hits) or "no pipeline"
         _say(f"  {path}  ->  {rules}")
+    if args.base is not None:
+        _say(f"pull request into {args.base}: merge base {merge_base or '(none)'}")
+        _say("would validate: " + (", ".join(f"{v} (for {n})" for n, v in
+                                             report["would_validate"].items()) or "nothing"))
     _say("would start: " + (", ".join(would_start) or "nothing"))
     _say("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
     return 0
@@ -466,8 +486,18 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     store = open_store(cfg.state)
+    pull_request = None
+    if args.pull_request is not None:
+        repos = [r for r in cfg.repositories if r.pull_requests is not None and (
+            args.repository is None or r.name.casefold() == args.repository.casefold())]
+        if len(repos) != 1:
+            _say("error: --pull-request needs --repository naming one repository with "
+                 "pull_requests", err=True)
+            return 2
+        pull_request = (repos[0].key, args.pull_request)
     records = store.history(delivery_id=args.delivery, commit=args.commit,
-                            pipeline=args.pipeline, limit=args.limit)
+                            pipeline=args.pipeline, pull_request=pull_request,
+                            limit=args.limit)
     for record in records:
         # how each start ended, as learnt since the record was written
         outcomes = {p.pipeline: x.status for p in record.pipelines if p.execution_id
@@ -514,6 +544,8 @@ def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> list[str]:
         lines.append(f"  {p.pipeline}: {p.verdict}; " + "; ".join(why))
     if record.failure:
         lines.append(f"  failed: {record.failure}")
+    if record.note:
+        lines.append(f"  {record.note}")
     return lines
 
 
@@ -572,9 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the repository's configured name, e.g. acme/mono")
     explain.add_argument("--provider", choices=sorted(REGISTRY),
                          help="the provider, when two repositories share the name")
-    explain.add_argument("--from", dest="from_sha",
-                         help="the commit to compare from (default: each pipeline's stored "
-                              "baseline on --branch)")
+    base = explain.add_mutually_exclusive_group()
+    base.add_argument("--from", dest="from_sha",
+                      help="the commit to compare from (default: each pipeline's stored "
+                           "baseline on --branch)")
+    base.add_argument("--base", help="plan a pull request into this target branch whose head "
+                      "is --to: the difference from their merge base, and the validate "
+                      "pipelines that would start")
     explain.add_argument("--branch", help="with no --from: the branch whose baselines to use "
                          "(default: the repository's first literal name in branches)")
     explain.add_argument("--git-dir", help="compute the difference in this local clone "
@@ -592,6 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pipeline", help="the records that decided about this pipeline")
     which.add_argument("--commit", help="the records of pushes whose head is this commit")
     which.add_argument("--delivery", help="the records of this provider delivery id")
+    which.add_argument("--pull-request", type=int, metavar="N",
+                       help="the records of pull (merge) request N: why each validate "
+                            "pipeline ran")
+    history.add_argument("--repository", help="with --pull-request: the repository's "
+                         "configured name (needed when several validate pull requests)")
     history.add_argument("--limit", type=int, default=20,
                          help="at most this many records, newest first (default: %(default)s)")
     history.add_argument("--json", action="store_true", help="one JSON record per line")

@@ -95,6 +95,11 @@ class Ignored(ReceiverError):
         self.reason = reason
 
 
+class RetryLater(ReceiverError):
+    """Processing a delivery must be retried later (the worker releases it with back-off,
+    or fails it once its attempts are used up)."""
+
+
 # --- dependency errors (translated at the client boundary) -----------------------------
 
 

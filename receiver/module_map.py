@@ -98,6 +98,11 @@ def parse_file(text: str | bytes, allow: Sequence[str] | None = None,
                 not any(fnmatch.fnmatchcase(name, pattern) for pattern in allow):
             problems.append(f"pipelines[{i}].name: {name!r} is not allowed here; allowed: "
                             + ", ".join(allow))
+        validate = entry.get("validate")
+        if allow is not None and isinstance(validate, str) and \
+                not any(fnmatch.fnmatchcase(validate, pattern) for pattern in allow):
+            problems.append(f"pipelines[{i}].validate: {validate!r} is not allowed here; "
+                            "allowed: " + ", ".join(allow))
         if "tags" in entry:
             problems.append(f"pipelines[{i}].tags: is not read from a module map file "
                             "(a tag push starts configured pipelines only)")

@@ -23,10 +23,10 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from receiver.config import ProcessingConfig
-from receiver.errors import StateError
+from receiver.errors import RetryLater, StateError
 from receiver.events import Delivery
 from receiver.logging import delivery_context, get_logger
-from receiver.processor import Processor, RetryLater
+from receiver.processor import Processor
 from receiver.state.base import DecisionRecord, StateStore
 
 IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing
@@ -164,9 +164,9 @@ class Worker:
         failure = f"delivery failed after {attempts} attempts: {error}"
         # what an earlier attempt recorded of a push is kept, with the failure added
         earlier = {r.push_key: r for r in self.store.history(
-            delivery_id=delivery.delivery_id, limit=len(delivery.events))
+            delivery_id=delivery.delivery_id, limit=len(delivery.refs))
             if r.provider == delivery.provider}
-        for event in delivery.events:
+        for event in delivery.refs:  # its pushes, or its pull request
             if event.after is None:  # a deletion: never recorded, never processed
                 continue
             fresh = DecisionRecord(

@@ -353,7 +353,8 @@ def _store_as_the_previous_version(store: StateStore, record: dict[str, Any]) ->
     active = [p for p in record["pipelines"] if p["verdict"] in ACTIVE_VERDICTS]
     if isinstance(store, SQLiteStore):
         with sqlite3.connect(store.path) as conn:
-            conn.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?)", (
+            conn.execute("INSERT INTO decisions (delivery_id, ref_key, head, recorded_at, body)"
+                         " VALUES (?, ?, ?, ?, ?)", (
                 record["delivery_id"], ref_key, record["head"], record["recorded_at"],
                 json.dumps(record, separators=(",", ":"))))
             conn.executemany("INSERT INTO decision_pipelines VALUES (?, ?, ?, ?)", [

@@ -166,7 +166,8 @@ def test_every_pull_request_fixture_is_in_a_table() -> None:
     listed = {row[1] for row in NORMALIZED + IGNORED} | {
         "bitbucket-cloud/pull-requests/go-playground-pull-request-merged.json",
         "bitbucket-cloud/pull-requests/jenkins-cloud-pr-updatePayload_newDestination.json",
-        "bitbucket-server/pull-requests/jenkins-server-pr-deletePRPayload.json"}
+        "bitbucket-server/pull-requests/jenkins-server-pr-deletePRPayload.json",
+        "bitbucket-cloud/pull-requests/jenkins-api-commit-174561d625c9.json"}
     assert on_disk <= listed
 
 

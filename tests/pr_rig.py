@@ -8,7 +8,6 @@ commit, the number, and for the negative cases one field more (fork, draft).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -268,10 +267,10 @@ class Rig:
                           "PR_TOKEN": TOKEN, "PR_EVENTS_KEY": EVENTS_KEY})
 
     def _git_authorization(self) -> str:
+        import os
+
         from providers import build_providers
         from receiver.config import parse
-
-        import os
         os.environ["PR_TOKEN"] = TOKEN
         os.environ.setdefault("PR_HOOK", SECRET)
         os.environ.setdefault("PR_HOOK_PAIR", f"{HOOK_USER}:{SECRET}")

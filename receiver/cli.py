@@ -249,7 +249,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     store = open_store(cfg.state)
     before: str | None = args.from_sha
     baselines: dict[str, Baseline] = {}  # with --from: every pipeline compared from it
-    if args.from_sha is None:  # each pipeline from its stored baseline
+    if args.from_sha is None and args.base is None:  # each from its stored baseline
         branch = args.branch or _first_literal_branch(repo)
         baselines = store.baselines(repo.key, branch or "")
         # a pipeline holding none (a template's new module, a new pipeline) is compared as

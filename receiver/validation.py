@@ -459,6 +459,9 @@ class _Job:
         runs = tuple(ValidationRun(d.pipeline, d.validates.name) for d in due.values())
         stored = self._new_head(current, head, state="validating", runs=runs,
                                 merge_base=self.merge_base)
+        # the summary first (pending while runs are due): it is what a branch rule waits
+        # for, and the per-pipeline statuses of the starts queue behind it
+        stored = self.v.summaries.refresh(repo, stored) or stored
         if plan.decisions and not self.merge_base:
             self.v.log.warning("changes.incomplete", reason=missing, head=head,
                                number=pr.number, pipelines=sorted(due))

@@ -284,3 +284,14 @@ def test_a_push_delivery_stored_before_pull_requests_still_reads() -> None:
     push = PushEvent("github", "a/b", "branch", "main", "a" * 40, "b" * 40)
     text = Delivery("d1", "github", "a/b", (push,)).events_json()
     assert Delivery.stored_fields(text) == {"events": (push,), "pull_request": None}
+
+
+def test_a_data_center_source_branch_update_is_an_update() -> None:
+    # no published pr:from_ref_updated body: Atlassian documents it as the pr:opened shape
+    # plus previousFromHash, so it is built from the published pr:opened one
+    doc = json.loads(fixture_bytes("bitbucket-server/pull-requests/go-playground-pr-opened.json"))
+    doc.update(eventKey="pr:from_ref_updated", previousFromHash=DC_WIP)
+    event = PROVIDERS["bitbucket-server"].pull_request({"x-event-key": "pr:from_ref_updated"},
+                                                       json.dumps(doc).encode())
+    assert event == pr("bitbucket-server", "~gopher/webhook-test", 5, "updated", "feature/wip",
+                       "master", DC_WIP5, DC_MASTER5, "refs/pull-requests/5/from")

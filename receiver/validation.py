@@ -112,6 +112,8 @@ def summarize(v: Validation, statuses: Mapping[str, str | None]) -> Summary | No
         return Summary("error", f"{FORKS_DENIED} (forks: deny)")
     if v.state == "waiting":
         return Summary("pending", "draft: validated once it is marked ready for review")
+    if v.state == "failed":
+        return Summary("error", f"could not be validated: {v.error or 'unknown error'}")
     if not v.runs:
         return Summary("success", "no module is affected: nothing to validate")
     total = len(v.runs)
@@ -379,7 +381,12 @@ class Validator:
                                         "validated")
                 return
             job = _Job(self, repo, pr, delivery)
-            job.run()
+            try:
+                job.run()
+            except RetryLater as exc:
+                if job.final:  # no attempt is left: say so on the head, never hang
+                    job.failed(str(exc))
+                raise
 
 
 class _Job:
@@ -395,7 +402,8 @@ class _Job:
         self.started = time.monotonic()
         self.entries: list[PipelineDecision] = []
         self.merge_base: str | None = None
-        self.head: str | None = None  # the full head, once known
+        # the full head, once known (Bitbucket Cloud's is resolved first)
+        self.head: str | None = pr.head if len(pr.head) in (40, 64) else None
         self.changed_files = 0
 
     # --- the steps ---------------------------------------------------------------------
@@ -440,6 +448,18 @@ class _Job:
         self.v.summaries.refresh(self.repo, stored)
         self._record((), why)
         self._ignored(why)
+
+    def failed(self, error: str) -> None:
+        """The last attempt could not validate the request: an error summary on its head
+        (when the head is known), and the worker fails the delivery."""
+        if self.head is None:
+            return
+        current = self.v.store.validation(self.repo.key, self.pr.number)
+        stored = self._new_head(current, self.head, state="failed",
+                                runs=current.runs if current is not None
+                                and current.head == self.head else (),
+                                merge_base=self.merge_base, error=error[:300])
+        self.v.summaries.refresh(self.repo, stored)
 
     def _validate(self, current: Validation | None) -> None:
         repo, pr = self.repo, self.pr
@@ -682,8 +702,9 @@ class _Job:
     # --- the stored validation -------------------------------------------------------------
 
     def _new_head(self, current: Validation | None, head: str, *,
-                  state: Literal["validating", "waiting", "denied"],
-                  runs: tuple[ValidationRun, ...], merge_base: str | None) -> Validation:
+                  state: Literal["validating", "waiting", "denied", "failed"],
+                  runs: tuple[ValidationRun, ...], merge_base: str | None,
+                  error: str | None = None) -> Validation:
         """Store the request at ``head`` in ``state``: a head other than the stored one is
         a new generation (and supersedes the old head's summary); the same head keeps the
         runs an earlier attempt started."""
@@ -700,7 +721,7 @@ class _Job:
                 runs=tuple(kept.get(r.pipeline, r) for r in runs),
                 delivery_id=self.delivery.delivery_id, updated_at=self.v.clock(),
                 summary=v.summary if v is not None and same and v.state == state else None,
-                version=v.version if v is not None else 0)
+                error=error, version=v.version if v is not None else 0)
 
         if current is not None and current.head != head:
             self.v.summaries.supersede(self.repo, current)

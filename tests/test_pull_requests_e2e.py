@@ -225,3 +225,18 @@ def test_bad_input_is_refused_and_nothing_is_recorded(tmp_path: Path, what: str)
         assert shown.returncode == 1
         assert rig.starts() == []
         assert rig.statuses(head) == {}
+
+
+def test_a_request_that_cannot_be_validated_gets_an_error_summary_not_a_hang(
+        tmp_path: Path) -> None:
+    with running(GITHUB, tmp_path) as rig:
+        _, c1 = _base(rig)
+        head = rig.commit({"services/api/a.py": "2\n"})
+        rig.publish_request(2, head)
+        rig.server.accepted.clear()  # the token is refused from now on: every fetch fails
+        answer, delivery = rig.open(PR(head, c1, 2))
+        assert answer.status_code == 202
+        rig.wait_line("delivery.failed", delivery_id=delivery)
+        rig.wait_statuses(head, {SUMMARY: ["error"]})
+        assert "could not be validated" in rig.descriptions(head, SUMMARY)[-1]
+        assert rig.starts() == []

@@ -87,6 +87,8 @@ RUN_B = ValidationRun("b-validate", "b-deploy", "xb")
      "was not started: AccessDenied"),
     (v(state="denied"), {}, "error", "pull requests from forks are not validated"),
     (v(state="waiting"), {}, "pending", "draft"),
+    (v(RUN_A, state="failed", error="git fetch refused"), {"a-validate": "Succeeded"}, "error",
+     "could not be validated: git fetch refused"),
 ])
 def test_the_summary_follows_the_runs(validation: Validation, statuses: dict[str, str | None],
                                       state: str, says: str) -> None:

@@ -282,7 +282,7 @@ class DecisionRecord:
         return cls.from_dict(json.loads(text))
 
 
-ValidationState = Literal["validating", "waiting", "denied", "closed", "merged"]
+ValidationState = Literal["validating", "waiting", "denied", "failed", "closed", "merged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +305,8 @@ class Validation:
     validated, ``generation`` counts the heads seen (a new head supersedes the summary of
     the old one). ``state``: ``validating`` (``runs`` are the validate pipelines its head
     needs: none when no module is affected), ``waiting`` (a draft), ``denied`` (from a fork
-    with ``forks: deny``), ``closed`` or ``merged`` (the end). ``summary`` is the state of
+    with ``forks: deny``), ``failed`` (its last attempt could not validate it: ``error``
+    says why), ``closed`` or ``merged`` (the end). ``summary`` is the state of
     the summary status last recorded for this generation; ``version`` is the store's
     compare-and-set counter (0: not stored yet).
     """
@@ -324,6 +325,7 @@ class Validation:
     delivery_id: str = ""
     updated_at: float = 0.0
     summary: str | None = None
+    error: str | None = None
     version: int = 0
 
     @property

@@ -141,10 +141,12 @@ def summarize(v: Validation, statuses: Mapping[str, str | None]) -> Summary | No
 def summary_task(repo: RepositoryConfig, v: Validation, status: CommitStatus, now: float,
                  *, superseded: bool = False) -> Task:
     """The task of writing ``status`` (the summary) on ``v``'s head: one per (repository,
-    head, generation, state). ``superseded``: the head is no longer the request's, and
-    this is its last word."""
+    head, generation, validation state, summary state), so a draft's pending summary and
+    the pending one of its validation are two writes. ``superseded``: the head is no
+    longer the request's, and this is its last word."""
     key = hashlib.sha256("\0".join((KIND, repo.key, v.head, str(v.number), str(v.generation),
-                                    status.state, str(superseded))).encode()).hexdigest()
+                                    v.state, status.state, str(superseded))).encode()
+                         ).hexdigest()
     payload = {"repository": repo.key, "number": v.number, "head": v.head,
                "generation": v.generation, "state": status.state, "url": status.url,
                "description": status.description, "superseded": superseded}

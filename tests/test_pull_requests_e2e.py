@@ -132,6 +132,11 @@ def test_a_draft_waits_until_it_is_ready_for_review(tmp_path: Path) -> None:
         assert rig.deliver(body, "ready-1").status_code == 202
         rig.wait_line("pull_request.validated", number=2)
         assert rig.started_at(head) == ["api-validate"]
+        # the validation's own pending summary replaces the draft's, then the outcome
+        rig.wait_statuses(head, {SUMMARY: ["pending", "pending"]})
+        assert rig.descriptions(head, SUMMARY)[-1] == "0 of 1 validations finished"
+        rig.finish("api-validate", head, "Succeeded")
+        rig.wait_statuses(head, {SUMMARY: ["pending", "pending", "success"]})
 
 
 def test_a_new_head_supersedes_and_the_fast_forward_merge_still_deploys(

@@ -402,7 +402,6 @@ class _Job:
         self.delivery = delivery
         self.final = delivery.attempts >= validator.config.processing.max_attempts
         self.started = time.monotonic()
-        self.entries: list[PipelineDecision] = []
         self.merge_base: str | None = None
         # the full head, once known (Bitbucket Cloud's is resolved first)
         self.head: str | None = pr.head if len(pr.head) in (40, 64) else None

@@ -32,6 +32,7 @@ class _Base:
         self.delay = delay
         self.lock = threading.Lock()
         self.calls: list[tuple[float, str]] = []  # (time.time() at arrival, path)
+        self.bodies: list[tuple[float, str, bytes]] = []  # the same, with each body
         fake = self
 
         class _H(BaseHTTPRequestHandler):
@@ -45,6 +46,7 @@ class _Base:
                 body = self.rfile.read(length) if length else b""
                 with fake.lock:
                     fake.calls.append((time.time(), self.path))
+                    fake.bodies.append((time.time(), self.path, body))
                 if fake.delay:
                     time.sleep(fake.delay)
                 status, doc = fake.answer(self.command, self.path,

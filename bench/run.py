@@ -19,6 +19,8 @@
 9. Sustained end-to-end capacity of one task (pushes acknowledged and processed per second,
    50 pipelines per repository, compare at 20 ms), on SQLite and on a DynamoDB-protocol
    server with two replicas, and the p99 of push -> start at 80 % of it (bench/capacity.py).
+10. A pull request event to its validate starts and to its summary status, provider at
+   100 ms a call.
 
 Everything listens on and talks to 127.0.0.1 only. Needs ``wrk`` and ``webhook`` on PATH
 (see bench/README.md); installs nothing. ``--only 1,3`` runs a subset.
@@ -210,11 +212,11 @@ def start_service(tmp: Path, name: str, repos: list[dict[str, Any]],
 
 
 def post(url: str, body: bytes, delivery_id: str,
-         signed: bytes | None = None) -> requests.Response:
-    """POST a push signed over ``signed`` (default: over ``body`` itself)."""
+         signed: bytes | None = None, event: str = "push") -> requests.Response:
+    """POST a GitHub ``event`` (a push) signed over ``signed`` (default: ``body`` itself)."""
     signature = wrk.sign(SECRET, body if signed is None else signed)
     return requests.post(url, data=body, timeout=10, headers={
-        "Content-Type": "application/json", "X-GitHub-Event": "push",
+        "Content-Type": "application/json", "X-GitHub-Event": event,
         "X-GitHub-Delivery": delivery_id, "X-Hub-Signature-256": signature})
 
 
@@ -890,6 +892,101 @@ class _DiffAPI(fakes.FakeGitHub):
         return 404, {"message": "Not Found"}
 
 
+def bench_pull_request(ctx: Ctx) -> list[Row]:
+    """GitHub's published ``pull_request`` ``opened`` event (octokit) for a request touching
+    20 modules (each with its own validate pipeline), ``diff: git`` against a git
+    http-backend server, CodePipeline and the statuses stand-in at 100 ms a call: the time
+    from the 202 to the last validate ``pipeline.started`` line and to the arrival of the
+    summary status request (pending); and for a head touching no module, to its success
+    summary."""
+    import base64
+
+    from tests.gitserver import GitServer, WorkClone
+
+    opened = json.loads(fixture_bytes("github/pull-requests/octokit-pull_request-opened.json"))
+    name, target = opened["repository"]["full_name"], opened["pull_request"]["base"]["ref"]
+    auth = "Basic " + base64.b64encode(b"x-access-token:bench-token").decode()
+    server = GitServer(ctx.tmp / "pr-server", {auth})
+    server.create(name)
+    work = WorkClone(ctx.tmp / "pr-work", server.url(name), auth)
+    modules = [f"m{i:02d}" for i in range(20)]
+    base = work.commit({f"services/{m}/main.go": "0\n" for m in modules} | {"README.md": "0\n"})
+    work.push(target)
+    api = fakes.FakeGitHub([], delay=0.1)
+    cp = fakes.FakeCodePipeline(delay=0.1)
+    repo = {**repo_entry(name, api.url, [
+        {"name": f"{m}-deploy", "paths": [f"services/{m}/**"], "validate": f"{m}-validate",
+         "source_action": "Source"} for m in modules]),
+        "diff": "git", "git_url": server.url(name), "api_token": "env:BENCH_GIT_TOKEN",
+        "commit_status": True, "pull_requests": {"targets": [target]}}
+    workdir = ctx.tmp / "pull-requests"
+    workdir.mkdir()
+    config = {"state": {"backend": "sqlite", "path": str(workdir / "state.db")},
+              "launcher": {"backend": "codepipeline", "region": "us-east-1",
+                           "endpoint_url": cp.url},
+              "git": {"cache_dir": str(workdir / "git")}, "repositories": [repo]}
+    svc = Service(config, workdir, env={**ENV, "BENCH_GIT_TOKEN": "bench-token",
+                                        "AWS_ACCESS_KEY_ID": "bench",
+                                        "AWS_SECRET_ACCESS_KEY": "bench"},
+                  workers=WORKERS, name="pull-requests").start()
+    to_start: list[float] = []
+    to_summary: list[float] = []
+    to_quiet: list[float] = []
+
+    def deliver(number: int, head: str) -> float:
+        work.git("push", "--quiet", "--force", "origin", f"{head}:refs/pull/{number}/head")
+        doc = json.loads(json.dumps(opened))
+        doc["number"] = doc["pull_request"]["number"] = number
+        doc["pull_request"]["head"]["sha"] = head
+        body = json.dumps(doc).encode()
+        check(post(svc.url + "/webhooks/github", body, f"pr-{number}", event="pull_request"),
+              202, "pull request")
+        return time.time()
+
+    try:
+        for i in range(ctx.rounds * 2):
+            work.git("checkout", "--quiet", "--detach", base)
+            head = work.commit({f"services/{m}/main.go": f"{i + 1}\n" for m in modules})
+            answered = deliver(100 + 2 * i, head)
+            line = _wait_log(svc, "pull_request.validated", lambda e, h=head: e.get("head") == h)
+            assert len(line["pipelines_started"]) == len(modules), line
+            starts = [ts(e) for e in svc.events("pipeline.started") if e.get("commit") == head]
+            to_start.append(max(starts) - answered)
+            _wait(lambda h=head: _arrivals(api, f"/statuses/{h}") >= len(modules) + 1)
+            summary = _summary_arrival(api, head)
+            to_summary.append(summary - answered)
+            work.git("checkout", "--quiet", "--detach", base)
+            quiet = work.commit({"README.md": f"{i + 1}\n"})
+            answered = deliver(101 + 2 * i, quiet)
+            _wait(lambda h=quiet: _arrivals(api, f"/statuses/{h}") == 1)
+            to_quiet.append(_summary_arrival(api, quiet) - answered)
+    finally:
+        svc.stop()
+        api.close()
+        cp.close()
+        server.close()
+    start, summary, quiet = (statistics.median(x) for x in (to_start, to_summary, to_quiet))
+    print(f"  {len(modules)} modules changed, CodePipeline and statuses at 100 ms a call: "
+          f"202 -> last validate start median {start * 1000:.0f} ms (max "
+          f"{max(to_start) * 1000:.0f}), -> summary status request {summary * 1000:.0f} ms "
+          f"(max {max(to_summary) * 1000:.0f}); no module: -> success summary "
+          f"{quiet * 1000:.0f} ms (max {max(to_quiet) * 1000:.0f}), {len(to_start)} requests")
+    return [Row("10 PR 202 -> last validate start (20)", start, "s", 0.1, "one start",
+                "< 1 s", start < 1.0),
+            Row("10 PR 202 -> summary status request", summary, "s", 0.1, "one status write",
+                "< 3 s", summary < 3.0),
+            Row("10 PR (no module) 202 -> success summary", quiet, "s", 0.1,
+                "one status write", "< 1 s", quiet < 1.0)]
+
+
+def _summary_arrival(api: fakes.FakeGitHub, head: str) -> float:
+    """When the first summary status request for ``head`` arrived at the stand-in."""
+    with api.lock:
+        bodies = list(api.bodies)
+    return min(t for t, path, body in bodies if path.endswith(f"/statuses/{head}")
+               and json.loads(body).get("context") == "webhook-receiver/validate")
+
+
 def _arrivals(api: fakes.FakeGitHub, path_end: str) -> int:
     with api.lock:
         return sum(called.endswith(path_end) for _t, called in api.calls)
@@ -941,7 +1038,7 @@ def bench_capacity(ctx: Ctx) -> list[Row]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
                         help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
@@ -977,6 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (7, "module map at scale", lambda: bench_modules(ctx)),
         (8, "diff strategies on a 10,000-file push", lambda: bench_diff_strategies(ctx)),
         (9, "sustained capacity of one task", lambda: bench_capacity(ctx)),
+        (10, "pull request to validate starts and summary", lambda: bench_pull_request(ctx)),
     ]
     failed = False
     for number, title, fn in benches:

@@ -54,6 +54,7 @@ from providers.base import (
     match_token,
     post_status,
     printable,
+    pull_request_event,
     pusher_in,
     rate_budget,
     refusals_unreadable,
@@ -63,10 +64,12 @@ from providers.base import (
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, RepositoryUnreadable, Unauthorized
-from receiver.events import PushEvent
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent
 from receiver.secrets import SecretRef
 
 PUSH_EVENT = "git.push"
+PULL_REQUEST_EVENTS = ("git.pullrequest.created", "git.pullrequest.updated",
+                       "git.pullrequest.merged")
 # 6.0: Azure DevOps Services and Azure DevOps Server 2020 and later all serve it
 API_VERSION = "6.0"
 DIFF_TOP = 1000  # asked per diff page; the server may answer fewer (100 by default)
@@ -124,6 +127,50 @@ class AzureDevOpsProvider(HttpProvider):
         if body is None:
             raise BadRequest("the delivery id is the event's id, in the body")
         return checked_delivery_id(_text(load_json_object(body).get("id")), "id")
+
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """``git.pullrequest.created`` (opened), ``git.pullrequest.updated`` (updated while
+        ``active``; ``completed`` is a merge and ``abandoned`` a close: Azure DevOps sends
+        this one for votes and reviewers too, which the service tells apart by the head),
+        ``git.pullrequest.merged`` once the merge ``succeeded``. The head is
+        ``lastMergeSourceCommit``; a request from a fork has ``forkSource``, and its head is
+        a parent of ``refs/pull/{id}/merge`` in the target repository."""
+        if b'"git.pullrequest.' not in body:  # a push is parsed once, by parse()
+            return None
+        doc = load_json_object(body)
+        event_type = doc.get("eventType")
+        if event_type not in PULL_REQUEST_EVENTS:
+            return None
+        resource = doc.get("resource")
+        if not isinstance(resource, dict):
+            raise BadRequest(f"{event_type} needs resource (set Resource details to send: All)")
+        status = resource.get("status")
+        action: PullRequestAction
+        if event_type == "git.pullrequest.merged":
+            if resource.get("mergeStatus") != "succeeded" or status != "completed":
+                raise Ignored("merge attempted, not completed")
+            action = "merged"
+        elif status == "completed":
+            action = "merged"
+        elif status == "abandoned":
+            action = "closed"
+        elif status == "active":
+            action = "opened" if event_type == "git.pullrequest.created" else "updated"
+        else:
+            raise Ignored(f"pull request status {printable(status)!r}")
+        number = resource.get("pullRequestId")
+        source = resource.get("lastMergeSourceCommit")
+        target = resource.get("lastMergeTargetCommit")
+        fork = isinstance(resource.get("forkSource"), dict)
+        return pull_request_event(
+            self.name, repository=_repository_name(resource.get("repository")),
+            number=number, action=action, source_branch=resource.get("sourceRefName"),
+            target_branch=resource.get("targetRefName"),
+            head=source.get("commitId") if isinstance(source, dict) else None,
+            target=target.get("commitId") if isinstance(target, dict) else None,
+            source_ref=f"refs/pull/{number}/merge" if fork and isinstance(number, int)
+            else None,
+            fork=fork, draft=resource.get("isDraft") is True)
 
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
         """One event per branch or tag a ``git.push`` moved; other event types are ignored."""

@@ -32,13 +32,16 @@ from receiver.errors import (
     RepositoryUnreadable,
     Unauthorized,
 )
-from receiver.events import PushEvent, RefType
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent, RefType
 from receiver.secrets import SecretRef
 
 Headers = Mapping[str, str]
 CompareStatus = Literal["ahead", "behind", "identical", "diverged"]
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _ZERO_SHAS = ("0" * 40, "0" * 64)
+# an abbreviated commit id in a pull request payload (Bitbucket Cloud sends 12 digits)
+_ABBREVIATED_SHA = re.compile(r"^[0-9a-f]{12,64}$")
+MAX_PULL_REQUEST_NUMBER = 2**31 - 1
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:{}_-]{1,128}$")
 # real push payloads nest about 6 levels; the cap keeps hostile bodies from costing more
 MAX_JSON_DEPTH = 64
@@ -203,6 +206,28 @@ class Provider(Protocol):
         Raises Ignored for events that are not pushes (pings, other types), BadRequest for a
         malformed body. Commit ids in the result are validated lower-case hex.
         """
+        ...
+
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """Normalize a verified pull (merge) request delivery, or None when the delivery is
+        about something else (then :meth:`parse` reads it).
+
+        Raises Ignored for a request event that moves no head and changes nothing a
+        validation looks at (labels, reviewers, comments, a title), BadRequest for a
+        malformed body. Commit ids in the result are validated lower-case hex (Bitbucket
+        Cloud: at least 12 digits, see :meth:`resolve_commit`).
+        """
+        ...
+
+    def merge_base(self, repo: RepositoryConfig, target: str, head: str) -> str | None:
+        """The merge base of ``target`` (a branch name or commit id) and commit ``head``
+        through the provider's API (``diff: api``), or None when the API does not say or
+        the two share no history. Raises ProviderError as :meth:`changed_files` does."""
+        ...
+
+    def resolve_commit(self, repo: RepositoryConfig, commit: str) -> str:
+        """The full id of the abbreviated commit id ``commit`` (a full one as it is).
+        Raises ProviderError when the provider cannot say (no such commit, refused)."""
         ...
 
     def changed_files(self, repo: RepositoryConfig, base: str, head: str) -> Diff:
@@ -383,6 +408,64 @@ def checked_sha(value: object, field: str) -> str | None:
     if not isinstance(value, str) or not _SHA.fullmatch(value):
         raise BadRequest(f"{field} is not a commit id")
     return value
+
+
+def pull_request_event(provider: str, *, repository: object, number: object,
+                       action: PullRequestAction, source_branch: object,
+                       target_branch: object, head: object, target: object,
+                       source_ref: str | None = None, in_target: bool = True, fork: bool,
+                       draft: bool,
+                       merge_base: object = None,
+                       abbreviated: bool = False) -> PullRequestEvent:
+    """A PullRequestEvent from payload values, each checked: BadRequest naming the field
+    when one is missing or malformed. ``number`` a positive whole number; branches plain
+    names (``refs/heads/`` is taken off) git accepts; ``head`` a commit id (``abbreviated``:
+    12 or more hex digits will do), ``target`` and ``merge_base`` one or nothing.
+    ``source_ref`` defaults to the source branch's ref; ``in_target`` False: the target
+    repository holds no ref of the head (a Bitbucket Cloud fork), ``source_ref`` is None."""
+    if not isinstance(repository, str) or "/" not in repository.strip("/"):
+        raise BadRequest("pull request payload needs its repository's full name")
+    if isinstance(number, bool) or not isinstance(number, int) \
+            or not 0 < number <= MAX_PULL_REQUEST_NUMBER:
+        raise BadRequest("pull request number must be a positive whole number")
+    source = _branch(source_branch, "source branch")
+    target_name = _branch(target_branch, "target branch")
+    head_sha = _commit(head, "head", abbreviated)
+    if head_sha is None:
+        raise BadRequest("pull request payload needs its head commit")
+    ref = (source_ref or f"refs/heads/{source}") if in_target else None
+    if ref is not None:
+        _check_ref(ref, "source ref")
+    return PullRequestEvent(
+        provider=provider, repository=repository, number=number, action=action,
+        source_branch=source, target_branch=target_name, head=head_sha,
+        target=_commit(target, "target commit", abbreviated), source_ref=ref, fork=fork,
+        draft=draft, merge_base=_commit(merge_base, "merge base", False))
+
+
+def _branch(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"pull request payload needs its {field}")
+    name = value.removeprefix("refs/heads/")
+    _check_ref(f"refs/heads/{name}", field)
+    return name
+
+
+def _check_ref(ref: str, field: str) -> None:
+    from receiver.gitdiff import ref_problem  # here: gitdiff imports this module
+
+    problem = ref_problem(ref)
+    if problem is not None:
+        raise BadRequest(f"{field} is not a name git accepts: it {problem}")
+
+
+def _commit(value: object, field: str, abbreviated: bool) -> str | None:
+    if value is None or value in _ZERO_SHAS:
+        return None
+    if isinstance(value, str) and (_SHA.fullmatch(value) or (
+            abbreviated and _ABBREVIATED_SHA.fullmatch(value))):
+        return value
+    raise BadRequest(f"{field} is not a commit id")
 
 
 def split_ref(ref: str) -> tuple[RefType, str]:
@@ -633,6 +716,16 @@ class HttpProvider:
     def _repository_url(self, repo: RepositoryConfig) -> str:
         """The API URL of the repository itself (each provider names its own)."""
         raise NotImplementedError
+
+    def merge_base(self, repo: RepositoryConfig, target: str, head: str) -> str | None:
+        """Provider.merge_base: this provider's API does not say (None)."""
+        return None
+
+    def resolve_commit(self, repo: RepositoryConfig, commit: str) -> str:
+        """Provider.resolve_commit: a full id as it is; this provider sends no other."""
+        if not _SHA.fullmatch(commit):
+            raise ProviderError(f"{commit[:12]!r} is not a full commit id")
+        return commit
 
     def git_authorization(self, repo: RepositoryConfig) -> str | None:
         """Provider.git_authorization: the ``api_token`` as the Basic password of

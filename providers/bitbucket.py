@@ -19,6 +19,7 @@ exclude=base`` (``git log head ^base``): no commits means nothing new.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar
@@ -42,6 +43,7 @@ from providers.base import (
     load_json_object,
     post_status,
     printable,
+    pull_request_event,
     pusher_in,
     require_header,
     status_commit,
@@ -51,10 +53,14 @@ from providers.base import (
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError
-from receiver.events import PushEvent, RefType
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent, RefType
 from receiver.secrets import SecretRef
 
 PUSH_EVENT = "repo:push"
+# the pull request events validation reads, and what each means
+PULL_REQUEST_EVENTS: dict[str, PullRequestAction] = {
+    "pullrequest:created": "opened", "pullrequest:updated": "updated",
+    "pullrequest:fulfilled": "merged", "pullrequest:rejected": "closed"}
 # Bitbucket names a ref's kind in old/new.type; Mercurial-era kinds ("named_branch",
 # "bookmark") are not git refs and are skipped
 REF_TYPES: dict[str, RefType] = {"branch": "branch", "tag": "tag", "annotated_tag": "tag"}
@@ -105,6 +111,39 @@ class BitbucketProvider(HttpProvider):
     def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
         """``X-Request-UUID``."""
         return checked_delivery_id(headers.get("x-request-uuid"), "X-Request-UUID")
+
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """``pullrequest:created`` (opened), ``pullrequest:updated`` (updated: Bitbucket
+        sends it for a title or reviewer change too, which the service tells apart by the
+        head), ``pullrequest:fulfilled`` (merged), ``pullrequest:rejected`` (closed); the
+        other ``pullrequest:*`` keys are ignored. Commit hashes come abbreviated (12 hex
+        digits): they are resolved before anything uses them."""
+        event = headers.get("x-event-key", "")
+        if not event.startswith("pullrequest:"):
+            return None
+        action = PULL_REQUEST_EVENTS.get(event)
+        if action is None:
+            raise Ignored(f"event {printable(event)!r} moves no pull request head")
+        doc = load_json_object(body)
+        pr = doc.get("pullrequest")
+        if not isinstance(pr, dict):
+            raise BadRequest("pull request payload needs pullrequest")
+        source, destination = pr.get("source"), pr.get("destination")
+        if not isinstance(source, dict) or not isinstance(destination, dict):
+            raise BadRequest("pull request payload needs pullrequest.source and .destination")
+        repo = doc.get("repository")
+        source_repo = _name_of(source.get("repository"))
+        fork = source_repo is None or source_repo != (
+            _name_of(destination.get("repository")) or _name_of(repo))
+        return pull_request_event(
+            self.name, repository=_name_of(repo, fold=False), number=pr.get("id"),
+            action=action, source_branch=_name_of(source.get("branch"), key="name"),
+            target_branch=_name_of(destination.get("branch"), key="name"),
+            head=_name_of(source.get("commit"), key="hash", fold=False),
+            target=_name_of(destination.get("commit"), key="hash", fold=False),
+            # the source branch: Bitbucket Cloud has no pull request refs, and a fork's
+            # branch is in the fork
+            in_target=not fork, fork=fork, draft=pr.get("draft") is True, abbreviated=True)
 
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
         """One PushEvent per ``push.changes[]`` entry; every other event key is ignored."""
@@ -212,6 +251,27 @@ class BitbucketProvider(HttpProvider):
         return self._get(repo, "commits", self._repo_url(repo, "commits"), {
             "include": include, "exclude": exclude, "pagelen": pagelen,
             "fields": COMMITS_FIELDS})
+
+    def resolve_commit(self, repo: RepositoryConfig, commit: str) -> str:
+        """``GET /2.0/repositories/{workspace}/{slug}/commit/{hash}``'s full ``hash``."""
+        if _FULL.fullmatch(commit):
+            return commit
+        resp = self._client(repo).request("GET", self._repo_url(
+            repo, f"commit/{quote(commit, safe='')}"), headers=self._headers(repo),
+            params={"fields": "hash"})
+        found = _json_field(resp, "hash") if resp.status_code == 200 else None
+        if found is None or not found.startswith(commit):
+            raise ProviderError(f"commit {commit[:12]} of {repo.name} was not found (HTTP "
+                                f"{resp.status_code})")
+        return found
+
+    def merge_base(self, repo: RepositoryConfig, target: str, head: str) -> str | None:
+        """``GET /2.0/repositories/{workspace}/{slug}/merge-base/{target}..{head}``'s
+        ``hash`` (None on 404: no common ancestor or a commit unknown)."""
+        resp = self._client(repo).request("GET", self._repo_url(
+            repo, f"merge-base/{quote(target, safe='')}..{quote(head, safe='')}"),
+            headers=self._headers(repo))
+        return _json_field(resp, "hash") if resp.status_code == 200 else None
 
     def _relation(self, repo: RepositoryConfig, base: str, head: str) -> CompareStatus | None:
         """How head relates to base (never ``identical``: base != head); None on 404.
@@ -422,3 +482,24 @@ def bitbucket_state(status: CommitStatus, halted: str = "STOPPED") -> str:
         return halted if status.detail is not None else "FAILED"
     return {"pending": "INPROGRESS", "running": "INPROGRESS", "success": "SUCCESSFUL",
             "failure": "FAILED"}[status.state]
+
+
+_FULL = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+def _name_of(value: object, *, key: str = "full_name", fold: bool = True) -> Any:
+    """``value[key]`` when ``value`` is an object with a string there (case-folded with
+    ``fold``: repository names ignore case), else None."""
+    found = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(found, str):
+        return None
+    return found.casefold() if fold else found
+
+
+def _json_field(resp: Any, key: str) -> str | None:
+    """A full commit id at ``key`` of a JSON answer, or None."""
+    try:
+        found = resp.json().get(key)
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and _FULL.fullmatch(found) else None

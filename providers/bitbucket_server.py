@@ -47,6 +47,7 @@ from providers.base import (
     load_json_object,
     post_status,
     printable,
+    pull_request_event,
     pusher_in,
     rate_budget,
     require_header,
@@ -58,7 +59,7 @@ from providers.base import (
 from providers.bitbucket import bitbucket_state
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError
-from receiver.events import PushEvent, RefType
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent, RefType
 from receiver.secrets import SecretRef
 
 PING_EVENT = "diagnostics:ping"
@@ -66,6 +67,10 @@ PUSH_EVENT = "repo:refs_changed"
 MIRROR_EVENT = "mirror:repo_synchronized"
 REF_TYPES: dict[str, RefType] = {"BRANCH": "branch", "TAG": "tag"}
 CHANGE_TYPES = frozenset({"ADD", "UPDATE", "DELETE"})
+# the pull request events validation reads, and what each means
+PULL_REQUEST_EVENTS: dict[str, PullRequestAction] = {
+    "pr:opened": "opened", "pr:from_ref_updated": "updated", "pr:merged": "merged",
+    "pr:declined": "closed", "pr:deleted": "closed"}
 
 CHANGES_CAP = 1000  # page.max.changes default: the server lists no change past this many
 CHANGES_PAGE_LIMIT = 1000  # ask for the whole cap at once; the server clamps to its maximum
@@ -96,6 +101,42 @@ class BitbucketServerProvider(HttpProvider):
     def delivery_id(self, headers: Headers, body: bytes | None = None) -> str:
         """``X-Request-Id``."""
         return checked_delivery_id(headers.get("x-request-id"), "X-Request-Id")
+
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """``pr:opened`` (opened), ``pr:from_ref_updated`` (updated), ``pr:merged``,
+        ``pr:declined`` and ``pr:deleted`` (closed); the other ``pr:*`` keys are ignored.
+        The head is ``fromRef.latestCommit``, held in the target repository under
+        ``refs/pull-requests/{id}/from``; a fork's ``fromRef`` is another repository."""
+        event = headers.get("x-event-key", "")
+        if not event.startswith("pr:"):
+            return None
+        action = PULL_REQUEST_EVENTS.get(event)
+        if action is None:
+            raise Ignored(f"event {printable(event)!r} moves no pull request head")
+        doc = load_json_object(body)
+        # X-Event-Key is not covered by the signature; the body's eventKey is
+        if doc.get("eventKey") != event:
+            raise BadRequest("eventKey in the body does not match X-Event-Key")
+        pr = doc.get("pullRequest")
+        if not isinstance(pr, dict):
+            raise BadRequest("pull request payload needs pullRequest")
+        from_ref, to_ref = pr.get("fromRef"), pr.get("toRef")
+        if not isinstance(from_ref, dict) or not isinstance(to_ref, dict):
+            raise BadRequest("pull request payload needs pullRequest.fromRef and .toRef")
+        repository = _repository_name(to_ref.get("repository"))
+        number = pr.get("id")
+        try:
+            source_repository: str | None = _repository_name(from_ref.get("repository"))
+        except BadRequest:
+            source_repository = None  # a deleted fork
+        return pull_request_event(
+            self.name, repository=repository, number=number, action=action,
+            source_branch=from_ref.get("id"), target_branch=to_ref.get("id"),
+            head=from_ref.get("latestCommit"), target=to_ref.get("latestCommit"),
+            source_ref=f"refs/pull-requests/{number}/from" if isinstance(number, int)
+            else None,
+            fork=source_repository is None or source_repository.casefold() != repository.casefold(),
+            draft=pr.get("draft") is True)
 
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
         """Normalize ``repo:refs_changed`` into one event per branch or tag it moved."""

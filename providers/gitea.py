@@ -56,6 +56,7 @@ from providers.base import (
     match_hex_hmac,
     post_status,
     printable,
+    pull_request_event,
     pusher_in,
     rate_budget,
     split_ref,
@@ -64,7 +65,7 @@ from providers.base import (
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
-from receiver.events import PushEvent
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent
 from receiver.secrets import SecretRef
 
 # each header in its two spellings, the Forgejo one first
@@ -72,6 +73,11 @@ SIGNATURE_HEADERS = ("X-Forgejo-Signature", "X-Gitea-Signature")
 EVENT_HEADERS = ("X-Forgejo-Event", "X-Gitea-Event")
 DELIVERY_HEADERS = ("X-Forgejo-Delivery", "X-Gitea-Delivery")
 PUSH_EVENT = "push"
+PULL_REQUEST_EVENT = "pull_request"
+# the pull_request actions validation reads ("closed" with merged: true is a merge)
+PULL_REQUEST_ACTIONS: dict[str, PullRequestAction] = {
+    "opened": "opened", "reopened": "opened", "synchronized": "updated",
+    "closed": "closed"}
 
 COMMITS_LIMIT = 50  # asked per commits page; the server may clamp it lower
 MAX_COMMIT_PAGES = 100  # past this many pages in one direction the difference is incomplete
@@ -108,6 +114,39 @@ class GiteaProvider(HttpProvider):
         """``X-Gitea-Delivery`` or ``X-Forgejo-Delivery``."""
         value = _one_of(headers, DELIVERY_HEADERS, BadRequest)
         return checked_delivery_id(value, "X-Gitea-Delivery")
+
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """A ``pull_request`` event: ``opened``/``reopened`` (opened), ``synchronized``
+        (updated), ``closed`` (closed, or merged when ``pull_request.merged``); its other
+        actions (edited, labels, assignees, reviews) are ignored. Gitea holds the head
+        under ``refs/pull/{number}/head`` and names the ``merge_base`` itself."""
+        if _one_of(headers, EVENT_HEADERS, BadRequest) != PULL_REQUEST_EVENT:
+            return None
+        doc = load_json_object(body)
+        action = doc.get("action")
+        normalized = PULL_REQUEST_ACTIONS.get(action) if isinstance(action, str) else None
+        if normalized is None:
+            raise Ignored(f"pull_request action {printable(action)!r} moves no head")
+        pr = doc.get("pull_request")
+        if not isinstance(pr, dict):
+            raise BadRequest("pull_request payload needs pull_request")
+        if normalized == "closed" and pr.get("merged") is True:
+            normalized = "merged"
+        head, base = pr.get("head"), pr.get("base")
+        if not isinstance(head, dict) or not isinstance(base, dict):
+            raise BadRequest("pull_request payload needs pull_request.head and .base")
+        repo = doc.get("repository")
+        full_name = repo.get("full_name") if isinstance(repo, dict) else None
+        number = doc.get("number", pr.get("number"))
+        source_repo = _repo_name(head.get("repo"))
+        return pull_request_event(
+            self.name, repository=full_name, number=number, action=normalized,
+            source_branch=head.get("ref"), target_branch=base.get("ref"),
+            head=head.get("sha"), target=base.get("sha"),
+            source_ref=f"refs/pull/{number}/head" if isinstance(number, int) else None,
+            fork=source_repo is None or source_repo != (_repo_name(base.get("repo"))
+                                                        or _repo_name(repo)),
+            draft=pr.get("draft") is True, merge_base=pr.get("merge_base"))
 
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
         """Normalize a ``push`` (branch or tag); every other event type is ignored."""
@@ -297,6 +336,12 @@ class GiteaProvider(HttpProvider):
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _repo_name(repo: object) -> str | None:
+    """A repository object's ``full_name``, folded (Gitea names ignore case)."""
+    name = repo.get("full_name") if isinstance(repo, dict) else None
+    return name.casefold() if isinstance(name, str) else None
 
 
 def _one_of(headers: Headers, names: tuple[str, ...],

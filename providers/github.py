@@ -41,6 +41,7 @@ from providers.base import (
     load_json_object,
     post_status,
     printable,
+    pull_request_event,
     pusher_in,
     require_header,
     split_ref,
@@ -50,7 +51,7 @@ from providers.base import (
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
-from receiver.events import PushEvent
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent
 from receiver.secrets import Secret, SecretRef
 
 FILES_CAP = 300  # the compare API lists at most this many files, without saying it cut
@@ -196,6 +197,40 @@ class GitHubProvider(HttpProvider):
             raise Ignored(f"unsupported event type {printable(event)!r}")
         doc = load_json_object(self._json_bytes(headers, body))
         return (self._push(doc),)
+
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """A ``pull_request`` event: ``opened``/``reopened`` (opened), ``synchronize``
+        (updated), ``ready_for_review`` (ready), ``closed`` (closed, or merged when
+        ``pull_request.merged``); its other actions move no head and are ignored. A fork's
+        head is another repository's (``head.repo``; null once the fork is deleted)."""
+        if headers.get("x-github-event") != "pull_request":
+            return None
+        doc = load_json_object(self._json_bytes(headers, body))
+        action = doc.get("action")
+        normalized = PULL_REQUEST_ACTIONS.get(action) if isinstance(action, str) else None
+        pr = doc.get("pull_request")
+        if not isinstance(pr, dict):
+            raise BadRequest("pull_request payload needs pull_request")
+        if normalized is None:
+            raise Ignored(f"pull_request action {printable(action)!r} moves no head")
+        if normalized == "closed" and pr.get("merged") is True:
+            normalized = "merged"
+        head, base = pr.get("head"), pr.get("base")
+        if not isinstance(head, dict) or not isinstance(base, dict):
+            raise BadRequest("pull_request payload needs pull_request.head and .base")
+        repo = doc.get("repository")
+        full_name = repo.get("full_name") if isinstance(repo, dict) else None
+        source_repo, base_repo = _full_name(head.get("repo")), base.get("repo")
+        number = doc.get("number", pr.get("number"))
+        return pull_request_event(
+            self.name, repository=full_name, number=number, action=normalized,
+            source_branch=head.get("ref"), target_branch=base.get("ref"),
+            head=head.get("sha"), target=base.get("sha"),
+            source_ref=f"refs/pull/{number}/head" if isinstance(number, int) else None,
+            # the head's repository is gone (null) or another one: a fork
+            fork=source_repo is None or source_repo != (_full_name(base_repo)
+                                                        or _full_name(repo)),
+            draft=pr.get("draft") is True)
 
     @staticmethod
     def _json_bytes(headers: Headers, body: bytes) -> bytes | str:
@@ -377,6 +412,18 @@ class GitHubProvider(HttpProvider):
                 return frozenset(paths)
             page += 1
 
+    def merge_base(self, repo: RepositoryConfig, target: str, head: str) -> str | None:
+        """``GET /repos/{owner}/{repo}/compare/{target}...{head}``'s ``merge_base_commit``
+        (one call; the files are asked for afterwards, from the merge base)."""
+        body, _ = self._get(repo, self._url(repo, _spec(target, head)),
+                            {"per_page": 1, "page": 1})
+        if body is None:
+            self.check_access(repo)
+            return None
+        found = body.get("merge_base_commit")
+        sha = found.get("sha") if isinstance(found, dict) else None
+        return sha if isinstance(sha, str) and checked_sha(sha, "merge base") else None
+
     def _repository_url(self, repo: RepositoryConfig) -> str:
         """``GET /repos/{owner}/{repo}``."""
         return self._url(repo, "").removesuffix("/")
@@ -449,6 +496,18 @@ class GitHubProvider(HttpProvider):
             headers = {**self._headers(repo), "Accept": "application/vnd.github.raw+json"}
             resp = client.request("GET", url, headers=headers, stream=True, params=params)
         return file_answer(resp, repository=repo.name, path=path, commit=commit)
+
+
+def _full_name(repo: object) -> str | None:
+    """A repository object's ``full_name``, folded (GitHub names ignore case)."""
+    name = repo.get("full_name") if isinstance(repo, dict) else None
+    return name.casefold() if isinstance(name, str) else None
+
+
+# pull_request actions that move a head or end the request, and what they mean
+PULL_REQUEST_ACTIONS: dict[str, PullRequestAction] = {
+    "opened": "opened", "reopened": "opened", "synchronize": "updated",
+    "ready_for_review": "ready", "closed": "closed"}
 
 
 def _spec(base: str, head: str) -> str:

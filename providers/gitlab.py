@@ -61,6 +61,7 @@ from providers.base import (
     match_token,
     post_status,
     printable,
+    pull_request_event,
     pusher_in,
     require_header,
     split_ref,
@@ -69,7 +70,7 @@ from providers.base import (
 )
 from receiver.config import RepositoryConfig
 from receiver.errors import BadRequest, Ignored, ProviderError, Unauthorized
-from receiver.events import PushEvent
+from receiver.events import PullRequestAction, PullRequestEvent, PushEvent
 from receiver.secrets import SecretRef
 
 SIGNING_PREFIX = "whsec_"
@@ -219,6 +220,50 @@ class GitLabProvider(HttpProvider):
                 return checked_delivery_id(value, header)
         raise BadRequest("missing header Idempotency-Key (or X-Gitlab-Event-UUID, webhook-id)")
 
+    def pull_request(self, headers: Headers, body: bytes) -> PullRequestEvent | None:
+        """A ``Merge Request Hook``: ``open``/``reopen`` (opened), ``update`` with
+        ``oldrev`` (updated: new commits), ``update`` that takes the draft off (ready),
+        ``close``, ``merge``; other actions and updates (title, labels, approvals) are
+        ignored. A fork's source project is another project than the target."""
+        if headers.get("x-gitlab-event") != "Merge Request Hook":
+            return None
+        doc = load_json_object(body)
+        if doc.get("object_kind", "merge_request") != "merge_request":
+            raise BadRequest("X-Gitlab-Event 'Merge Request Hook' does not match object_kind "
+                             f"{printable(doc.get('object_kind'))!r}")
+        attrs = doc.get("object_attributes")
+        if not isinstance(attrs, dict):
+            raise BadRequest("Merge Request Hook needs object_attributes")
+        action = attrs.get("action")
+        changes = doc.get("changes")
+        draft_change = changes.get("draft") if isinstance(changes, dict) else None
+        normalized: PullRequestAction
+        if action in ("open", "reopen"):
+            normalized = "opened"
+        elif action == "update" and attrs.get("oldrev"):
+            normalized = "updated"
+        elif action == "update" and isinstance(draft_change, dict) \
+                and draft_change.get("previous") is True and draft_change.get("current") is False:
+            normalized = "ready"
+        elif action in ("close", "merge"):
+            normalized = "closed" if action == "close" else "merged"
+        else:
+            raise Ignored(f"merge request action {printable(action)!r} moves no head")
+        project = doc.get("project")
+        last = attrs.get("last_commit")
+        draft = attrs.get("draft")
+        iid = attrs.get("iid")
+        return pull_request_event(
+            self.name,
+            repository=project.get("path_with_namespace") if isinstance(project, dict) else None,
+            number=iid, action=normalized, source_branch=attrs.get("source_branch"),
+            target_branch=attrs.get("target_branch"),
+            head=last.get("id") if isinstance(last, dict) else None, target=None,
+            source_ref=f"refs/merge-requests/{iid}/head" if isinstance(iid, int) else None,
+            fork=attrs.get("source_project_id") != attrs.get("target_project_id"),
+            # `draft` since GitLab 14; `work_in_progress` before
+            draft=draft if isinstance(draft, bool) else attrs.get("work_in_progress") is True)
+
     def parse(self, headers: Headers, body: bytes) -> tuple[PushEvent, ...]:
         """Normalize a push or tag push (project or system hook); other events are ignored."""
         event = require_header(headers, "X-Gitlab-Event")
@@ -291,6 +336,21 @@ class GitLabProvider(HttpProvider):
         if not isinstance(body, dict):
             raise ProviderError("GitLab API answer is not a JSON object")
         return body
+
+    def merge_base(self, repo: RepositoryConfig, target: str, head: str) -> str | None:
+        """``GET /projects/:id/repository/merge_base?refs[]={target}&refs[]={head}``: the
+        commit's ``id``; None when GitLab finds none (400/404)."""
+        url = (_project_url(repo, "repository/merge_base") + "?"
+               + "&".join(f"refs%5B%5D={quote(ref, safe='')}" for ref in (target, head)))
+        resp = self._client(repo).request("GET", url, headers=self._headers(repo),
+                                          ok=(200, 400))
+        if resp.status_code != 200:
+            return None
+        try:
+            found = resp.json().get("id")
+        except (ValueError, AttributeError):
+            raise ProviderError("GitLab merge_base answer is not a commit") from None
+        return found if isinstance(found, str) and checked_sha(found, "merge base") else None
 
     def _commit_exists(self, repo: RepositoryConfig, sha: str) -> bool:
         url = _project_url(repo, f"repository/commits/{quote(sha, safe='')}")

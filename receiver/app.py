@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from receiver.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from receiver.events import Delivery
+from receiver.events import Delivery, PullRequestEvent
 from receiver.launcher import Launcher, aws_region, build_launcher
 from receiver.leased import LeasedLoop
 from receiver.logging import client_address, configure, get_logger
@@ -37,9 +38,12 @@ from receiver.outcomes import OutcomeRecorder, parse_event, poll_outcomes
 from receiver.processor import Processor
 from receiver.reconcile import Reconciler
 from receiver.runtime import Runtime
+from receiver.secrets import SecretRef
 from receiver.sender import Sender
 from receiver.state import StateStore, open_store
 from receiver.statuses import KIND, StatusHandler, StatusListener
+from receiver.validation import KIND as VALIDATION_KIND
+from receiver.validation import Summaries, SummaryHandler, admission
 from receiver.worker import Worker
 
 BACKLOG_SECONDS = 60.0  # how often one replica measures the backlog (CloudWatch's resolution)
@@ -103,8 +107,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
         if request.mimetype not in provider.content_types:
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
-        body = _read_body(config.server.max_body_bytes)
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = environ["receiver.body"] = _read_body(config.server.max_body_bytes)
+        headers = request_headers()
         # logged (validated, unverified) so a rejected delivery can be traced too; an
         # invalid one is refused below, once the signature has been checked
         with contextlib.suppress(RequestError):
@@ -113,6 +117,9 @@ def create_app(config: Config, *, store: StateStore | None = None,
         matched = verify_for(provider, headers, body, repos)
         # verified: a provider whose id is in the body (Azure DevOps) reads it only now
         delivery_id = environ["receiver.delivery_id"] = provider.delivery_id(headers, body)
+        pull_request = provider.pull_request(headers, body)
+        if pull_request is not None:
+            return pull_request_delivery(provider_name, pull_request, matched, delivery_id)
         events = provider.parse(headers, body)
         repo = config.repository(provider_name, events[0].repository)
         environ["receiver.repository"] = events[0].repository
@@ -143,6 +150,40 @@ def create_app(config: Config, *, store: StateStore | None = None,
         canonical(log.info, "webhook.accepted", 202, verified_by=verified_by,
                   refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
                   head=relevant[0].after, **_request_fields())
+        return answer(202, status="accepted", delivery_id=delivery_id)
+
+    def pull_request_delivery(provider_name: str, pr: PullRequestEvent, matched: SecretRef,
+                              delivery_id: str) -> tuple[Response, int]:
+        """A verified pull request event: recorded for validation when its repository has
+        ``pull_requests`` and its target branch is one of their targets."""
+        environ = request.environ
+        environ["receiver.repository"] = pr.repository
+        repo = config.repository(provider_name, pr.repository)
+        if repo is None:
+            raise NotFound("repository not configured")
+        if not any(secret is matched for secret in repo.webhook_secrets):
+            matched = verify_for(providers[provider_name], request_headers(), request_body(),
+                                 (repo,))
+        environ["receiver.repository"] = repo.name
+        reason = admission(store, repo, pr)
+        if reason is not None:
+            raise Ignored(reason)
+        delivery = Delivery(delivery_id=delivery_id, provider=provider_name,
+                            repository=repo.name, events=(),
+                            pull_request=dataclasses.replace(pr, repository=repo.name),
+                            verified_by=matched.ref)
+        try:
+            recorded = store.record_delivery(delivery, time.time())
+        except StateError as exc:
+            raise ServiceUnavailable("the delivery could not be recorded; retry later",
+                                     cause=str(exc)) from None
+        if not recorded:
+            canonical(log.info, "webhook.duplicate", 200, **_request_fields())
+            return answer(200, status="duplicate", delivery_id=delivery_id)
+        worker.notify()
+        canonical(log.info, "webhook.accepted", 202, verified_by=matched.ref,
+                  refs=[f"pull_request:{pr.number}"], head=pr.head, action=pr.action,
+                  **_request_fields())
         return answer(202, status="accepted", delivery_id=delivery_id)
 
     @app.post("/events/codepipeline")
@@ -213,14 +254,19 @@ def _background(config: Config, store: StateStore, launcher: Launcher,
     (commit statuses as tasks for the sender), and every runnable joins one runtime."""
     log = get_logger()
     bus = Bus()
-    processor = Processor(config, store, launcher, providers, bus=bus)
+    # pull requests' summary statuses (receiver/validation.py)
+    summaries = Summaries(config, store, providers, aws_region(config.launcher.region))
+    processor = Processor(config, store, launcher, providers, bus=bus, summaries=summaries)
     worker = Worker(processor, store, config.processing, warm_up=launcher.warm)
     sender = Sender(store, {KIND: StatusHandler(config, store, providers),
-                           NOTIFY: NotifyHandler(config)}, worker.owner)
+                           NOTIFY: NotifyHandler(config),
+                           VALIDATION_KIND: SummaryHandler(summaries)}, worker.owner)
+    summaries.wake = sender.notify
     StatusListener(store, aws_region(config.launcher.region), providers,
                    wake=sender.notify).subscribe(bus)
     NotifyListener(config, store, providers, aws_region(config.launcher.region),
                    wake=sender.notify).subscribe(bus)
+    summaries.subscribe(bus)
     recorder = processor.outcomes
     runtime = Runtime()
     runtime.add(worker)
@@ -228,6 +274,7 @@ def _background(config: Config, store: StateStore, launcher: Launcher,
 
     def poll(now: float) -> None:
         asked = poll_outcomes(recorder, launcher, config.outcomes.poll_seconds, now)
+        summaries.heal(now)
         if asked:
             log.info("outcome.polled", executions=asked, owner=worker.owner)
 
@@ -248,6 +295,17 @@ def _background(config: Config, store: StateStore, launcher: Launcher,
 
     runtime.add(LeasedLoop("backlog", BACKLOG_SECONDS, store, worker.owner, backlog))
     return runtime, worker, recorder
+
+
+def request_headers() -> dict[str, str]:
+    """This request's headers, names lower-cased (what providers read)."""
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def request_body() -> bytes:
+    """This webhook request's body, as read once by the route."""
+    body: bytes = request.environ["receiver.body"]
+    return body
 
 
 def canonical(method: Callable[..., Any], event: str, status: int, **fields: Any) -> None:

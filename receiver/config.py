@@ -318,9 +318,19 @@ class PipelineConfig:
                                            "pipeline's source action")] | None = None
     # modules or pipelines whose paths also select this one (receiver/modules.py)
     depends_on: Annotated[tuple[Text, ...], BeforeValidator(_listed)] = ()
+    # the pipeline that validates a pull request touching this one's modules (a template
+    # may use {module}); receiver/validation.py
+    validate: Annotated[str, AfterValidator(_pipeline_name)] | None = None
     # a template's concrete pipeline: its module value, set by receiver/module_map.py (not
     # a configuration key)
     module: str | None = None
+
+    def validate_name(self) -> str | None:
+        """The validate pipeline of this (concrete) pipeline: ``validate`` with a
+        template's ``{module}`` filled in; None when it has none."""
+        if self.validate is None or self.module is None:
+            return self.validate
+        return self.validate.replace(modules_mod.PLACEHOLDER, self.module)
 
 
 def _name_glob(pattern: str) -> str:
@@ -351,6 +361,21 @@ class ModuleMapConfig:
     def names(self) -> NameRules:
         """``allow`` compiled."""
         return NameRules.compile(self.allow)
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequestsConfig:
+    """Pull/merge request validation: the target branches whose requests are validated,
+    and whether requests from forks and drafts are (receiver/validation.py)."""
+
+    __pydantic_config__ = FORBID
+    targets: Rules
+    forks: Literal["deny", "allow"] = "deny"
+    drafts: Annotated[bool, Field(strict=True)] = False
+
+    def watches(self, branch: str) -> bool:
+        """Whether requests into ``branch`` are validated."""
+        return self.targets.matching_include(branch) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +411,8 @@ class RepositoryConfig:
         _reconcile_interval)] = 300.0
     # a repository-side module map (pipelines and modules read at each pushed head)
     module_map: ModuleMapConfig | None = None
+    # validate pull/merge requests into these targets (absent: their events are ignored)
+    pull_requests: PullRequestsConfig | None = None
     # the templates, modules and dependencies of ``pipelines``, built from the ``modules``
     # key and each pipeline's ``depends_on`` by receiver.modules.build (None: plain paths)
     modules: Any = None
@@ -617,6 +644,10 @@ def _pipeline_problems(raw: list[Any], path: str) -> list[str]:
         if template and item.get("tags") is not None:
             problems.append(f"{where}.tags: is not for a template: a tag push has no changed "
                             "paths to find modules in")
+        validate = item.get("validate")
+        if not template and isinstance(validate, str) and modules_mod.PLACEHOLDER in validate:
+            problems.append(f"{where}.validate: {{module}} is only for a template pipeline "
+                            "(a name with {module})")
         variables = item.get("variables")
         for key, value in (variables.items() if isinstance(variables, dict) else ()):
             if not template and isinstance(value, str) and modules_mod.PLACEHOLDER in value:

@@ -57,6 +57,7 @@ ENV_PASSED = ("PATH", "HOME", "TMPDIR", "http_proxy", "https_proxy", "HTTP_PROXY
               "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY")
 
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_ABBREVIATED = re.compile(r"^[0-9a-f]{7,64}$")
 
 # stderr of a fetch whose want the server does not have: a commit force-pushed away and
 # garbage-collected ("not our ref"), or a branch deleted since the push
@@ -184,6 +185,30 @@ class GitMirror:
             err = _scrub(done.stderr.decode("utf-8", "replace"), secrets)
             raise ProviderError(f"reading {path} from {self} failed: {_last_line(err)}")
         return bytes(done.stdout)
+
+    def resolve(self, rev: str) -> str | None:
+        """The commit a full ref (``refs/heads/main``) or an abbreviated commit id (7 to 64
+        hex digits: Bitbucket Cloud's pull request payloads name 12) names in the mirror,
+        as a full id; None when it names none, or more than one. Nothing is fetched.
+        Raises ProviderError when git fails or times out; ValueError for anything else."""
+        if not (rev.startswith("refs/") and ref_problem(rev) is None) and \
+                not _ABBREVIATED.fullmatch(rev):
+            raise ValueError(f"not a full ref or a commit id: {rev!r}")
+        with self._locked(exclusive=False):
+            done = self._local_git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                                   f"{rev}^{{commit}}")
+        found = done.stdout.decode().strip()
+        return found if done.returncode == 0 and _SHA.fullmatch(found) else None
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of commits ``a`` and ``b`` (full ids) in the mirror
+        (``git merge-base``), the base a pull request's difference is taken from; None when
+        they share no history or one of them is not in the mirror (nothing is fetched).
+        Raises ProviderError when git fails or times out."""
+        _check_sha(a)
+        _check_sha(b)
+        with self._locked(exclusive=False):
+            return _merge_base(self._local_git, a, b)
 
     # --- fetching ---------------------------------------------------------------------------
 
@@ -340,6 +365,34 @@ def local_changed_files(git_dir: str | Path, base: str, head: str,
     return _compare(local, resolved[0], resolved[1])
 
 
+def local_merge_base(git_dir: str | Path, base: str, head: str,
+                     timeout: float = LOCAL_TIMEOUT_SECONDS) -> tuple[str, str] | None:
+    """(merge base, head) as full commit ids in an existing clone at ``git_dir``:
+    ``base`` and ``head`` are any revisions git resolves there (``main``, ``HEAD``), as a
+    pull request's target and head (``explain --base``). None when either is not there or
+    they share no history. No network. Raises ProviderError when ``git_dir`` is not a git
+    repository, or git fails or exceeds ``timeout`` seconds."""
+    where = str(git_dir)
+    run = _Git(Path(git_dir), _env(protocol_allow="never"), timeout, where, work_tree=True)
+    try:
+        if run("rev-parse", "--git-dir").returncode != 0:
+            raise ProviderError(f"{where} is not a git repository")
+        resolved: list[str] = []
+        for rev in (base, head):
+            if not rev or rev.startswith("-"):
+                raise ProviderError(f"{rev!r} is not a revision")
+            done = run("rev-parse", "--verify", "--quiet", "--end-of-options",
+                       f"{rev}^{{commit}}")
+            if done.returncode != 0:
+                return None
+            resolved.append(done.stdout.decode().strip())
+        found = _merge_base(run, resolved[0], resolved[1])
+    except _Timeout:
+        raise ProviderError(f"git merge-base in {where} timed out after {timeout:g} s") \
+            from None
+    return None if found is None else (found, resolved[1])
+
+
 def local_file_content(git_dir: str | Path, path: str, commit: str,
                        timeout: float = LOCAL_TIMEOUT_SECONDS) -> bytes | None:
     """The bytes of ``path`` at ``commit`` in an existing clone at ``git_dir`` (``explain
@@ -392,6 +445,19 @@ def _compare(run: Runner, base: str, head: str) -> Diff:
     names = done.stdout.split(b"\0")
     # paths are bytes in git; undecodable ones keep their bytes as surrogates (never merged)
     return Diff(status, frozenset(n.decode("utf-8", "surrogateescape") for n in names if n))
+
+
+def _merge_base(run: Runner, a: str, b: str) -> str | None:
+    """``git merge-base a b``: the best common ancestor, None when there is none (exit 1)
+    or a commit is missing."""
+    done = run("merge-base", "--end-of-options", a, b)
+    found = done.stdout.decode().strip()
+    if done.returncode == 0 and _SHA.fullmatch(found):
+        return found
+    if done.returncode == 1 or b"not a valid" in done.stderr.lower():
+        return None
+    raise ProviderError("git merge-base failed: "
+                        f"{_last_line(done.stderr.decode(errors='replace'))}")
 
 
 def _is_ancestor(run: Runner, ancestor: str, descendant: str) -> bool:

@@ -40,11 +40,19 @@ class StartRequest:
     repository: str
     variables: tuple[tuple[str, str], ...] = ()
     source_action: str | None = None
+    # a pull request's validation (receiver/validation.py): its own idempotency token, so
+    # validating a commit never makes that commit's deploy start of the same pipeline look
+    # done to CodePipeline
+    validation: bool = False
 
     @property
     def client_request_token(self) -> str:
-        """Idempotency token derived from (pipeline, commit): a retry cannot start twice."""
-        return hashlib.sha256(f"{self.pipeline}\0{self.commit}".encode()).hexdigest()
+        """Idempotency token derived from (pipeline, commit), and for a validation from
+        ("validate", pipeline, commit): a retry cannot start twice, and a validation and a
+        deploy of one commit are two starts."""
+        key = f"{self.pipeline}\0{self.commit}"
+        return hashlib.sha256((f"validate\0{key}" if self.validation else key).encode()
+                              ).hexdigest()
 
 
 def render_variables(templates: tuple[tuple[str, str], ...], *, commit: str, branch: str,

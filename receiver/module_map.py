@@ -296,6 +296,10 @@ def _validated(text: str | bytes, rules: ModuleMapConfig | None, *, source: str,
         if allow is not None and isinstance(name, str) and not allow.admits(name):
             problems.append(f"pipelines[{i}].name: {name!r} is not allowed here; allowed: "
                             + ", ".join(allow.patterns))
+        validate = entry.get("validate")
+        if allow is not None and isinstance(validate, str) and not allow.admits(validate):
+            problems.append(f"pipelines[{i}].validate: {validate!r} is not allowed here; "
+                            "allowed: " + ", ".join(allow.patterns))
         if "tags" in entry:
             problems.append(f"pipelines[{i}].tags: is not read from a module map file "
                             "(a tag push starts configured pipelines only)")

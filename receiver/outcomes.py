@@ -231,7 +231,10 @@ class OutcomeRecorder:
         return healed
 
     def settle(self, execution: Execution, now: float) -> None:
-        """Move the baseline row of ``execution``'s pipeline as its status requires."""
+        """Move the baseline row of ``execution``'s pipeline as its status requires (a
+        pull request's validation moves none: it deploys nothing)."""
+        if execution.pull_request is not None:
+            return
         repo = self.config.repository_by_key(execution.repository)
         policy = repo.baseline if repo is not None else "succeeded"
         for _ in range(CAS_ROUNDS):

@@ -22,6 +22,11 @@ The steps (DESIGN.md "State semantics", "Module map"):
    again: an older commit must not overtake a newer one (CodePipeline's SUPERSEDED mode
    goes by start order). Only pipelines whose baseline fell back below their last start
    need that extra difference, one per distinct last started commit.
+
+:func:`plan_pull_request` is the same step for a pull request: every pipeline is decided
+from one base, the merge base of the target branch and the request's head (GitHub's
+three-dot difference: what the request changes, not what the target did meanwhile), and
+nothing is kept newer (a validation moves no baseline).
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ from dataclasses import dataclass
 from providers.base import Diff
 from receiver.decide import Base, Decision, NoBase, decide, needs_diff
 from receiver.modules import ModuleMap, Selector
-from receiver.state.base import Baseline
+from receiver.state.base import Baseline, PipelineDecision
 
 # (base, head) -> the tree difference; raises ProviderError when it cannot be had now
 DiffSource = Callable[[str, str], Diff]
+MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,21 @@ class PushPlan:
         """The most paths one complete difference from a base listed (0 when none did)."""
         return max((len(d.paths) for d in self.diffs.values()
                     if d.paths is not None and not d.contained), default=0)
+
+
+def decision_entry(name: str, verdict: str, decision: Decision, *,
+                   execution_id: str | None = None, error: str | None = None,
+                   reason: str | None = None) -> PipelineDecision:
+    """The decision record's entry for pipeline ``name``: its verdict (``started``,
+    ``unchanged``...) and why (``decision``), with the first MATCHES_KEPT matches;
+    ``reason`` replaces the decision's own."""
+    return PipelineDecision(
+        pipeline=name, verdict=verdict, baseline=decision.base, diff=decision.source,
+        complete=decision.complete, reason=reason or decision.reason,
+        # (path, glob), or (path, glob, dependency) when a dependency's path selected it
+        matched=tuple((path, glob) if via is None else (path, glob, via)
+                      for path, glob, via in decision.selected(MATCHES_KEPT)),
+        matched_count=decision.match_count, execution_id=execution_id, error=error)
 
 
 def base_of(baseline: Baseline | None, before: str | None) -> Base:
@@ -106,6 +127,29 @@ def plan_push(modules: ModuleMap, baselines: Mapping[str, Baseline], *, before: 
                 decisions[name] = decision
     _keep_newer(decisions, baselines, head, difference)
     return PushPlan(decisions, {base: tuple(group) for base, group in groups.items()}, diffs)
+
+
+def plan_pull_request(modules: ModuleMap, known: Collection[str], *, merge_base: str | None,
+                      head: str, diff: DiffSource, missing: str = "") -> PushPlan:
+    """Plan a pull request whose head is ``head``: each pipeline of ``modules`` decided
+    from ``merge_base`` (the merge base of the target branch and the head), templates and
+    dependencies as for a push.
+
+    ``known``: the concrete pipelines of templates that hold a baseline on the target
+    branch (a template whose dependency changed stands for each of them). ``merge_base``
+    None: it cannot be had (unrelated histories, a commit the mirror cannot get, a
+    provider API that does not say): every pipeline counts as changed, incomplete, for the
+    reason ``missing``. A head contained in the merge base changes nothing. ProviderError
+    from ``diff`` propagates.
+    """
+    selectors = modules.for_branch(known)
+    if merge_base is None:
+        changed = Decision("changed", None, reason=missing, source="compare", complete=False)
+        return PushPlan({name: changed for name, s in selectors.items() if not s.discovers},
+                        {}, {})
+    found = diff(merge_base, head) if needs_diff(merge_base, head) else None
+    return PushPlan(decide(selectors, merge_base, head, found), {merge_base: tuple(selectors)},
+                    {merge_base: found} if found is not None else {})
 
 
 def _keep_newer(decisions: dict[str, Decision], baselines: Mapping[str, Baseline], head: str,

@@ -33,11 +33,11 @@ from receiver.effects import (
 from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, RetryLater
 from receiver.events import Delivery, PushEvent
 from receiver.gitdiff import GitMirror, ref_problem
-from receiver.launcher import Launcher, StartRequest, render_variables
+from receiver.launcher import Launcher, StartRequest, aws_region, render_variables
 from receiver.logging import delivery_context, get_logger
 from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
 from receiver.outcomes import Observation, OutcomeRecorder
-from receiver.planner import PushPlan, plan_push
+from receiver.planner import PushPlan, decision_entry, plan_push
 from receiver.reconcile import RECONCILER, caught_up, note_head
 from receiver.state.base import (
     NOTHING_DEPLOYED,
@@ -47,10 +47,10 @@ from receiver.state.base import (
     PipelineDecision,
     StateStore,
 )
+from receiver.validation import Summaries, Validator
 
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
-MATCHES_KEPT = 20  # matched files kept per pipeline in a decision record
 
 # How a start attempt ended: started (now or by an earlier attempt), in_flight (another
 # delivery owns the start), failed (final) or retry (the delivery will be redone).
@@ -101,16 +101,9 @@ class Push:
     def record(self, name: str, verdict: str, decision: Decision,
                outcome: Outcome | None = None) -> None:
         """Keep what happened to pipeline ``name`` for the decision record."""
-        self.trace[name] = PipelineDecision(
-            pipeline=name, verdict=verdict, baseline=decision.base, diff=decision.source,
-            complete=decision.complete, reason=decision.reason,
-            # (path, glob), or (path, glob, dependency) when a dependency's path selected it
-            matched=tuple((path, glob) if via is None else (path, glob, via)
-                          for path, glob, via in decision.selected(MATCHES_KEPT)),
-            matched_count=decision.match_count,
-            execution_id=outcome.execution_id if outcome else None,
-            error=outcome.error if outcome else None,
-        )
+        self.trace[name] = decision_entry(
+            name, verdict, decision, execution_id=outcome.execution_id if outcome else None,
+            error=outcome.error if outcome else None)
 
     @property
     def behind(self) -> bool:
@@ -135,7 +128,8 @@ class Processor:
 
     def __init__(self, config: Config, store: StateStore, launcher: Launcher,
                  providers: Mapping[str, Provider],
-                 clock: Callable[[], float] = time.time, bus: Bus | None = None) -> None:
+                 clock: Callable[[], float] = time.time, bus: Bus | None = None,
+                 summaries: Summaries | None = None) -> None:
         self.config = config
         self.store = store
         self.launcher = launcher
@@ -157,9 +151,18 @@ class Processor:
         self.maps = RepositoryMaps(store, lambda repo, path, commit: (
             self._mirror(repo).file_content(path, commit) if repo.diff == "git"
             else by_api(repo, path, commit)), clock, config.repositories)
+        # pull requests: validated with the same mirrors, maps, start pool and listeners
+        self.validator = Validator(
+            config, store, launcher, providers, self.bus, mirror=self._mirror, maps=self.maps,
+            pool=self._starts, outcomes=self.outcomes, clock=clock,
+            summaries=summaries or Summaries(config, store, providers,
+                                             aws_region(config.launcher.region), clock))
 
     def process(self, delivery: Delivery) -> None:
         """Process every push of ``delivery``. Raises RetryLater if part must be redone later."""
+        if delivery.pull_request is not None:
+            self.validator.process(delivery)
+            return
         started_at = time.monotonic()
         final = delivery.attempts >= self.config.processing.max_attempts
         repo = self.config.repository(delivery.provider, delivery.repository)

@@ -164,9 +164,9 @@ class Worker:
         failure = f"delivery failed after {attempts} attempts: {error}"
         # what an earlier attempt recorded of a push is kept, with the failure added
         earlier = {r.push_key: r for r in self.store.history(
-            delivery_id=delivery.delivery_id, limit=len(delivery.events))
+            delivery_id=delivery.delivery_id, limit=len(delivery.refs))
             if r.provider == delivery.provider}
-        for event in delivery.events:
+        for event in delivery.refs:  # its pushes, or its pull request
             if event.after is None:  # a deletion: never recorded, never processed
                 continue
             fresh = DecisionRecord(

@@ -47,6 +47,7 @@ class FakeCodePipeline:
     def __init__(self, pipelines: list[str]) -> None:
         self.pipelines = set(pipelines)
         self.executions: dict[str, FakeExecution] = {}
+        self.tokens: dict[str, str] = {}  # clientRequestToken -> execution id
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
         fake = self
@@ -80,10 +81,17 @@ class FakeCodePipeline:
             return 400, {"__type": "PipelineNotFoundException",
                          "message": f"Account does not have a pipeline with name {name}"}
         if operation == "StartPipelineExecution":
+            # clientRequestToken is idempotent, as CodePipeline documents it: the same token
+            # answers the execution it started, never a second one
+            token = params.get("clientRequestToken")
+            if token and token in self.tokens:
+                return 200, {"pipelineExecutionId": self.tokens[token]}
             execution = FakeExecution(str(name), str(uuid.uuid4()), revisions=[
                 {"actionName": r["actionName"], "revisionId": r["revisionValue"]}
                 for r in params.get("sourceRevisions", [])])
             self.executions[execution.execution_id] = execution
+            if token:
+                self.tokens[token] = execution.execution_id
             return 200, {**_START, "pipelineExecutionId": execution.execution_id}
         if operation == "GetPipelineExecution":
             found = self.executions.get(params.get("pipelineExecutionId", ""))

@@ -54,6 +54,16 @@ def push_body(before: str, after: str, event_id: str) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _repointed(body: bytes) -> bytes:
+    """A published event's repository pointed at the test repository (as push_body does)."""
+    doc = json.loads(body)
+    repo = doc["resource"]["repository"]
+    repo.update(name=REPOSITORY, remoteUrl=f"https://dev.azure.com/{ORGANIZATION}/"
+                f"Fabrikam%20Fiber/_git/mono%20repo")
+    repo["project"]["name"] = PROJECT
+    return json.dumps(doc).encode()
+
+
 def deliver(svc: Service, body: bytes, credentials: str | None = HOOK) -> requests.Response:
     headers = {"Content-Type": "application/json; charset=utf-8"}
     if credentials is not None:
@@ -202,10 +212,11 @@ HTTP_CASES: dict[str, HttpCase] = {
         credentials=None, status=401, expect={"error": "unauthorized"}),
     "a_bearer_token_is_unauthorized": HttpCase(
         authorization="Bearer " + HOOK, status=401, expect={"error": "unauthorized"}),
-    "a_pull_request_event_is_ignored_for_now": HttpCase(
-        lambda: fixture_bytes("azure-devops/go-playground-git.pullrequest.created.json"),
-        expect={"status": "ignored", "reason": "unsupported event type "
-                                               "'git.pullrequest.created'"}),
+    "a_pull_request_event_of_a_repository_without_pull_requests_is_ignored": HttpCase(
+        lambda: _repointed(fixture_bytes(
+            "azure-devops/go-playground-git.pullrequest.created.json")),
+        expect={"status": "ignored", "reason": "pull requests of this repository are not "
+                                               "validated (no pull_requests)"}),
     "a_push_without_its_repository_is_a_bad_request": HttpCase(
         lambda: fixture_bytes("azure-devops/msdocs-git.push-no-repository.json"), status=400,
         expect={"error": "bad_request"}),

@@ -204,7 +204,7 @@ def test_a_push_without_its_repository_is_a_bad_request() -> None:
 
 @pytest.mark.parametrize("fixture", ["azure-devops/go-playground-git.pullrequest.created.json",
                                      "azure-devops/go-scm-pr_created.json"])
-def test_pull_request_events_are_ignored_for_now(fixture: str) -> None:
+def test_pull_request_events_are_not_pushes(fixture: str) -> None:
     with pytest.raises(Ignored, match=r"unsupported event type 'git\.pullrequest\.created'"):
         AzureDevOpsProvider().parse({}, fixture_bytes(fixture))
 

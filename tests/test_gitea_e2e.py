@@ -48,6 +48,13 @@ def push_body(before: str, after: str, fixture: str = PUSH) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _repointed(body: bytes) -> bytes:
+    """A published event's repository pointed at the test repository."""
+    doc = json.loads(body)
+    doc["repository"]["full_name"] = REPO
+    return json.dumps(doc).encode()
+
+
 def deliver(svc: Service, body: bytes, delivery_id: str, *, family: str = "gitea",
             secret: str | None = SECRET, event: str = "push") -> requests.Response:
     """POST one delivery as Gitea (``gitea``) or a Forgejo sending only its own names."""
@@ -203,9 +210,11 @@ HTTP_CASES: dict[str, HttpCase] = {
     "delete_event_is_ignored": HttpCase(
         lambda: fixture_bytes("gitea/go-scm-branch_delete.json"), event="delete",
         expect={"status": "ignored", "reason": "unsupported event type 'delete'"}),
-    "pull_request_event_is_ignored_for_now": HttpCase(
-        lambda: fixture_bytes("gitea/go-scm-pull_request_opened.json"), event="pull_request",
-        expect={"status": "ignored", "reason": "unsupported event type 'pull_request'"}),
+    "pull_request_event_of_a_repository_without_pull_requests_is_ignored": HttpCase(
+        lambda: _repointed(fixture_bytes("gitea/go-scm-pull_request_opened.json")),
+        event="pull_request",
+        expect={"status": "ignored", "reason": "pull requests of this repository are not "
+                                               "validated (no pull_requests)"}),
     "branch_not_watched_is_ignored": HttpCase(
         lambda: push_body("a" * 40, "b" * 40).replace(b"refs/heads/main", b"refs/heads/dev"),
         expect={"status": "ignored", "reason": "branch not watched"}),

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from receiver.config import StateConfig
-from receiver.events import Delivery, PushEvent
+from receiver.events import Delivery, PullRequestEvent, PushEvent
 from receiver.state.base import (
     ACTIVE_VERDICTS,
     Backlog,
@@ -24,6 +24,8 @@ from receiver.state.base import (
     PipelineDecision,
     StateStore,
     Task,
+    Validation,
+    ValidationRun,
 )
 from receiver.state.dynamodb import DynamoDBStore
 from receiver.state.sqlite import SQLiteStore
@@ -774,3 +776,88 @@ def test_heads_are_noted_per_branch_replaced_and_forgotten(store: StateStore) ->
     store.note_head("github:acme/mono", "gone-already", None, None, 21.0)  # harmless
     assert store.heads("github:acme/mono") == {"main": Head(C, None, 20.0)}
     assert store.heads("github:acme/other") == {"main": Head(C, None, 12.0)}
+
+
+# --- pull request validations ---------------------------------------------------------------
+
+
+def validation(number: int = 7, head: str = B, repository: str = "github:acme/mono",
+               **changes: Any) -> Validation:
+    fields: dict[str, Any] = {
+        "repository": repository, "number": number, "head": head, "source_branch": "feat/x",
+        "target_branch": "main", "state": "validating", "merge_base": A,
+        "runs": (ValidationRun("api-validate", "api-deploy", "x1"),
+                 ValidationRun("web-validate", "web-deploy", None, "ThrottlingException")),
+        "delivery_id": "d1", "updated_at": 10.0}
+    return Validation(**{**fields, **changes})
+
+
+def test_a_validation_round_trips_every_field(store: StateStore) -> None:
+    assert store.validation("github:acme/mono", 7) is None
+    assert store.save_validation(validation(fork=True, draft=True, summary="pending",
+                                            generation=3)) is True
+    assert store.validation("github:acme/mono", 7) == validation(
+        fork=True, draft=True, summary="pending", generation=3, version=1)
+    assert store.validation("github:acme/mono", 8) is None
+    assert store.validation("github:acme/other", 7) is None
+
+
+def test_a_validation_is_written_by_compare_and_set(store: StateStore) -> None:
+    assert store.save_validation(validation()) is True
+    assert store.save_validation(validation()) is False  # version 0: one exists already
+    stored = store.validation("github:acme/mono", 7)
+    assert stored is not None
+    assert store.save_validation(dataclasses.replace(stored, head=C, updated_at=11.0)) is True
+    assert store.save_validation(dataclasses.replace(stored, summary="success")) is False
+    now = store.validation("github:acme/mono", 7)
+    assert now is not None and (now.head, now.version, now.summary) == (C, 2, None)
+
+
+def test_validations_are_listed_newest_first_per_repository_and_limited(
+        store: StateStore) -> None:
+    for number, when, repo in [(1, 10.0, "github:acme/mono"), (2, 30.0, "github:acme/mono"),
+                               (3, 20.0, "gitlab:acme/mono")]:
+        store.save_validation(validation(number, repository=repo, updated_at=when))
+    assert [v.number for v in store.validations()] == [2, 3, 1]
+    assert [v.number for v in store.validations(limit=2)] == [2, 3]
+    assert [v.number for v in store.validations(repository="github:acme/mono")] == [2, 1]
+    assert store.validations(repository="bitbucket:nobody/none") == []
+
+
+def test_a_pull_requests_records_are_found_by_its_repository_and_number(
+        store: StateStore) -> None:
+    def record(delivery: str, repository: str, number: int, at: float) -> DecisionRecord:
+        return DecisionRecord(delivery, "github", repository, "pull_request", str(number), A,
+                              B, at, 1, (PipelineDecision("api-validate", "started", A,
+                                                          "compare", True),))
+
+    store.record_decision(record("d1", "acme/mono", 7, 1.0))
+    store.record_decision(record("d2", "acme/mono", 7, 2.0))
+    store.record_decision(record("d3", "acme/mono", 8, 3.0))
+    store.record_decision(record("d4", "acme/other", 7, 4.0))
+    found = store.history(pull_request=("github:acme/mono", 7))
+    assert [r.delivery_id for r in found] == ["d2", "d1"]
+    assert store.history(pull_request=("github:acme/mono", 9)) == []
+    # a push's record is never a pull request's
+    store.record_decision(DecisionRecord("d5", "github", "acme/mono", "branch", "7", A, B,
+                                         5.0, 1, ()))
+    assert [r.delivery_id for r in store.history(pull_request=("github:acme/mono", 7))] == \
+        ["d2", "d1"]
+
+
+def test_a_validation_execution_names_its_pull_request(store: StateStore) -> None:
+    store.record_execution(execution(pull_request=7))
+    store.record_execution(execution("x2"))
+    found = store.execution("p", "x1")
+    assert found is not None and found.pull_request == 7
+    other = store.execution("p", "x2")
+    assert other is not None and other.pull_request is None
+
+
+def test_a_pull_request_delivery_round_trips_through_a_claim(store: StateStore) -> None:
+    event = PullRequestEvent("github", "acme/mono", 7, "opened", "feat/x", "main", B, A,
+                             "refs/pull/7/head", fork=True)
+    store.record_delivery(Delivery("pr-1", "github", "acme/mono", (), pull_request=event),
+                          1.0)
+    got = store.claim_delivery("w1", 60, 10.0)
+    assert got is not None and got.pull_request == event and got.events == ()

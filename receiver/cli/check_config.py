@@ -66,7 +66,9 @@ def _check_pipelines(cfg: config_mod.Config) -> list[str]:
     from receiver import aws
     from receiver.modules import PLACEHOLDER
 
-    every = list(dict.fromkeys(p.name for r in cfg.repositories for p in r.pipelines))
+    # validate pipelines too: a pull request must not find its validation missing
+    every = list(dict.fromkeys(n for r in cfg.repositories for p in r.pipelines
+                               for n in (p.name, p.validate) if n))
     # a template stands for pipelines found in pushes: none of them can be named here
     names = [n for n in every if PLACEHOLDER not in n]
     if len(names) < len(every):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from providers.base import Diff
 from receiver.cli.base import Command, ExitCode, first_literal_branch, load_config, say
 from receiver.config import Config, RepositoryConfig
-from receiver.gitdiff import local_changed_files, local_file_content
+from receiver.gitdiff import local_changed_files, local_file_content, local_merge_base
 from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
 from receiver.planner import PushPlan
 from receiver.state import open_store
@@ -33,9 +33,13 @@ class Explain(Command):
                             help="the repository's configured name, e.g. acme/mono")
         parser.add_argument("--provider", choices=sorted(REGISTRY),
                             help="the provider, when two repositories share the name")
-        parser.add_argument("--from", dest="from_sha",
-                            help="the commit to compare from (default: each pipeline's stored "
-                                 "baseline on --branch)")
+        base = parser.add_mutually_exclusive_group()
+        base.add_argument("--from", dest="from_sha",
+                          help="the commit to compare from (default: each pipeline's stored "
+                               "baseline on --branch)")
+        base.add_argument("--base", help="plan a pull request into this target branch whose "
+                          "head is --to: the difference from their merge base, and the "
+                          "validate pipelines that would start")
         parser.add_argument("--branch", help="with no --from: the branch whose baselines to "
                             "use (default: the repository's first literal name in branches)")
         parser.add_argument("--git-dir", help="compute the difference in this local clone "
@@ -79,9 +83,17 @@ def explain(args: argparse.Namespace) -> int:
             return local_changed_files(args.git_dir, base, head)
         return providers[repo.provider].changed_files(repo, base, head)
 
-    plan = plan_push(resolved.pipelines.modules, baselines, before=before, head=args.to_sha,
-                     diff=difference, new_branch=repo.new_branch)
+    if args.base is not None:  # a pull request into --base whose head is --to
+        plan, merge_base = _pull_request_plan(cfg, repo, resolved, providers, args, difference)
+    else:
+        plan = plan_push(resolved.pipelines.modules, baselines, before=before,
+                         head=args.to_sha, diff=difference, new_branch=repo.new_branch)
     report = _report(repo, args.to_sha, plan, resolved.problems)
+    if args.base is not None:
+        report["merge_base"] = merge_base
+        report["would_validate"] = {
+            name: target for name in report["would_start"]
+            if (target := resolved.pipelines.pipeline(name).validate_name()) is not None}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -120,7 +132,7 @@ def _bases(cfg: Config, repo: RepositoryConfig, resolved: Resolved,
            args: argparse.Namespace) -> tuple[dict[str, Baseline], str | None]:
     """(the stored baselines, the push's ``before``) to plan from: with ``--from``, none
     and ``--from`` itself; else the branch's baselines and its last known head."""
-    if args.from_sha is not None:
+    if args.from_sha is not None or args.base is not None:  # no stored baselines needed
         return {}, args.from_sha
     store = open_store(cfg.state)
     branch = args.branch or first_literal_branch(repo)
@@ -136,6 +148,24 @@ def _bases(cfg: Config, repo: RepositoryConfig, resolved: Resolved,
                        f"{', '.join(missing) or 'any pipeline'}, and no known head to "
                        "compare the others from; give --from")
     return baselines, before
+
+
+def _pull_request_plan(cfg: Config, repo: RepositoryConfig, resolved: Resolved,
+                       providers: Mapping[str, Any], args: argparse.Namespace,
+                       difference: Callable[[str, str], Diff]) -> tuple[PushPlan, str | None]:
+    """The plan of a pull request into ``--base`` whose head is ``--to``: from the merge
+    base (the local clone's, or the provider's), as the service would validate it."""
+    from receiver.planner import plan_pull_request
+
+    found = (local_merge_base(args.git_dir, args.base, args.to_sha) if args.git_dir
+             else providers[repo.provider].merge_base(repo, args.base, args.to_sha))
+    merge_base = found[0] if isinstance(found, tuple) else found
+    head = found[1] if isinstance(found, tuple) else args.to_sha
+    plan = plan_pull_request(resolved.pipelines.modules,
+                             open_store(cfg.state).baselines(repo.key, args.base),
+                             merge_base=merge_base, head=head, diff=difference,
+                             missing=f"no merge base of {args.base} and {args.to_sha}")
+    return plan, merge_base
 
 
 def _report(repo: RepositoryConfig, to: str, plan: PushPlan,
@@ -206,6 +236,10 @@ def _print(report: dict[str, Any], repo: RepositoryConfig, args: argparse.Namesp
                           + (f" via {h['via']}" if "via" in h else "")
                           for h in hits) or "no pipeline"
         say(f"  {path}  ->  {rules}")
+    if args.base is not None:
+        say(f"pull request into {args.base}: merge base {report['merge_base'] or '(none)'}")
+        say("would validate: " + (", ".join(f"{v} (for {n})" for n, v in
+                                          report["would_validate"].items()) or "nothing"))
     say("would start: " + (", ".join(report["would_start"]) or "nothing"))
     say("unchanged:   " + (", ".join(report["unchanged"]) or "none"))
     for name, reason in report.get("refused", {}).items():

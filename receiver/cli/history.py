@@ -21,6 +21,11 @@ class History(Command):
         which.add_argument("--pipeline", help="the records that decided about this pipeline")
         which.add_argument("--commit", help="the records of pushes whose head is this commit")
         which.add_argument("--delivery", help="the records of this provider delivery id")
+        which.add_argument("--pull-request", type=int, metavar="N",
+                           help="the records of pull (merge) request N: why each validate "
+                                "pipeline ran")
+        parser.add_argument("--repository", help="with --pull-request: the repository's "
+                            "configured name (needed when several validate pull requests)")
         parser.add_argument("--limit", type=int, default=20,
                             help="at most this many records, newest first (default: "
                                  "%(default)s)")
@@ -31,8 +36,18 @@ class History(Command):
 
         cfg = load_config(args)
         store = open_store(cfg.state)
+        pull_request = None
+        if args.pull_request is not None:
+            repos = [r for r in cfg.repositories if r.pull_requests is not None and (
+                args.repository is None or r.name.casefold() == args.repository.casefold())]
+            if len(repos) != 1:
+                say("error: --pull-request needs --repository naming one repository with "
+                    "pull_requests", err=True)
+                return ExitCode.USAGE
+            pull_request = (repos[0].key, args.pull_request)
         records = store.history(delivery_id=args.delivery, commit=args.commit,
-                                pipeline=args.pipeline, limit=args.limit)
+                                pipeline=args.pipeline, pull_request=pull_request,
+                                limit=args.limit)
         for record in records:
             # how each start ended, as learnt since the record was written
             outcomes = {p.pipeline: x.status for p in record.pipelines if p.execution_id
@@ -79,4 +94,6 @@ def _describe(record: DecisionRecord, outcomes: dict[str, str]) -> list[str]:
         lines.append(f"  {p.pipeline}: {p.verdict}; " + "; ".join(why))
     if record.failure:
         lines.append(f"  failed: {record.failure}")
+    if record.note:
+        lines.append(f"  {record.note}")
     return lines

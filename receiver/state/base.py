@@ -16,6 +16,10 @@ Every backend gives the same guarantees, so the processor can run in many proces
   settled: ``settle_execution`` records that the follow-ups of that status (baseline,
   statuses, notifications) were applied, so a poll re-applies what an error interrupted.
 
+- ``save_validation`` is a compare-and-set on a pull request's :class:`Validation`
+  (``version`` 0: none yet), so the worker validating a new head and a listener applying
+  an outcome never overwrite each other.
+
 ``ACTIVE_VERDICTS`` are the pipeline verdicts a by-pipeline history lists.
 
 Times are UNIX seconds (float). Every method raises ``receiver.errors.StateError`` when the
@@ -29,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
-from receiver.events import Delivery
+from receiver.events import PULL_REQUEST, Delivery
 
 StartState = Literal["pending", "started", "failed"]
 # GetPipelineExecution's statuses of a pipeline execution
@@ -75,7 +79,8 @@ class Execution:
     """A pipeline execution this service started, and its status as last learnt.
 
     ``repository`` is the repository's state key; ``attempt`` the execution's
-    ``pipeline-execution-attempt`` (a console retry keeps the id and counts up).
+    ``pipeline-execution-attempt`` (a console retry keeps the id and counts up). A
+    validation's ``branch`` is its pull request's source branch.
     """
 
     pipeline: str
@@ -89,6 +94,9 @@ class Execution:
     updated_at: float = 0.0
     # the status whose follow-ups (baseline, statuses, notifications) were all applied
     settled: str | None = None
+    # the number of the pull request this execution validates (receiver/validation.py):
+    # None for a deploy. A validation moves no baseline and no deployed commit.
+    pull_request: int | None = None
 
     @property
     def final(self) -> bool:
@@ -170,6 +178,12 @@ class Head:
     updated_at: float = 0.0
 
 
+def pull_request_key(repository: str, number: int) -> str:
+    """How the records of pull request ``number`` of ``repository`` (its state key,
+    ``provider:name``) are found: ``github:acme/mono#42``."""
+    return f"{repository}#{number}"
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineDecision:
     """One pipeline's verdict in one push, and why."""
@@ -182,7 +196,7 @@ class PipelineDecision:
     complete: bool          # False when every pipeline counted as changed (incomplete difference)
     reason: str | None = None
     # (path, glob), or (path, glob, dependency) when a dependency's path selected the
-    # pipeline; at most processor.MATCHES_KEPT
+    # pipeline; at most planner.MATCHES_KEPT
     matched: tuple[tuple[str, ...], ...] = ()
     matched_count: int = 0
     execution_id: str | None = None
@@ -218,6 +232,16 @@ class DecisionRecord:
     # why the push was not (wholly) processed: its delivery failed (attempts used up, the
     # reason given), or git refuses its ref name; None for a processed push
     failure: str | None = None
+    # why nothing was decided although nothing failed (a pull request from a fork, a
+    # draft, a closed request)
+    note: str | None = None
+
+    @property
+    def pull_request_key(self) -> str | None:
+        """A pull request's record: :func:`pull_request_key` of it; None for a push."""
+        if self.ref_type != PULL_REQUEST:
+            return None
+        return pull_request_key(f"{self.provider}:{self.repository}", int(self.ref))
 
     @property
     def repository_key(self) -> str:
@@ -255,13 +279,84 @@ class DecisionRecord:
             recorded_at=float(data.get("recorded_at", 0.0)),
             attempt=int(data.get("attempt", 1)),
             pipelines=tuple(PipelineDecision.from_dict(p) for p in data.get("pipelines", ())),
-            failure=data.get("failure"),
+            failure=data.get("failure"), note=data.get("note"),
         )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DecisionRecord:
         """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+ValidationState = Literal["validating", "waiting", "denied", "failed", "closed", "merged"]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationRun:
+    """One validate pipeline a pull request's head needs: the deploy pipeline whose
+    modules brought it in, the execution started (None until it is), or why it could not
+    be started for good (``error``)."""
+
+    pipeline: str
+    validates: str
+    execution_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """Where one pull request's validation stands (receiver/validation.py).
+
+    ``repository`` is the repository's state key; ``head`` the request's head being
+    validated, ``generation`` counts the heads seen (a new head supersedes the summary of
+    the old one). ``state``: ``validating`` (``runs`` are the validate pipelines its head
+    needs: none when no module is affected), ``waiting`` (a draft), ``denied`` (from a fork
+    with ``forks: deny``), ``failed`` (its last attempt could not validate it: ``error``
+    says why), ``closed`` or ``merged`` (the end). ``summary`` is the state of
+    the summary status last recorded for this generation; ``version`` is the store's
+    compare-and-set counter (0: not stored yet).
+    """
+
+    repository: str
+    number: int
+    head: str
+    source_branch: str
+    target_branch: str
+    state: ValidationState
+    generation: int = 1
+    merge_base: str | None = None
+    fork: bool = False
+    draft: bool = False
+    runs: tuple[ValidationRun, ...] = ()
+    delivery_id: str = ""
+    updated_at: float = 0.0
+    summary: str | None = None
+    error: str | None = None
+    version: int = 0
+
+    @property
+    def settled(self) -> bool:
+        """Nothing about it can change any more without a new event: it ended, or its
+        summary was recorded in a final state."""
+        return self.state in ("closed", "merged") or self.summary in ("success", "failure",
+                                                                      "error")
+
+    def to_json(self) -> str:
+        """The stored form (``version`` is the store's, not part of it)."""
+        doc = asdict(self)
+        doc.pop("version")
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, version: int) -> Validation:
+        """Read a stored validation; unknown keys are ignored, missing ones defaulted."""
+        doc = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__ if f not in ("runs", "version")}
+        return cls(**{k: v for k, v in doc.items() if k in known},
+                   runs=tuple(ValidationRun(**{k: v for k, v in run.items()
+                                               if k in ValidationRun.__dataclass_fields__})
+                              for run in doc.get("runs", ())),
+                   version=version)
 
 
 class StateStore(Protocol):
@@ -320,9 +415,11 @@ class StateStore(Protocol):
         a retried delivery replaces its record. Kept HISTORY_RETENTION_SECONDS."""
 
     def history(self, *, delivery_id: str | None = None, commit: str | None = None,
-                pipeline: str | None = None, limit: int = 20) -> list[DecisionRecord]:
+                pipeline: str | None = None, pull_request: tuple[str, int] | None = None,
+                limit: int = 20) -> list[DecisionRecord]:
         """Decision records, newest ``recorded_at`` first, at most ``limit``, selected by
-        exactly one of the three keys (none given: ValueError). ``commit`` is a head.
+        exactly one of the four keys (none given: ValueError). ``commit`` is a head;
+        ``pull_request`` is (repository state key, number): the records of that request.
 
         By ``pipeline``: the records in which that pipeline was started, failed, retried or
         in flight (ACTIVE_VERDICTS), each narrowed to that pipeline's entry; an unchanged
@@ -413,6 +510,21 @@ class StateStore(Protocol):
                   now: float) -> None:
         """Remember ``sha`` (with ``etag``, None when unknown) as the head of ``branch``,
         replacing what was known; ``sha`` None forgets the branch (it was deleted)."""
+
+    def validation(self, repository: str, number: int) -> Validation | None:
+        """The validation of pull request ``number`` of ``repository`` (its state key), or
+        None when none was recorded."""
+
+    def save_validation(self, validation: Validation) -> bool:
+        """Write ``validation`` if the stored one's version is still ``validation.version``
+        (0: none is stored); the stored version goes up by one. False on a lost race.
+        Kept HISTORY_RETENTION_SECONDS after its last update."""
+
+    def validations(self, *, repository: str | None = None,
+                    limit: int = 50) -> list[Validation]:
+        """The most recently updated validations, newest first, at most ``limit`` (of one
+        repository's state key, or of all): the status page's list, and what the outcome
+        poll re-derives summaries of."""
 
     def module_map(self, repository: str) -> tuple[str, str] | None:
         """The last valid repository-side module map of ``repository`` (its state key):

@@ -37,6 +37,11 @@ alike) keeps its first bytes and ends in a digest of the whole, so a ref name of
 has a key. The names themselves are ordinary attributes (or inside the record), and every
 read builds its key the same way.
 
+- validation: pk ``VALIDATION#{repository}#{number}``, sk ``VALIDATION``; one pull
+  request's ``Validation`` (``body``, zlib-compressed JSON) with ``version`` for
+  compare-and-set; every one carries ``gsi1pk = VALIDATIONS`` and ``gsi1sk =
+  {updated_at}#...``, so the newest are one Query of the sparse GSI; TTL. Its decision
+  records are also under ``HISTORY#PULL#{repository}#{number}``.
 - module map: pk ``MODULEMAP#{repository}``, sk ``MODULEMAP``; the last valid
   repository-side module map file (``body``, zlib-compressed text) and the ``commit`` it
   was read at; replaced by each newer valid one; no TTL.
@@ -76,6 +81,8 @@ from receiver.state.base import (
     StartRecord,
     Task,
     TaskOutcome,
+    Validation,
+    pull_request_key,
 )
 
 DELIVERY_TTL_SECONDS = DELIVERY_RETENTION_SECONDS
@@ -86,6 +93,8 @@ PENDING = "PENDING"
 OPEN_EXECUTION = "OPEN_EXECUTION"
 IN_FLIGHT = "IN_FLIGHT_BASELINE"
 PENDING_TASK = "PENDING_TASK"
+VALIDATIONS = "VALIDATIONS"
+VALIDATION_PAGES = 20  # index pages read for one repository's validations
 CLAIM_CANDIDATES = 25
 CLAIM_PAGES = 20
 PK_MAX_BYTES = 2048  # DynamoDB's limit on a partition key, in the table and in an index
@@ -323,7 +332,7 @@ class DynamoDBStore:
                 delivery_id=str(_get_s(item, "delivery_id")),
                 provider=str(_get_s(item, "provider")),
                 repository=str(_get_s(item, "repository")),
-                events=Delivery.events_from_json(str(_get_s(item, "events"))),
+                **Delivery.stored_fields(str(_get_s(item, "events"))),
                 verified_by="" if verified_by == "-" else verified_by,
                 received_at=_get_n(item, "received_at"), attempts=int(_get_n(item, "attempts")),
             )
@@ -475,6 +484,8 @@ class DynamoDBStore:
             bodies.append((f"COMMIT#{record.head}", record))
         bodies += [(f"PIPELINE#{p.pipeline}", record.only(p.pipeline))
                    for p in record.pipelines if p.verdict in ACTIVE_VERDICTS]
+        if record.pull_request_key is not None:
+            bodies.append((f"PULL#{record.pull_request_key}", record))
         return [(_key(f"HISTORY#{name}", sk), body)
                 for name, body in bodies]
 
@@ -506,8 +517,11 @@ class DynamoDBStore:
                                               f" unprocessed after {BATCH_ATTEMPTS} calls")
 
     def history(self, *, delivery_id: str | None = None, commit: str | None = None,
-                pipeline: str | None = None, limit: int = 20) -> list[DecisionRecord]:
-        if delivery_id is not None:
+                pipeline: str | None = None, pull_request: tuple[str, int] | None = None,
+                limit: int = 20) -> list[DecisionRecord]:
+        if pull_request is not None:
+            key = f"PULL#{pull_request_key(*pull_request)}"
+        elif delivery_id is not None:
             key = f"DELIVERY#{delivery_id}"
         elif commit is not None:
             key = f"COMMIT#{commit}"
@@ -630,6 +644,8 @@ class DynamoDBStore:
                 "expires_at": _n(int(x.started_at + START_TTL_SECONDS))}
         if x.settled is not None:
             item["settled"] = _s(x.settled)
+        if x.pull_request is not None:
+            item["pull_request"] = _n(x.pull_request)
         if x.open:
             item.update(gsi1pk=_s(OPEN_EXECUTION), gsi1sk=_s(_sortable(x.started_at)))
         self._call("put_item", TableName=self.table, Item=item,
@@ -645,7 +661,8 @@ class DynamoDBStore:
             updated_at=_get_n(item, "updated_at"),
             # an item written before follow-ups were settled: settled when it left the index
             settled=_get_s(item, "settled") or (None if "gsi1pk" in item
-                                                else _get_s(item, "status")))
+                                                else _get_s(item, "status")),
+            pull_request=int(_get_n(item, "pull_request")) if "pull_request" in item else None)
 
     def execution(self, pipeline: str, execution_id: str) -> Execution | None:
         item = self._call("get_item", TableName=self.table, ConsistentRead=True,
@@ -890,6 +907,63 @@ class DynamoDBStore:
         if etag is not None:
             item["etag"] = _s(etag)
         self._call("put_item", TableName=self.table, Item=item)
+
+    # --- pull request validations --------------------------------------------------------
+
+    @staticmethod
+    def _validation_key(repository: str, number: int) -> dict[str, Any]:
+        return _key(f"VALIDATION#{repository}#{number}", "VALIDATION")
+
+    @staticmethod
+    def _validation(item: dict[str, Any]) -> Validation:
+        return Validation.from_json(zlib.decompress(item["body"]["B"]),
+                                    int(_get_n(item, "version")))
+
+    def validation(self, repository: str, number: int) -> Validation | None:
+        item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                          Key=self._validation_key(repository, number)).get("Item")
+        return None if item is None else self._validation(item)
+
+    def save_validation(self, validation: Validation) -> bool:
+        v = validation
+        # compressed: a request touching hundreds of modules must fit a 400 KB item
+        item = {**self._validation_key(v.repository, v.number),
+                "repository": _s(v.repository), "version": _n(v.version + 1),
+                "updated_at": _n(v.updated_at), "body": {"B": zlib.compress(
+                    v.to_json().encode(), 6)},
+                # every validation in one partition of the sparse index, newest last
+                "gsi1pk": _s(VALIDATIONS),
+                "gsi1sk": _s(_fit(f"{_sortable(v.updated_at)}#{v.repository}#{v.number}",
+                                  SK_MAX_BYTES)),
+                "expires_at": _n(int(v.updated_at + HISTORY_TTL_SECONDS))}
+        if v.version == 0:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            condition = {"ConditionExpression": "version = :v",
+                         "ExpressionAttributeValues": {":v": _n(v.version)}}
+        return self._call("put_item", TableName=self.table, Item=item, **condition) is not None
+
+    def validations(self, *, repository: str | None = None,
+                    limit: int = 50) -> list[Validation]:
+        found: list[Validation] = []
+        kwargs: dict[str, Any] = {"TableName": self.table, "IndexName": GSI,
+                                  "KeyConditionExpression": "gsi1pk = :p",
+                                  "ExpressionAttributeValues": {":p": _s(VALIDATIONS)},
+                                  "ScanIndexForward": False, "Limit": max(limit, 1)}
+        for _ in range(VALIDATION_PAGES):  # one repository's among many: page on, bounded
+            page = self._call("query", **kwargs)
+            for key in page.get("Items", []):
+                item = self._call("get_item", TableName=self.table, ConsistentRead=True,
+                                  Key={"pk": key["pk"], "sk": key["sk"]}).get("Item")
+                if item is not None and (repository is None
+                                         or _get_s(item, "repository") == repository):
+                    found.append(self._validation(item))
+                    if len(found) >= limit:
+                        return found
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return found
 
     def module_map(self, repository: str) -> tuple[str, str] | None:
         item = self._call("get_item", TableName=self.table, ConsistentRead=True,

@@ -39,11 +39,13 @@ from receiver.state.base import (
     StartRecord,
     Task,
     TaskOutcome,
+    Validation,
+    pull_request_key,
 )
 
 BUSY_TIMEOUT_SECONDS = 30.0  # how long a write waits for a locked database
 PURGE_EVERY = 500  # finished deliveries between purges of expired rows
-SCHEMA_VERSION = 4  # PRAGMA user_version of a file that has this module's schema
+SCHEMA_VERSION = 5  # PRAGMA user_version of a file that has this module's schema
 
 # columns added since the first schema: a file made by an older version gains them
 MIGRATIONS = (
@@ -54,6 +56,8 @@ MIGRATIONS = (
     ("baselines", "last_execution_status", "TEXT"),
     ("executions", "settled", "TEXT"),
     ("decisions", "repository", "TEXT NOT NULL DEFAULT ''"),
+    ("executions", "pull_request", "INTEGER"),
+    ("decisions", "pull_request", "TEXT"),
 )
 
 TABLES = """
@@ -99,7 +103,17 @@ CREATE TABLE IF NOT EXISTS executions (
     updated_at REAL NOT NULL,
     final INTEGER NOT NULL,
     settled TEXT,  -- Execution.settled: the status whose follow-ups were applied
+    pull_request INTEGER,  -- Execution.pull_request: the request a validation is of
     PRIMARY KEY (pipeline, execution_id)
+);
+-- each pull request's validation (Validation.to_json()), compare-and-set on version
+CREATE TABLE IF NOT EXISTS validations (
+    repository TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (repository, number)
 );
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -137,6 +151,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     recorded_at REAL NOT NULL,
     body TEXT NOT NULL,  -- DecisionRecord.to_json()
     repository TEXT NOT NULL DEFAULT '',  -- DecisionRecord.repository_key
+    pull_request TEXT,  -- a pull request's record: '{provider}:{repository}#{number}'
     PRIMARY KEY (delivery_id, ref_key)
 );
 CREATE TABLE IF NOT EXISTS decision_pipelines (
@@ -179,6 +194,9 @@ CREATE INDEX IF NOT EXISTS decisions_head ON decisions (head, recorded_at);
 -- a repository's records, and one branch's, newest first (recent_decisions)
 CREATE INDEX IF NOT EXISTS decisions_repository ON decisions (repository, recorded_at);
 CREATE INDEX IF NOT EXISTS decisions_repository_ref ON decisions (repository, ref_key, recorded_at);
+CREATE INDEX IF NOT EXISTS decisions_pull_request ON decisions (pull_request, recorded_at)
+    WHERE pull_request IS NOT NULL;
+CREATE INDEX IF NOT EXISTS validations_by_update ON validations (updated_at);
 -- the open executions (a handful): running, or ended with follow-ups to apply
 CREATE INDEX IF NOT EXISTS executions_unsettled ON executions (started_at)
     WHERE final = 0 OR settled IS NOT status;
@@ -225,7 +243,7 @@ _BASELINE_COLUMNS = ("repository, branch, pipeline, commit_sha, last_started_com
                      " last_execution_id, updated_at, version, deployed_commit,"
                      " deployed_started_at, last_execution_status")
 _EXECUTION_COLUMNS = ("pipeline, execution_id, repository, branch, commit_sha, started_at,"
-                      " status, attempt, updated_at, settled")
+                      " status, attempt, updated_at, settled, pull_request")
 _TASK_COLUMNS = "key, kind, target, payload, due_at, created_at, attempts, error"
 # a baseline's compare-and-set
 _SAME_VERSION = " WHERE repository = ? AND branch = ? AND pipeline = ? AND version = ?"
@@ -365,7 +383,7 @@ class SQLiteStore:
                          (owner, now + lease_seconds, found[0]))
         delivery_id, provider, repository, events, verified_by, received_at, attempts = found[1:]
         return Delivery(delivery_id=delivery_id, provider=provider, repository=repository,
-                        events=Delivery.events_from_json(events), verified_by=verified_by,
+                        **Delivery.stored_fields(events), verified_by=verified_by,
                         received_at=received_at, attempts=attempts + 1)
 
     def extend_lease(self, delivery: Delivery, owner: str, until: float) -> bool:
@@ -405,6 +423,8 @@ class SQLiteStore:
                          (now - START_RETENTION_SECONDS,))
             conn.execute("DELETE FROM tasks WHERE status != 'pending' AND finished_at < ?",
                          (now - START_RETENTION_SECONDS,))
+            conn.execute("DELETE FROM validations WHERE updated_at < ?",
+                         (now - HISTORY_RETENTION_SECONDS,))
 
     def pending_count(self) -> int:
         """How many deliveries are not finished (for tests and readiness detail)."""
@@ -448,9 +468,9 @@ class SQLiteStore:
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO decisions (delivery_id, ref_key, head, recorded_at, body,"
-                " repository) VALUES (?, ?, ?, ?, ?, ?)",
+                " repository, pull_request) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (*key, record.head, record.recorded_at, record.to_json(),
-                 record.repository_key))
+                 record.repository_key, record.pull_request_key))
             conn.execute("DELETE FROM decision_pipelines WHERE delivery_id = ? AND ref_key = ?",
                          key)
             conn.executemany(
@@ -458,8 +478,13 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?)", [(name, *key, record.recorded_at) for name in active])
 
     def history(self, *, delivery_id: str | None = None, commit: str | None = None,
-                pipeline: str | None = None, limit: int = 20) -> list[DecisionRecord]:
-        if delivery_id is not None:
+                pipeline: str | None = None, pull_request: tuple[str, int] | None = None,
+                limit: int = 20) -> list[DecisionRecord]:
+        if pull_request is not None:
+            rows = self._query("SELECT body FROM decisions WHERE pull_request = ?"
+                               " ORDER BY recorded_at DESC LIMIT ?",
+                               (pull_request_key(*pull_request), limit))
+        elif delivery_id is not None:
             rows = self._query("SELECT body FROM decisions WHERE delivery_id = ?"
                                " ORDER BY recorded_at DESC LIMIT ?", (delivery_id, limit))
         elif commit is not None:
@@ -529,10 +554,10 @@ class SQLiteStore:
     def record_execution(self, execution: Execution) -> None:
         x = execution
         self._execute(f"INSERT OR IGNORE INTO executions ({_EXECUTION_COLUMNS}, final)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (x.pipeline, x.execution_id, x.repository, x.branch, x.commit,
                        x.started_at, x.status, x.attempt, x.updated_at, x.settled,
-                       int(x.final)))
+                       x.pull_request, int(x.final)))
 
     def execution(self, pipeline: str, execution_id: str) -> Execution | None:
         rows = self._query(f"SELECT {_EXECUTION_COLUMNS} FROM executions"
@@ -646,6 +671,31 @@ class SQLiteStore:
             self._execute("INSERT OR REPLACE INTO heads (repository, branch, sha, etag,"
                           " updated_at) VALUES (?, ?, ?, ?, ?)",
                           (repository, branch, sha, etag, now))
+
+    def validation(self, repository: str, number: int) -> Validation | None:
+        rows = self._query("SELECT body, version FROM validations WHERE repository = ?"
+                           " AND number = ?", (repository, number))
+        return Validation.from_json(rows[0][0], rows[0][1]) if rows else None
+
+    def save_validation(self, validation: Validation) -> bool:
+        v = validation
+        if v.version == 0:
+            cur = self._execute("INSERT OR IGNORE INTO validations (repository, number,"
+                                " version, updated_at, body) VALUES (?, ?, 1, ?, ?)",
+                                (v.repository, v.number, v.updated_at, v.to_json()))
+        else:
+            cur = self._execute("UPDATE validations SET version = version + 1,"
+                                " updated_at = ?, body = ? WHERE repository = ? AND number = ?"
+                                " AND version = ?", (v.updated_at, v.to_json(), v.repository,
+                                                     v.number, v.version))
+        return cur.rowcount == 1
+
+    def validations(self, *, repository: str | None = None,
+                    limit: int = 50) -> list[Validation]:
+        rows = self._query("SELECT body, version FROM validations WHERE ? IS NULL OR"
+                           " repository = ? ORDER BY updated_at DESC LIMIT ?",
+                           (repository, repository, limit))
+        return [Validation.from_json(body, version) for body, version in rows]
 
     def module_map(self, repository: str) -> tuple[str, str] | None:
         rows = self._query("SELECT commit_sha, body FROM module_maps WHERE repository = ?",

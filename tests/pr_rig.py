@@ -262,6 +262,7 @@ class Rig:
                            "retry_backoff_seconds": 0.2},
             "outcomes": {"api_keys": ["env:PR_EVENTS_KEY"], "poll_seconds": 60},
             "git": {"cache_dir": str(tmp_path / "git-cache")},
+            "ui": {"auth": "none"},  # the status page, on this loopback-only service
             "repositories": [self.repo_config],
         }, tmp_path, env={"PR_HOOK": SECRET, "PR_HOOK_PAIR": f"{HOOK_USER}:{SECRET}",
                           "PR_TOKEN": TOKEN, "PR_EVENTS_KEY": EVENTS_KEY})

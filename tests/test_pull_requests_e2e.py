@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.gitserver import fast_import_history
 from tests.pr_rig import KITS, PR, Rig, running
@@ -115,6 +116,14 @@ def test_a_failed_validation_fails_the_summary(tmp_path: Path) -> None:
         rig.wait_statuses(head, {"codepipeline/web-deploy": ["pending", "failure"],
                                  SUMMARY: ["pending", "failure"]})
         assert "web-deploy failed" in rig.descriptions(head, SUMMARY)[-1]
+        # the status page lists the request, its summary and each validate run's outcome
+        page = requests.get(rig.svc.url + "/ui/pull-requests", timeout=10)
+        assert page.status_code == 200
+        row = page.text[page.text.index('data-number="2"'):]
+        row = row[:row.index("</tr>")]
+        assert head[:12] in row and ">failure<" in row
+        assert ">api-validate</a>" in row and ">Succeeded</" in row
+        assert ">web-deploy</a>" in row and ">Failed</" in row
 
 
 def test_a_draft_waits_until_it_is_ready_for_review(tmp_path: Path) -> None:

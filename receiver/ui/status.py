@@ -8,9 +8,7 @@ per configured repository, and at most ``OUTCOME_LOOKUPS`` execution reads per p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from receiver.config import Config
 from receiver.launcher import aws_region
@@ -24,6 +22,8 @@ from receiver.state.base import (
     Holding,
     PipelineDecision,
     StateStore,
+    Validation,
+    ValidationRun,
 )
 from receiver.statuses import console_url
 
@@ -233,10 +233,24 @@ def pipeline(config: Config, store: StateStore, name: str,
     return PipelineView(name, configured, rows, tuple(starts))
 
 
-def validations(store: StateStore, limit: int = RECORDS_DEFAULT) -> Iterable[Any]:
-    """The pull-request validations to list, newest first.
+@dataclass(frozen=True, slots=True)
+class ValidationView:
+    """One pull request's validation, with each validate run's outcome."""
 
-    The state store keeps no validations yet: pull-request validation is being built
-    beside this page. Once the store has ``validations(limit)``, return
-    ``store.validations(limit)`` here and give the template the fields it lists."""
-    return ()
+    validation: Validation
+    runs: tuple[tuple[ValidationRun, Outcome | None], ...]
+
+    @property
+    def repository(self) -> str:
+        """The repository's name as configured (the state key without its provider)."""
+        return self.validation.repository.partition(":")[2]
+
+
+def validations(config: Config, store: StateStore,
+                limit: int = RECORDS_DEFAULT) -> list[ValidationView]:
+    """The pull requests' validations, most recently updated first, each run with how its
+    execution went (at most ``OUTCOME_LOOKUPS`` execution reads, as every page)."""
+    outcomes = Outcomes(config, store)
+    return [ValidationView(v, tuple((run, outcomes.of(run.pipeline, run.execution_id)
+                                     if run.execution_id else None) for run in v.runs))
+            for v in store.validations(limit=limit)]

@@ -114,7 +114,7 @@ def blueprint(config: Config, store: StateStore, auth: Authenticator) -> Bluepri
     @route("/pull-requests")
     def pull_requests() -> str:
         return page("pull_requests.html", title="Pull requests", nav="pull-requests",
-                    validations=list(status.validations(store)))
+                    validations=status.validations(config, store))
 
     return ui
 

@@ -138,6 +138,12 @@ def create_app(config: Config, *, store: StateStore | None = None,
         delivery = Delivery(delivery_id=delivery_id, provider=provider_name,
                             repository=repo.name, events=relevant, verified_by=verified_by)
         environ["receiver.repository"] = repo.name  # the configured spelling, as the worker logs it
+        return record(delivery, refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
+                      head=relevant[0].after)
+
+    def record(delivery: Delivery, **fields: Any) -> tuple[Response, int]:
+        """Record a verified delivery and answer: 202 ``accepted`` (the worker is woken),
+        200 ``duplicate`` when its id was recorded before, 503 when the store cannot."""
         try:
             recorded = store.record_delivery(delivery, time.time())
         except StateError as exc:
@@ -145,12 +151,11 @@ def create_app(config: Config, *, store: StateStore | None = None,
                                      cause=str(exc)) from None
         if not recorded:
             canonical(log.info, "webhook.duplicate", 200, **_request_fields())
-            return answer(200, status="duplicate", delivery_id=delivery_id)
+            return answer(200, status="duplicate", delivery_id=delivery.delivery_id)
         worker.notify()
-        canonical(log.info, "webhook.accepted", 202, verified_by=verified_by,
-                  refs=[f"{e.ref_type}:{e.ref_name}" for e in relevant],
-                  head=relevant[0].after, **_request_fields())
-        return answer(202, status="accepted", delivery_id=delivery_id)
+        canonical(log.info, "webhook.accepted", 202, verified_by=delivery.verified_by,
+                  **fields, **_request_fields())
+        return answer(202, status="accepted", delivery_id=delivery.delivery_id)
 
     def pull_request_delivery(provider_name: str, pr: PullRequestEvent, matched: SecretRef,
                               delivery_id: str) -> tuple[Response, int]:
@@ -172,19 +177,8 @@ def create_app(config: Config, *, store: StateStore | None = None,
                             repository=repo.name, events=(),
                             pull_request=dataclasses.replace(pr, repository=repo.name),
                             verified_by=matched.ref)
-        try:
-            recorded = store.record_delivery(delivery, time.time())
-        except StateError as exc:
-            raise ServiceUnavailable("the delivery could not be recorded; retry later",
-                                     cause=str(exc)) from None
-        if not recorded:
-            canonical(log.info, "webhook.duplicate", 200, **_request_fields())
-            return answer(200, status="duplicate", delivery_id=delivery_id)
-        worker.notify()
-        canonical(log.info, "webhook.accepted", 202, verified_by=matched.ref,
-                  refs=[f"pull_request:{pr.number}"], head=pr.head, action=pr.action,
-                  **_request_fields())
-        return answer(202, status="accepted", delivery_id=delivery_id)
+        return record(delivery, refs=[f"pull_request:{pr.number}"], head=pr.head,
+                      action=pr.action)
 
     @app.post("/events/codepipeline")
     def codepipeline_event() -> tuple[Response, int]:

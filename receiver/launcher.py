@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from receiver import aws
 from receiver.config import LauncherConfig
 from receiver.errors import LaunchError
+from receiver.logging import get_logger
+
+if TYPE_CHECKING:
+    from receiver.state.base import StateStore
 
 _VALUE_LIMIT = 1000  # CodePipeline's cap on one variable value
 MAX_EXECUTION_PAGES = 10  # of 100 executions each, searched for the newest success
@@ -53,6 +58,51 @@ class StartRequest:
         key = f"{self.pipeline}\0{self.commit}"
         return hashlib.sha256((f"validate\0{key}" if self.validation else key).encode()
                               ).hexdigest()
+
+
+# How a start attempt ended: started (now, or by an earlier attempt), in_flight (another
+# delivery owns the start), failed (final), retry (the delivery will be redone), deferred (a
+# validation that must not supersede a running deploy)
+StartState = Literal["started", "in_flight", "failed", "retry", "deferred"]
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    """How one start attempt ended (see ``StartState``)."""
+
+    state: StartState
+    execution_id: str | None = None
+    error: str | None = None
+
+
+def start_once(store: StateStore, launcher: Launcher, key: str, request: StartRequest, *,
+               owner: str, attempt: int, final: bool, clock: Callable[[], float],
+               **fields: Any) -> StartOutcome:
+    """Start ``request`` at most once per (``key``, commit), across retries, restarts and
+    replicas: the start intent is created (or taken over) in the store first, finished with
+    the execution id or the error after. ``owner`` and ``attempt`` are the delivery's id
+    and claim count; ``final`` its last attempt (a retryable failure is then final).
+    ``fields`` go on the ``pipeline.started`` / ``start_failed`` / ``in_flight`` lines."""
+    commit, pipeline = request.commit, request.pipeline
+    log = get_logger()
+    record = store.begin_start(key, commit, owner, attempt, clock())
+    if record.state == "started":
+        return StartOutcome("started", record.execution_id)
+    if (record.owner, record.attempt) != (owner, attempt):
+        log.info("pipeline.in_flight", pipeline=pipeline, commit=commit, owner=record.owner)
+        return StartOutcome("in_flight")
+    try:
+        execution_id = launcher.start(request)
+    except LaunchError as exc:
+        store.finish_start(key, commit, owner, attempt, clock(), error=str(exc))
+        retry = exc.retryable and not final
+        log.error("pipeline.start_failed", pipeline=pipeline, commit=commit, error=str(exc),
+                  will_retry=retry, **fields)
+        return StartOutcome("retry" if retry else "failed", error=str(exc))
+    store.finish_start(key, commit, owner, attempt, clock(), execution_id=execution_id)
+    log.info("pipeline.started", pipeline=pipeline, commit=commit, execution_id=execution_id,
+             dry_run=launcher.dry_run, **fields)
+    return StartOutcome("started", execution_id)
 
 
 def render_variables(templates: tuple[tuple[str, str], ...], *, commit: str, branch: str,

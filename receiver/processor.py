@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from providers.base import Diff, Provider
 from receiver.config import Config, PipelineConfig, RepositoryConfig
@@ -30,10 +30,17 @@ from receiver.effects import (
     PipelineStarted,
     StartFailed,
 )
-from receiver.errors import LaunchError, ProviderError, RepositoryUnreadable, RetryLater
+from receiver.errors import ProviderError, RepositoryUnreadable, RetryLater
 from receiver.events import Delivery, PushEvent
 from receiver.gitdiff import GitMirror, ref_problem
-from receiver.launcher import Launcher, StartRequest, aws_region, render_variables
+from receiver.launcher import (
+    Launcher,
+    StartOutcome,
+    StartRequest,
+    aws_region,
+    render_variables,
+    start_once,
+)
 from receiver.logging import delivery_context, get_logger
 from receiver.module_map import PipelineSet, RepositoryMaps, Resolved, provider_source
 from receiver.outcomes import Observation, OutcomeRecorder
@@ -52,18 +59,7 @@ from receiver.validation import Summaries, Validator
 MAX_ROUNDS = 10  # re-evaluations after lost compare-and-set races, per push
 START_PARALLELISM = 32  # starts of one push run at once (one CodePipeline round trip in all)
 
-# How a start attempt ended: started (now or by an earlier attempt), in_flight (another
-# delivery owns the start), failed (final) or retry (the delivery will be redone).
-StartState = Literal["started", "in_flight", "failed", "retry"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one start attempt ended (see ``StartState``)."""
-
-    state: StartState
-    execution_id: str | None = None
-    error: str | None = None
+Outcome = StartOutcome  # how one start attempt ended (receiver/launcher.py)
 
 
 @dataclass
@@ -409,16 +405,6 @@ class Processor:
     def _launch(self, push: Push, pipeline: PipelineConfig, decision: Decision) -> Outcome:
         """Start ``pipeline`` at the head, at most once per (pipeline, head)."""
         head, branch, repository = push.head, push.event.ref_name, push.repo.name
-        owner, attempt = push.delivery.delivery_id, push.delivery.attempts
-        record = self.store.begin_start(pipeline.name, head, owner, attempt, self.clock())
-        if record.state == "started":
-            assert record.execution_id is not None
-            self._record_execution(push, pipeline.name, record.execution_id)
-            return Outcome("started", record.execution_id)
-        if (record.owner, record.attempt) != (owner, attempt):
-            self.log.info("pipeline.in_flight", pipeline=pipeline.name, commit=head,
-                          owner=record.owner)
-            return Outcome("in_flight")
         request = StartRequest(
             pipeline=pipeline.name, commit=head, branch=branch, repository=repository,
             source_action=pipeline.source_action,
@@ -428,25 +414,17 @@ class Processor:
                                                       decision.selected()],
                                        module=pipeline.module),
         )
-        try:
-            execution_id = self.launcher.start(request)
-        except LaunchError as exc:
-            self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
-                                    error=str(exc))
-            retry = exc.retryable and not push.final
-            self.log.error("pipeline.start_failed", pipeline=pipeline.name, commit=head,
-                           error=str(exc), will_retry=retry)
-            if not retry:
-                self.bus.publish(StartFailed(push.repo, branch, pipeline.name, head, str(exc)))
-            return Outcome("retry" if retry else "failed", error=str(exc))
-        self.store.finish_start(pipeline.name, head, owner, attempt, self.clock(),
-                                execution_id=execution_id)
-        self._record_execution(push, pipeline.name, execution_id)
-        self.log.info("pipeline.started", pipeline=pipeline.name, commit=head,
-                      execution_id=execution_id, branch=branch,
-                      matched_files=decision.match_count, dry_run=self.launcher.dry_run,
-                      **_matched_fields(decision))
-        return Outcome("started", execution_id)
+        outcome = start_once(self.store, self.launcher, pipeline.name, request,
+                             owner=push.delivery.delivery_id, attempt=push.delivery.attempts,
+                             final=push.final, clock=self.clock, branch=branch,
+                             matched_files=decision.match_count, **_matched_fields(decision))
+        if outcome.state == "started":
+            assert outcome.execution_id is not None
+            self._record_execution(push, pipeline.name, outcome.execution_id)
+        elif outcome.state == "failed":
+            self.bus.publish(StartFailed(push.repo, branch, pipeline.name, head,
+                                         outcome.error or ""))
+        return outcome
 
     def _record_execution(self, push: Push, pipeline: str, execution_id: str) -> None:
         """Keep the execution so its outcome can be learnt (idempotent: a retried delivery

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import fnmatch
 import hashlib
 import json
 import time
@@ -50,7 +49,6 @@ from receiver.config import Config, PipelineConfig, RepositoryConfig
 from receiver.decide import Decision
 from receiver.effects import Bus, ExecutionChanged, MapInvalid, PipelineStarted
 from receiver.errors import (
-    LaunchError,
     ProviderError,
     RepositoryUnreadable,
     RetryLater,
@@ -59,7 +57,7 @@ from receiver.errors import (
 )
 from receiver.events import Delivery, PullRequestEvent
 from receiver.gitdiff import GitMirror
-from receiver.launcher import Launcher, StartRequest
+from receiver.launcher import Launcher, StartOutcome, StartRequest, start_once
 from receiver.logging import delivery_context, get_logger
 from receiver.module_map import PipelineSet, RepositoryMaps
 from receiver.outcomes import Observation, OutcomeRecorder
@@ -328,13 +326,7 @@ def admission(store: StateStore, repo: RepositoryConfig, pr: PullRequestEvent) -
 RunState = Literal["started", "failed", "retry", "in_flight", "deferred"]
 
 
-@dataclass(frozen=True, slots=True)
-class _Start:
-    """How one validate start attempt ended."""
-
-    state: RunState
-    execution_id: str | None = None
-    error: str | None = None
+_Start = StartOutcome  # how one validate start attempt ended (receiver/launcher.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,7 +610,7 @@ class _Job:
         when several pipelines name the same one: the first in name order is recorded)."""
         due: dict[str, _Due] = {}
         configured = {p.name for p in self.repo.pipelines}
-        allow = self.repo.module_map.allow if self.repo.module_map is not None else ()
+        allow = self.repo.module_map.names if self.repo.module_map is not None else None
         for name in sorted(plan.decisions):
             decision = plan.decisions[name]
             if decision.verdict != "changed":
@@ -631,7 +623,7 @@ class _Job:
             from_file = source is not None and source[0] not in configured
             # a map file's template makes its names from paths: each concrete name is
             # checked against allow, as the file's own names are
-            if from_file and not any(fnmatch.fnmatchcase(target, a) for a in allow):
+            if from_file and (allow is None or not allow.admits(target)):
                 self.v.log.warning("module_map.refused", pipeline=target,
                                    reason="validate pipeline name outside module_map.allow")
                 continue
@@ -654,34 +646,17 @@ class _Job:
                            number=pr.number)
                 return _Start("retry", error=error)
             return _Start("deferred", error=error)
-        owner, attempt = self.delivery.delivery_id, self.delivery.attempts
-        key = START_PREFIX + due.pipeline
-        record = v.store.begin_start(key, head, owner, attempt, v.clock())
-        if record.state == "started":
-            assert record.execution_id is not None
-            self._record_execution(stored, due.pipeline, record.execution_id)
-            return _Start("started", record.execution_id)
-        if (record.owner, record.attempt) != (owner, attempt):
-            v.log.info("pipeline.in_flight", pipeline=due.pipeline, commit=head,
-                       owner=record.owner)
-            return _Start("in_flight")
         request = StartRequest(pipeline=due.pipeline, commit=head, branch=pr.source_branch,
                                repository=self.repo.name,
                                source_action=due.validates.source_action, validation=True)
-        try:
-            execution_id = v.launcher.start(request)
-        except LaunchError as exc:
-            v.store.finish_start(key, head, owner, attempt, v.clock(), error=str(exc))
-            retry = exc.retryable and not self.final
-            v.log.error("pipeline.start_failed", pipeline=due.pipeline, commit=head,
-                        error=str(exc), will_retry=retry, number=pr.number)
-            return _Start("retry" if retry else "failed", error=str(exc))
-        v.store.finish_start(key, head, owner, attempt, v.clock(), execution_id=execution_id)
-        self._record_execution(stored, due.pipeline, execution_id)
-        v.log.info("pipeline.started", pipeline=due.pipeline, commit=head,
-                   execution_id=execution_id, branch=pr.source_branch, number=pr.number,
-                   validates=due.validates.name, dry_run=v.launcher.dry_run)
-        return _Start("started", execution_id)
+        outcome = start_once(v.store, v.launcher, START_PREFIX + due.pipeline, request,
+                             owner=self.delivery.delivery_id, attempt=self.delivery.attempts,
+                             final=self.final, clock=v.clock, branch=pr.source_branch,
+                             number=pr.number, validates=due.validates.name)
+        if outcome.state == "started":
+            assert outcome.execution_id is not None
+            self._record_execution(stored, due.pipeline, outcome.execution_id)
+        return outcome
 
     def _deploy_running(self, pipeline: str) -> bool:
         """Whether ``pipeline`` deploys the target branch and its last start is running."""

@@ -19,7 +19,7 @@ import yaml
 
 from providers import build_providers
 from providers.base import Diff
-from receiver.config import parse
+from receiver.config import ModuleMapConfig, parse
 from receiver.decide import Decision
 from receiver.effects import Bus
 from receiver.events import PullRequestEvent
@@ -312,7 +312,8 @@ def test_a_template_validates_with_its_module_filled_in() -> None:
 def test_a_module_map_file_may_not_name_a_validate_pipeline_outside_allow() -> None:
     text = yaml.safe_dump({"pipelines": [{"name": "acme-x", "paths": ["x/**"],
                                           "validate": "prod-admin"}]})
-    found, problems = parse_file(text, ["acme-*"])
+    found, problems = parse_file(text, ModuleMapConfig(path=".webhook-receiver.yaml",
+                                                       allow=("acme-*",)))
     assert found is None
     assert problems == ["pipelines[0].validate: 'prod-admin' is not allowed here; "
                         "allowed: acme-*"]

@@ -446,6 +446,7 @@ def test_task_role_covers_exactly_the_aws_services_the_production_config_uses() 
     used |= {"codepipeline"} if config["launcher"].get("backend", "codepipeline") == \
         "codepipeline" else set()
     used |= {"secretsmanager"} if aws_secret_arns(config, region, account) else set()
+    used |= {"sns"} if any("sns" in n for n in config.get("notifications", ())) else set()
     assert used <= in_code  # the features named above really are these clients
     covered = {action.split(":")[0] for action, _ in grants(_load(TASK_ROLE_POLICY))}
     assert covered == used

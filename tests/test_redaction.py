@@ -99,8 +99,9 @@ def _accepted(wire: Wire, push: Push) -> tuple[str, bytes, dict[str, str]]:
 
 def _ignored(wire: Wire, push: Push) -> tuple[str, bytes, dict[str, str]]:
     body = push.body()
-    other_event = {"github": "ping", "gitlab": "Merge Request Hook", "bitbucket": "repo:fork",
-                   "bitbucket-server": "pr:opened"}[wire.provider]
+    # events no repository here subscribes to (pull requests are read now: not those)
+    other_event = {"github": "ping", "gitlab": "Issue Hook", "bitbucket": "repo:fork",
+                   "bitbucket-server": "repo:comment:added"}[wire.provider]
     headers = {**_signed(wire, push, body), wire.event[0]: other_event}
     if wire.provider == "gitlab":  # the signed-webhook scheme, with the whsec_ token
         del headers["X-Gitlab-Token"]

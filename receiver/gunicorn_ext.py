@@ -239,7 +239,8 @@ def _framing(head: bytes) -> int | str | None:
     the parser is then asked at once, and refuses it or reads to the end of what arrived."""
     length: int | None = None
     coding: bytes | None = None
-    for line in head.split(b"\r\n")[1:]:
+    # one empty line before the request line is allowed (RFC 9112 section 2.2)
+    for line in head.removeprefix(b"\r\n").split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
         name = name.lower()
         if not colon or name != name.strip():
@@ -608,8 +609,11 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, _, conn = heapq.heappop(self._deadlines)
-            if deadline != conn.deadline or conn.state not in ("reading", "closing"):
+            if deadline != conn.deadline:
                 continue  # stale: the connection moved on since
+            if conn.state not in ("reading", "closing"):
+                conn.queued = -1.0  # in a thread: queued again if it comes back unanswered
+                continue
             if conn.state == "closing":
                 self._close(conn)
             else:
@@ -712,6 +716,7 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
         if result is _PENDING:
             conn.state = "reading"
             self._watch(conn, self._on_readable)
+            self._queue_deadline(conn)
             return
         if not result:
             self._close(conn, graceful=True)

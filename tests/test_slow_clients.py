@@ -331,3 +331,17 @@ def test_large_bodies_that_stall_hold_at_most_the_workers_budget_of_memory(
     assert sum(sent) > 64 * 1024 * 1024  # the clients did send most of it
     assert grown < 48, f"workers grew {grown:.0f} MiB"
     assert (status, seconds < 1.0) == (200, True)
+
+
+def test_a_request_after_one_empty_line_waits_for_its_body(service: Service) -> None:
+    # RFC 9112 section 2.2 lets a server ignore one empty line before the request line
+    signature = "sha256=" + hmac.new(SECRETS["github"].encode(), PUSH, hashlib.sha256).hexdigest()
+    head = _head("/webhooks/github", {"X-GitHub-Event": "push",
+                                      "X-GitHub-Delivery": str(uuid.uuid4()),
+                                      "X-Hub-Signature-256": signature}, len(PUSH))
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(b"\r\n" + head)
+        time.sleep(0.3)
+        sock.sendall(PUSH)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 202 ")

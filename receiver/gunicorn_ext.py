@@ -366,7 +366,6 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
         self._max_body = ServerConfig().max_body_bytes
         self._read_timeout = ServerConfig().read_timeout_seconds
         self._budget = self.cfg.threads * self._max_body
-        self._keepalive = self.cfg.keepalive
         # the longest head gunicorn's parser would still read (its own limits refuse it)
         self._max_head = (self.cfg.limit_request_line + 4
                           + self.cfg.limit_request_fields * (self.cfg.limit_request_field_size + 2)
@@ -522,9 +521,8 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
         conn.state = "reading"
         conn.deadline = time.monotonic() + self._read_timeout
         self._starts_request(conn)
+        self._watch(conn, self._on_readable)
         self._on_readable(conn, client)
-        if conn.state == "reading" and conn.watched:  # not whole yet: read on here
-            self._watch(conn, self._on_readable)
         self._update_accepting()
 
     def _on_readable(self, conn: _Conn, _sock: Any = None) -> None:
@@ -735,7 +733,7 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
                 self._queue_deadline(conn)
             return
         conn.state = "idle"
-        conn.timeout = time.monotonic() + self._keepalive
+        conn.set_timeout()
         if not self.alive:
             conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
         self.keepalived_conns.append(conn)

@@ -21,6 +21,8 @@
    server with two replicas, and the p99 of push -> start at 80 % of it (bench/capacity.py).
 10. A pull request event to its validate starts and to its summary status, provider at
    100 ms a call.
+11. Slow and many clients: /healthz and signed push latency while 64 connections send their
+   requests a byte at a time (tests/slowloris.py), against the same probes alone.
 
 Everything listens on and talks to 127.0.0.1 only. Needs ``wrk`` and ``webhook`` on PATH
 (see bench/README.md); installs nothing. ``--only 1,3`` runs a subset.
@@ -67,6 +69,7 @@ from bench import modules as module_bench  # noqa: E402
 from receiver import gunicorn_conf  # noqa: E402
 from receiver.matcher import match  # noqa: E402
 from tests.harness import AWS_ENV, Service, fixture_bytes, free_port, wait_http  # noqa: E402
+from tests.slowloris import Attack  # noqa: E402
 
 SECRET = "bench-" + uuid.uuid4().hex
 ENV = {
@@ -1032,13 +1035,74 @@ def bench_capacity(ctx: Ctx) -> list[Row]:
     return rows
 
 
+# --- 11. slow clients ---------------------------------------------------------------------------
+
+SLOW_CLIENTS = 64
+PROBE_SECONDS = 15.0  # under attack: past the 10 s read timeout, so the attackers come back
+
+
+def bench_slow_clients(ctx: Ctx) -> list[Row]:
+    """/healthz and a signed push, each on a new connection every 0.1 s, while 64
+    connections send their requests a byte every 0.5 s (reopened when the service closes
+    them), against the same probes with no attack."""
+    push = fixture_bytes(PUSH_FIXTURE)
+    api = fakes.FakeGitHub(APP_FILES)
+    svc = start_service(ctx.tmp, "slow", [repo_entry(json.loads(push)["repository"]["full_name"],
+                                                     api.url, APP_PIPELINES)])
+
+    def healthz() -> requests.Response:
+        return requests.get(svc.url + "/healthz", timeout=10)
+
+    def signed_push() -> requests.Response:
+        return post(svc.url + "/webhooks/github", push, f"slow-{uuid.uuid4()}")
+
+    def probe(seconds: float) -> dict[str, list[float]]:
+        """Latency of each probe; an answer that is not 200/202, or none within 10 s,
+        counts as 10 s."""
+        times: dict[str, list[float]] = {"healthz": [], "push": []}
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for name, call, status in (("healthz", healthz, 200), ("push", signed_push, 202)):
+                t0 = time.perf_counter()
+                try:
+                    ok = call().status_code == status
+                except requests.RequestException:
+                    ok = False
+                times[name].append(time.perf_counter() - t0 if ok else 10.0)
+            time.sleep(0.1)
+        return times
+
+    try:
+        quiet = probe(5.0)
+        with Attack(svc.port, count=SLOW_CLIENTS, pause=0.5) as attack:
+            time.sleep(1.0)
+            attacked = probe(PROBE_SECONDS)
+        timeouts = len(svc.events("http.timeout"))
+    finally:
+        svc.stop()
+        api.close()
+    rows = []
+    for name in ("healthz", "push"):
+        under, alone = sorted(attacked[name]), sorted(quiet[name])
+        p50, top = under[len(under) // 2] * 1000, under[-1] * 1000
+        print(f"  {name:8s} under attack: {len(under)} probes, p50 {p50:.1f} ms, max {top:.1f} "
+              f"ms; alone: p50 {alone[len(alone) // 2] * 1000:.1f} ms, max "
+              f"{alone[-1] * 1000:.1f} ms")
+        rows.append(Row(f"11 {name} max under {SLOW_CLIENTS} slow clients", top, "ms",
+                        alone[-1] * 1000, "alone", "< 1000 ms", top < 1000))
+    print(f"  slow connections opened {attack.opened}, closed by the service "
+          f"{attack.closed_by_server} (answers {sorted(set(attack.answers))}), "
+          f"http.timeout lines {timeouts}")
+    return rows
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11",
                         help="benchmarks to run, e.g. 1,3")
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk measurement time")
     parser.add_argument("--rounds", type=int, default=3,
@@ -1075,6 +1139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (8, "diff strategies on a 10,000-file push", lambda: bench_diff_strategies(ctx)),
         (9, "sustained capacity of one task", lambda: bench_capacity(ctx)),
         (10, "pull request to validate starts and summary", lambda: bench_pull_request(ctx)),
+        (11, "slow and many clients", lambda: bench_slow_clients(ctx)),
     ]
     failed = False
     for number, title, fn in benches:

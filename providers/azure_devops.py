@@ -103,7 +103,7 @@ class AzureDevOpsProvider(HttpProvider):
 
     # --- webhook side ------------------------------------------------------------------
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """The *Test* button sends its sample with the same credentials: nothing to do."""
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:

@@ -153,10 +153,16 @@ class Provider(Protocol):
     none (None: ``git_url`` is required).
     ``Options`` is a frozen dataclass, validated by pydantic, whose fields are the
     repository keys only this provider has; a repository's ``options`` is an instance.
+    ``credential_headers`` are the lower-case names of the headers that carry a
+    delivery's signature or token: :meth:`verify` needs at least one of them (present and
+    non-empty) and refuses every request with none. The service answers such a request
+    401 from its headers alone, before its body is read (after :meth:`preflight`), so a
+    client that sends no credential cannot make it wait for a body.
     """
 
     name: str
     content_types: tuple[str, ...]
+    credential_headers: ClassVar[tuple[str, ...]]
     default_api_url: ClassVar[str | None]
     default_git_url: ClassVar[str | None]
     Options: ClassVar[type[Any]]
@@ -175,11 +181,13 @@ class Provider(Protocol):
         """
         ...
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """Raise Ignored for a provider test request that is sent unsigned by design.
 
-        Runs before verification; it must change nothing and may only answer ``ignored``
-        (e.g. Bitbucket Data Center's ``diagnostics:ping``). Most providers do nothing.
+        Decides from the headers alone: it runs before the body is read and before the
+        credential headers are required, must change nothing, and may only answer
+        ``ignored`` (e.g. Bitbucket Data Center's ``diagnostics:ping``). Most providers do
+        nothing.
         """
         ...
 

@@ -89,6 +89,7 @@ class BitbucketProvider(HttpProvider):
     # annotated: the protocol's attribute is tuple[str, ...], and an inferred tuple[str]
     # would not match it (attributes are invariant)
     content_types: tuple[str, ...] = ("application/json",)
+    credential_headers: ClassVar[tuple[str, ...]] = ("x-hub-signature",)
     default_api_url: ClassVar[str | None] = "https://api.bitbucket.org"
     default_git_url: ClassVar[str | None] = "https://bitbucket.org/{name}.git"
     # "Using Repository Access Tokens" (and the project and workspace ones): user
@@ -101,7 +102,7 @@ class BitbucketProvider(HttpProvider):
 
     # --- webhook side ------------------------------------------------------------------
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """Bitbucket Cloud has no unsigned test request: nothing is answered before verification."""
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from providers.base import (
@@ -83,10 +83,12 @@ class BitbucketServerProvider(HttpProvider):
 
     name = "bitbucket-server"
     content_types: tuple[str, ...] = ("application/json",)
+    # the unsigned diagnostics:ping is answered by preflight() first
+    credential_headers: ClassVar[tuple[str, ...]] = ("x-hub-signature",)
 
     # --- webhook side ------------------------------------------------------------------
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """Answer "Test connection" (``diagnostics:ping``, sent unsigned) as ``ignored``.
 
         Nothing is read, recorded or called: the answer is the same whoever sends it.

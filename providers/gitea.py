@@ -98,7 +98,7 @@ class GiteaProvider(HttpProvider):
 
     # --- webhook side ------------------------------------------------------------------
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """Gitea signs its test deliveries like any other: nothing is answered before."""
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:

@@ -159,6 +159,8 @@ class GitHubProvider(HttpProvider):
 
     name = "github"
     content_types: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
+    # verify() reads the SHA-256 signature only; a SHA-1 X-Hub-Signature alone is refused
+    credential_headers: ClassVar[tuple[str, ...]] = ("x-hub-signature-256",)
     default_api_url: ClassVar[str | None] = "https://api.github.com"
     default_git_url: ClassVar[str | None] = "https://github.com/{name}.git"
     # "Authenticating as a GitHub App installation": the installation token is the HTTP
@@ -174,7 +176,7 @@ class GitHubProvider(HttpProvider):
 
     # --- webhook side ------------------------------------------------------------------
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """GitHub signs its pings too: nothing is answered before verification."""
 
     def verify(self, headers: Headers, body: bytes, secrets: Sequence[SecretRef]) -> SecretRef:

@@ -96,6 +96,8 @@ class GitLabProvider(HttpProvider):
 
     name = "gitlab"
     content_types: tuple[str, ...] = ("application/json",)
+    # a plain token, or a Standard Webhooks signature (with webhook-id and -timestamp)
+    credential_headers: ClassVar[tuple[str, ...]] = ("x-gitlab-token", "webhook-signature")
     default_api_url: ClassVar[str | None] = "https://gitlab.com"
     default_git_url: ClassVar[str | None] = "https://gitlab.com/{name}.git"
     # "OAuth 2.0 API", Access Git over HTTPS with access token: user oauth2 (personal,
@@ -111,7 +113,7 @@ class GitLabProvider(HttpProvider):
 
     # --- webhook side ------------------------------------------------------------------
 
-    def preflight(self, headers: Headers, body: bytes) -> None:
+    def preflight(self, headers: Headers) -> None:
         """GitLab sends its test deliveries with the same token or signature: nothing to do."""
 
     @staticmethod

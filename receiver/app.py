@@ -107,13 +107,17 @@ def create_app(config: Config, *, store: StateStore | None = None,
         if request.mimetype not in provider.content_types:
             raise UnsupportedMediaType(
                 f"content type must be one of {', '.join(provider.content_types)}")
-        body = environ["receiver.body"] = _read_body(config.server.max_body_bytes)
         headers = request_headers()
         # logged (validated, unverified) so a rejected delivery can be traced too; an
         # invalid one is refused below, once the signature has been checked
         with contextlib.suppress(RequestError):
             environ["receiver.delivery_id"] = provider.delivery_id(headers)
-        provider.preflight(headers, body)
+        provider.preflight(headers)
+        # from the headers alone, before the body is read: a request that cannot verify
+        # whatever its body is never waited for (receiver/gunicorn_ext.py)
+        if not any(headers.get(name) for name in provider.credential_headers):
+            raise Unauthorized(f"missing {' or '.join(provider.credential_headers)}")
+        body = environ["receiver.body"] = _read_body(config.server.max_body_bytes)
         matched = verify_for(provider, headers, body, repos)
         # verified: a provider whose id is in the body (Azure DevOps) reads it only now
         delivery_id = environ["receiver.delivery_id"] = provider.delivery_id(headers, body)
@@ -188,7 +192,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
             raise NotFound("execution events are not configured (outcomes.api_keys)")
         if request.mimetype != "application/json":
             raise UnsupportedMediaType("content type must be application/json")
-        body = _read_body(config.server.max_body_bytes)
+        # the key before the body: a request without the right one is never waited for
         given = request.headers.get("x-api-key", "")
         if not given:
             raise Unauthorized("missing x-api-key")
@@ -196,6 +200,7 @@ def create_app(config: Config, *, store: StateStore | None = None,
         matches = [constant_time_equal(given, value) for ref in keys for value in ref.values()]
         if not any(matches):
             raise Unauthorized("x-api-key does not match")
+        body = _read_body(config.server.max_body_bytes)
         seen = parse_event(load_json_object(body))
         try:
             result = recorder.observe(seen, time.time())

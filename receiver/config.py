@@ -170,6 +170,9 @@ class ServerConfig:
 
     __pydantic_config__ = FORBID
     max_body_bytes: Annotated[int, Field(gt=0, strict=True)] = 25 * 1024 * 1024
+    # a request's headers and body arrive within this many seconds of its first byte, or it
+    # is answered 408 (receiver/gunicorn_ext.py): the providers give up after about 10 s
+    read_timeout_seconds: PositiveSeconds = 10.0
 
 
 @dataclass(frozen=True, slots=True)

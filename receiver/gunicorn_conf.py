@@ -11,11 +11,17 @@ from typing import Any
 
 bind = os.environ.get("RECEIVER_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# threads: a slow client upload does not block the worker; the background processor has
-# its own thread per worker
-# gthread that spreads connections over the workers and keeps bad framing a 4xx
+# gthread whose event loop receives each request whole (within server.read_timeout_seconds)
+# before a thread runs it, so slow clients hold no thread; it spreads connections over the
+# workers and keeps bad framing a 4xx (receiver/gunicorn_ext.py, docs/security.md)
 worker_class = "receiver.gunicorn_ext.ThreadWorker"
+# threads run whole requests only; the background processor has its own thread per worker
 threads = int(os.environ.get("RECEIVER_THREADS", "4"))
+# connections one worker holds at once (being received, in a thread, or idle between
+# requests); more wait in the listen backlog. Each may hold 64 KiB of request bytes, and
+# beyond that a worker holds threads x server.max_body_bytes: together they bound the
+# memory a worker spends on requests (gunicorn's default, 1000, would allow 4x as much)
+worker_connections = 256
 # the heartbeat file lives in memory: the root filesystem may be read-only
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicorn >= 25.1 otherwise creates a gunicornc control socket under $HOME/.gunicorn: on a

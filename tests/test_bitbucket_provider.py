@@ -457,7 +457,7 @@ def test_rejects_delivery_id_as_bad_request(provider: BitbucketProvider,
 def test_preflight_lets_every_request_through_to_verification(provider: BitbucketProvider,
                                                               headers: dict[str, str]) -> None:
     # Bitbucket Cloud sends no unsigned test request, so nothing may be answered unverified
-    provider.preflight(headers, fixture_bytes(f"bitbucket-cloud/{VECTOR_FILE}"))
+    provider.preflight(headers)
 
 
 # --- 5. the compare client -----------------------------------------------------------------

@@ -39,6 +39,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from providers import REGISTRY
 from tests.harness import FIXTURES, FakeAPI, Service
 from tests.test_hostile_input import (
     GITLAB_SIGNING,
@@ -407,10 +408,12 @@ def expected_statuses(wire: Wire, plan: Planned) -> set[int]:
         if wire.provider == "github" else ("application/json",)
     if mime not in allowed:
         return {415}
-    if len(plan.body) > LIMIT:
-        return {413}
     if wire.provider == "bitbucket-server" and h.get("x-event-key") == "diagnostics:ping":
         return {200}
+    if not any(h.get(name) for name in REGISTRY[wire.provider].credential_headers):
+        return {401}  # from the headers alone, before the body is read
+    if len(plan.body) > LIMIT:
+        return {413}
     if signer(wire, plan.headers, plan.body) is None:
         return {401}
     # 401 too: a payload naming the other repository is refused under the signer's secret

@@ -8,7 +8,7 @@ execution the service started, so an unauthentic request that slipped through wo
 its state.
 
 Every answer is checked as it arrives: never a 5xx, the status its class calls for (415
-type, 413 size, 401 key, in that order), and no key in any body. Afterwards the execution the
+type, 401 key, 413 size, in that order), and no key in any body. Afterwards the execution the
 service started must still be InProgress with its baseline where it was: nothing was
 recorded for an unauthenticated request (authenticated ones never name that execution).
 """
@@ -125,10 +125,10 @@ def planned(draw: st.DrawFn, execution_id: str) -> tuple[str, bytes, dict[str, s
 def expected(kind: str, headers: dict[str, str], authentic: bool) -> set[int]:
     if headers["Content-Type"].partition(";")[0] != "application/json":
         return {415}
+    if not authentic:  # the key is checked before the body is read
+        return {401}
     if kind == "big":
         return {413}
-    if not authentic:
-        return {401}
     return {200, 202, 400}
 
 

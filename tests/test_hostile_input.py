@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import requests
 
+from providers import REGISTRY
 from providers.base import MAX_JSON_DEPTH, load_json_object
 from receiver.errors import BadRequest
 from tests.harness import FakeAPI, Recorded, Service, fixture_bytes
@@ -434,8 +435,12 @@ def raw_http(rig: Rig, data: bytes) -> tuple[int, bytes]:
 
 
 def _raw_post(provider: str, extra: bytes, body: bytes = b"") -> bytes:
+    # with a credential header (its value never checked: the framing fails first), so the
+    # body must be read; a request without one is refused 401 before its body is read
+    credential = REGISTRY[provider].credential_headers[0]
     return (f"POST /webhooks/{provider} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            "Content-Type: application/json\r\n").encode() + extra + b"\r\n" + body
+            f"Content-Type: application/json\r\n{credential}: x\r\n").encode() \
+        + extra + b"\r\n" + body
 
 
 FRAMING = {

@@ -32,6 +32,7 @@ from pydantic import (
     GetPydanticSchema,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
 )
 from pydantic_core import core_schema
 
@@ -304,18 +305,47 @@ class UiConfig:
     public_key_url: Annotated[str, AfterValidator(_public_key_url)] = ALB_PUBLIC_KEY_URL
 
 
+def _of_a_template(info: ValidationInfo) -> bool:
+    """Whether the pipeline being validated is a ``{module}`` template (its ``name``, which
+    is validated first; an invalid name is reported on its own)."""
+    return modules_mod.PLACEHOLDER in str(info.data.get("name", ""))
+
+
+def _template_only(value: Any, info: ValidationInfo) -> Any:
+    """``{module}`` in a value (a variable, ``validate``) comes with a template's name."""
+    if isinstance(value, str) and modules_mod.PLACEHOLDER in value and \
+            not _of_a_template(info):
+        raise ValueError("{module} is only for a template pipeline (a name with {module})")
+    return value
+
+
+def _no_template_tags(tags: Any, info: ValidationInfo) -> Any:
+    if tags is not None and _of_a_template(info):
+        raise ValueError("is not for a template: a tag push has no changed paths to find "
+                         "modules in")
+    return tags
+
+
+def _not_a_key(module: Any) -> Any:
+    if module is not None:  # set by receiver/module_map.py on a concrete pipeline only
+        raise ValueError(f"unknown key; allowed: {', '.join(_PIPELINE_KEYS)}")
+    return module
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    """One CodePipeline pipeline and the rules that select it."""
+    """One CodePipeline pipeline and the rules that select it. Every check is the schema's
+    own (field validators): a template's rules are checked against its ``name``."""
 
     __pydantic_config__ = FORBID
     name: Annotated[str, AfterValidator(_pipeline_name)]
     # a template's paths as rules of every module: what its concrete pipelines may select
     paths: Annotated[Rules, BeforeValidator(_any_module)]
-    tags: Rules | None = None
+    tags: Annotated[Rules | None, AfterValidator(_no_template_tags)] = None
     # a mapping in YAML: pipeline variable name -> template
     variables: Annotated[tuple[tuple[str, str], ...], converted(dict[
-        VariableName, Annotated[str, AfterValidator(_template)]],
+        VariableName, Annotated[str, AfterValidator(_template),
+                                AfterValidator(_template_only)]],
         lambda d: tuple(d.items()))] = ()
     source_action: Annotated[str, matching(r"[A-Za-z0-9.@_-]{1,100}", "the name of the "
                                            "pipeline's source action")] | None = None
@@ -323,10 +353,11 @@ class PipelineConfig:
     depends_on: Annotated[tuple[Text, ...], BeforeValidator(_listed)] = ()
     # the pipeline that validates a pull request touching this one's modules (a template
     # may use {module}); receiver/validation.py
-    validate: Annotated[str, AfterValidator(_pipeline_name)] | None = None
+    validate: Annotated[str, AfterValidator(_pipeline_name),
+                        AfterValidator(_template_only)] | None = None
     # a template's concrete pipeline: its module value, set by receiver/module_map.py (not
     # a configuration key)
-    module: str | None = None
+    module: Annotated[str | None, AfterValidator(_not_a_key)] = None
 
     def validate_name(self) -> str | None:
         """The validate pipeline of this (concrete) pipeline: ``validate`` with a
@@ -344,6 +375,13 @@ def _name_glob(pattern: str) -> str:
     return pattern
 
 
+def _some_allowed(allow: tuple[str, ...]) -> tuple[str, ...]:
+    if not allow:
+        raise ValueError("is required: glob patterns every pipeline name in the file must "
+                         "match, like acme-*")
+    return allow
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleMapConfig:
     """A repository-side module map: the file read at each pushed head, the glob patterns
@@ -352,9 +390,9 @@ class ModuleMapConfig:
 
     __pydantic_config__ = FORBID
     path: Annotated[str, AfterValidator(_repository_path)]
-    # required (_repository says so)
     allow: Annotated[tuple[Annotated[str, AfterValidator(_name_glob)], ...],
-                     BeforeValidator(_listed)] = ()
+                     BeforeValidator(_listed), AfterValidator(_some_allowed),
+                     Field(validate_default=True)] = ()
     # the pipeline variables a map entry may set (none: a map entry's `variables` is an error)
     allow_variables: Annotated[tuple[VariableName, ...], BeforeValidator(_listed)] = ()
     # whether a map entry may name the source action the commit is given to
@@ -605,15 +643,11 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
                         problems, context={"repository": item})
     listed = item.get("pipelines")
     raw_pipelines: list[Any] = listed if isinstance(listed, list) else []
-    problems.extend(_pipeline_problems(raw_pipelines, f"{path}.pipelines"))
     if repo is None or options is None:
         return None
     found = [f"{path}.pipelines[{j}].name: pipeline {pipeline.name!r} is listed twice"
              for j, pipeline in enumerate(repo.pipelines)
              if any(p.name == pipeline.name for p in repo.pipelines[:j])]
-    if repo.module_map is not None and not repo.module_map.allow:
-        found.append(f"{path}.module_map.allow: is required: glob patterns every pipeline "
-                     "name in the file must match, like acme-*")
     if found:  # the module map would only repeat them
         problems.extend(found)
         return None
@@ -633,32 +667,6 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
     return dataclasses.replace(repo, options=options)
 
 
-def _pipeline_problems(raw: list[Any], path: str) -> list[str]:
-    """What the pipeline schema cannot say on its own: ``module`` is no key, a template has
-    no ``tags``, and ``{module}`` in a variable needs a template."""
-    problems: list[str] = []
-    for j, item in enumerate(raw):
-        if not isinstance(item, dict):
-            continue
-        where = f"{path}[{j}]"
-        template = modules_mod.PLACEHOLDER in str(item.get("name", ""))
-        if "module" in item:
-            problems.append(f"{where}.module: unknown key; allowed: {', '.join(_PIPELINE_KEYS)}")
-        if template and item.get("tags") is not None:
-            problems.append(f"{where}.tags: is not for a template: a tag push has no changed "
-                            "paths to find modules in")
-        validate = item.get("validate")
-        if not template and isinstance(validate, str) and modules_mod.PLACEHOLDER in validate:
-            problems.append(f"{where}.validate: {{module}} is only for a template pipeline "
-                            "(a name with {module})")
-        variables = item.get("variables")
-        for key, value in (variables.items() if isinstance(variables, dict) else ()):
-            if not template and isinstance(value, str) and modules_mod.PLACEHOLDER in value:
-                problems.append(f"{where}.variables.{key}: {{module}} is only for a template "
-                                "pipeline (a name with {module})")
-    return problems
-
-
 def parse_pipelines(raw: list[Any], path: str = "") -> tuple[tuple[PipelineConfig, ...],
                                                                list[str]]:
     """The pipeline entries of a ``pipelines`` list (as in a repository), each problem's
@@ -674,7 +682,6 @@ def parse_pipelines(raw: list[Any], path: str = "") -> tuple[tuple[PipelineConfi
         if any(p.name == pipeline.name for p in pipelines):
             problems.append(f"{where}.name: pipeline {pipeline.name!r} is listed twice")
         pipelines.append(pipeline)
-    problems.extend(_pipeline_problems(raw, f"{path}.pipelines" if path else "pipelines"))
     return tuple(pipelines), problems
 
 

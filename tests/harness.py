@@ -205,6 +205,20 @@ class Service:
                 raise AssertionError(f"timed out; last log lines: {lines[-10:]}")
             time.sleep(0.1)
 
+    def processed(self, delivery_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The ``delivery.processed`` line of ``delivery_id``, once it is written."""
+        def line(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+            return next((e for e in lines if e.get("event") == "delivery.processed"
+                         and e.get("delivery_id") == delivery_id), None)
+        found = line(self.wait_for(lambda lines: line(lines) is not None, timeout=timeout))
+        assert found is not None
+        return found
+
+    def started(self, delivery_id: str) -> list[tuple[str, str]]:
+        """(pipeline, commit) of each ``pipeline.started`` line of ``delivery_id``, sorted."""
+        return sorted((e["pipeline"], e["commit"]) for e in self.events("pipeline.started")
+                      if e.get("delivery_id") == delivery_id)
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run another ``webhook-receiver`` subcommand against this service's config."""
         return subprocess.run(

@@ -72,19 +72,6 @@ def deliver(svc: Service, body: bytes, credentials: str | None = HOOK) -> reques
                          timeout=10)
 
 
-def processed(svc: Service, delivery_id: str) -> dict[str, Any]:
-    lines = svc.wait_for(lambda ls: any(e.get("event") == "delivery.processed"
-                                        and e.get("delivery_id") == delivery_id for e in ls),
-                         timeout=60)
-    return next(e for e in lines if e.get("event") == "delivery.processed"
-                and e.get("delivery_id") == delivery_id)
-
-
-def started(svc: Service, delivery_id: str) -> list[tuple[str, str]]:
-    return sorted((e["pipeline"], e["commit"]) for e in svc.events("pipeline.started")
-                  if e.get("delivery_id") == delivery_id)
-
-
 def config(workdir: Path, api_url: str, **repository: Any) -> dict[str, Any]:
     return {
         "state": {"backend": "sqlite", "path": str(workdir / "state.db")},
@@ -137,8 +124,8 @@ def test_a_module_whose_file_is_on_page_3_of_100_change_pages_is_started(
 
     assert answer.status_code == 202, answer.text
     assert answer.json() == {"status": "accepted", "delivery_id": event_id}
-    summary = processed(service, event_id)
-    assert started(service, event_id) == [("zeta-deploy", head)]
+    summary = service.processed(event_id)
+    assert service.started(event_id) == [("zeta-deploy", head)]
     assert sorted(summary["pipelines_unchanged"]) == ["alpha-deploy", "beta-deploy"]
     assert summary["changed_files"] == 231
     skips = [r.query["$skip"][0] for r in azure.api.requests
@@ -167,8 +154,8 @@ def test_a_delivery_with_the_rotated_second_secret_is_accepted(
     answer = deliver(service, push_body(root, head, event_id), ROTATED)
 
     assert answer.status_code == 202, answer.text
-    processed(service, event_id)
-    assert started(service, event_id) == [("beta-deploy", head)]
+    service.processed(event_id)
+    assert service.started(event_id) == [("beta-deploy", head)]
     accepted = [e for e in service.events("webhook.accepted") if e.get("delivery_id") == event_id]
     assert [e["verified_by"] for e in accepted] == ["env:AZ_E2E_ROTATED"]
 
@@ -180,14 +167,14 @@ def test_a_retried_notification_answers_duplicate_and_starts_nothing_new(
     event_id = "7e9a1c3e-5b7d-4f0a-8c2e-4a6c8e0a2c4e"
     body = push_body(root, head, event_id)
     assert deliver(service, body).status_code == 202
-    processed(service, event_id)
+    service.processed(event_id)
     diff_calls = sum(r.path.endswith("/diffs/commits") for r in azure.api.requests)
 
     again = deliver(service, body)
 
     assert (again.status_code, again.json()) == (200, {"status": "duplicate",
                                                        "delivery_id": event_id})
-    assert started(service, event_id) == [("alpha-deploy", head)]
+    assert service.started(event_id) == [("alpha-deploy", head)]
     assert sum(r.path.endswith("/diffs/commits") for r in azure.api.requests) == diff_calls
 
 
@@ -277,8 +264,8 @@ def test_diff_git_fetches_with_the_pat_as_a_basic_password(tmp_path: Path,
     event_id = "2b4d6f8a-0c1e-4a3b-9d5f-6e8a0c2e4b6d"
     try:
         assert deliver(svc, push_body(base, head, event_id)).status_code == 202
-        summary = processed(svc, event_id)
-        assert started(svc, event_id) == [("alpha-deploy", head)]
+        summary = svc.processed(event_id)
+        assert svc.started(event_id) == [("alpha-deploy", head)]
         assert summary["changed_files"] == 1
     finally:
         svc.stop()

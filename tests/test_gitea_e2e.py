@@ -66,19 +66,6 @@ def deliver(svc: Service, body: bytes, delivery_id: str, *, family: str = "gitea
     return requests.post(svc.url + "/webhooks/gitea", data=body, headers=headers, timeout=10)
 
 
-def processed(svc: Service, delivery_id: str) -> dict[str, Any]:
-    lines = svc.wait_for(lambda ls: any(e.get("event") == "delivery.processed"
-                                        and e.get("delivery_id") == delivery_id for e in ls),
-                         timeout=60)
-    return next(e for e in lines if e.get("event") == "delivery.processed"
-                and e.get("delivery_id") == delivery_id)
-
-
-def started(svc: Service, delivery_id: str) -> list[tuple[str, str]]:
-    return sorted((e["pipeline"], e["commit"]) for e in svc.events("pipeline.started")
-                  if e.get("delivery_id") == delivery_id)
-
-
 def config(workdir: Path, api_url: str, **repository: Any) -> dict[str, Any]:
     return {
         "state": {"backend": "sqlite", "path": str(workdir / "state.db")},
@@ -131,8 +118,8 @@ def test_a_module_changed_only_in_a_commit_past_the_first_page_is_started(
 
     assert answer.status_code == 202, answer.text
     assert answer.json() == {"status": "accepted", "delivery_id": "gitea-delivery-1"}
-    summary = processed(service, "gitea-delivery-1")
-    assert started(service, "gitea-delivery-1") == [("beta-deploy", head)]
+    summary = service.processed("gitea-delivery-1")
+    assert service.started("gitea-delivery-1") == [("beta-deploy", head)]
     assert sorted(summary["pipelines_unchanged"]) == ["alpha-deploy", "gamma-deploy"]
     pages = [r.query["page"][0] for r in gitea.api.requests if r.path.endswith("/commits")]
     assert pages == ["1", "2", "3"]
@@ -156,8 +143,8 @@ def test_a_forgejo_delivery_with_only_forgejo_headers_is_accepted(
     answer = deliver(service, body, "forgejo-delivery-1", family="forgejo")
 
     assert answer.status_code == 202, answer.text
-    processed(service, "forgejo-delivery-1")
-    assert started(service, "forgejo-delivery-1") == [("gamma-deploy", head)]
+    service.processed("forgejo-delivery-1")
+    assert service.started("forgejo-delivery-1") == [("gamma-deploy", head)]
     accepted = [e for e in service.events("webhook.accepted")
                 if e.get("delivery_id") == "forgejo-delivery-1"]
     assert [(e["provider"], e["repository"]) for e in accepted] == [("gitea", REPO)]
@@ -169,14 +156,14 @@ def test_a_redelivery_answers_duplicate_and_starts_nothing_new(service: Service,
     head = gitea.git.commit(root, {"services/alpha/app.py": "1"})
     body = push_body(root, head)
     assert deliver(service, body, "gitea-dup").status_code == 202
-    processed(service, "gitea-dup")
+    service.processed("gitea-dup")
     calls = len(gitea.api.requests)
 
     again = deliver(service, body, "gitea-dup")
 
     assert (again.status_code, again.json()) == (200, {"status": "duplicate",
                                                        "delivery_id": "gitea-dup"})
-    assert started(service, "gitea-dup") == [("alpha-deploy", head)]
+    assert service.started("gitea-dup") == [("alpha-deploy", head)]
     assert len([r for r in gitea.api.requests[calls:] if "/statuses/" not in r.path]) == 0
 
 
@@ -281,8 +268,8 @@ def test_diff_git_fetches_with_the_token_as_the_basic_user(tmp_path: Path, gitea
                   tmp_path, env=ENV).start()
     try:
         assert deliver(svc, push_body(base, head), "gitea-git-1").status_code == 202
-        summary = processed(svc, "gitea-git-1")
-        assert started(svc, "gitea-git-1") == [("gamma-deploy", head)]
+        summary = svc.processed("gitea-git-1")
+        assert svc.started("gitea-git-1") == [("gamma-deploy", head)]
         assert summary["changed_files"] == 1
     finally:
         svc.stop()

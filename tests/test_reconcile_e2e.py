@@ -351,14 +351,6 @@ def service(tmp_path: Path, world: World, name: str, reconcile_seconds: float,
     return Service(config, tmp_path, env=ENV, name=name)
 
 
-def processed(svc: Service, delivery_id: str) -> dict[str, Any]:
-    lines = svc.wait_for(lambda ls: any(e.get("event") == "delivery.processed"
-                                        and e.get("delivery_id") == delivery_id for e in ls),
-                         timeout=30)
-    return next(e for e in lines if e.get("event") == "delivery.processed"
-                and e.get("delivery_id") == delivery_id)
-
-
 def started(*services: Service) -> list[tuple[str, str]]:
     return sorted((e["pipeline"], e["commit"]) for s in services
                   for e in s.events("pipeline.started"))
@@ -391,7 +383,7 @@ def test_pushes_made_while_the_service_was_down_start_the_changed_pipelines_once
     try:
         root, c1 = world.push({"alpha/a.py": "1"})
         assert world.deliver(first, root, c1, "{11111111-0000-4000-8000-000000000001}") == 202
-        processed(first, "{11111111-0000-4000-8000-000000000001}")
+        first.processed("{11111111-0000-4000-8000-000000000001}")
     finally:
         first.stop()
     assert started(first) == [("alpha-deploy", c1)]
@@ -404,7 +396,7 @@ def test_pushes_made_while_the_service_was_down_start_the_changed_pipelines_once
     svc = service(tmp_path, world, "after", 1).start()
     try:
         caught_up = reconcile_id(world.provider, world.repository, world.branch, head)
-        done = processed(svc, caught_up)
+        done = svc.processed(caught_up)
         assert sorted(done["pipelines_started"]) == ["beta-deploy", "gamma-deploy"]
         assert started(svc) == [("beta-deploy", head), ("gamma-deploy", head)]
         # recorded by the pass at start-up or the next one: within two intervals
@@ -425,7 +417,7 @@ def test_pushes_made_while_the_service_was_down_start_the_changed_pipelines_once
         for delivery, (before, after) in zip(late, pushes, strict=True):
             assert world.deliver(svc, before, after, delivery) == 202
         for delivery in late:
-            assert processed(svc, delivery)["pipelines_started"] == []
+            assert svc.processed(delivery)["pipelines_started"] == []
         passes_after(svc, 2, time.time())
         assert started(svc) == [("beta-deploy", head), ("gamma-deploy", head)]
         assert len(svc.events("reconcile.recorded")) == 1

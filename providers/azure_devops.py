@@ -84,8 +84,7 @@ class AzureDevOpsProvider(HttpProvider):
 
     name = "azure-devops"
     content_types: tuple[str, ...] = ("application/json",)
-    # lower-case header names of which verify() needs at least one: a request with none
-    # is refused before its body is read (declared here until the protocol carries it)
+    # a service hook's Basic authentication (webhook_secret_problem): the only credential
     credential_headers: ClassVar[tuple[str, ...]] = ("authorization",)
     default_api_url: ClassVar[str | None] = "https://dev.azure.com"
     # "Use personal access tokens": git takes a PAT as the Basic password of an empty

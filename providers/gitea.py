@@ -89,10 +89,7 @@ class GiteaProvider(HttpProvider):
 
     name = "gitea"
     content_types: tuple[str, ...] = ("application/json",)
-    # lower-case header names of which verify() needs at least one: a request with none
-    # is refused before its body is read (declared here until the protocol carries it)
-    credential_headers: ClassVar[tuple[str, ...]] = ("x-gitea-signature",
-                                                     "x-forgejo-signature")
+    credential_headers: ClassVar[tuple[str, ...]] = tuple(h.lower() for h in SIGNATURE_HEADERS)
     # no public default: api_url (https://HOST/api/v1) names the server, and git_url its
     # clone URL (https://HOST/owner/repo.git)
 

@@ -34,7 +34,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
 )
-from pydantic_core import core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 from receiver import modules as modules_mod
 from receiver.errors import ConfigError, SecretError
@@ -382,6 +382,27 @@ def _some_allowed(allow: tuple[str, ...]) -> tuple[str, ...]:
     return allow
 
 
+def _named_once(pipelines: tuple[PipelineConfig, ...]) -> tuple[PipelineConfig, ...]:
+    """Each pipeline name once: a second entry would start, and move the baseline of, the
+    first's pipeline. Every repeat is an error at its own ``[j].name``."""
+    seen: set[str] = set()
+    repeats: list[InitErrorDetails] = []
+    for j, pipeline in enumerate(pipelines):
+        if pipeline.name in seen:
+            repeats.append(InitErrorDetails(
+                type=PydanticCustomError("listed_twice", "pipeline {name} is listed twice",
+                                         {"name": repr(pipeline.name)}),
+                loc=(j, "name"), input=pipeline.name))
+        seen.add(pipeline.name)
+    if repeats:
+        raise ValidationError.from_exception_data("pipelines", repeats)
+    return pipelines
+
+
+# a pipelines list, in the service configuration or a module map file
+Pipelines = Annotated[tuple[PipelineConfig, ...], AfterValidator(_named_once)]
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleMapConfig:
     """A repository-side module map: the file read at each pushed head, the glob patterns
@@ -435,7 +456,7 @@ class RepositoryConfig:
                                          lambda url: url.rstrip("/"))]
     webhook_secrets: Annotated[tuple[Secret, ...], BeforeValidator(_listed), Field(min_length=1)]
     branches: Rules
-    pipelines: Annotated[tuple[PipelineConfig, ...], Field(min_length=1)]
+    pipelines: Annotated[Pipelines, Field(min_length=1)]
     api_token: Secret | None = None
     new_branch: Literal["all", "none"] = "all"
     request_timeout_seconds: Annotated[float, Field(gt=0, le=120, strict=True)] = 10.0
@@ -645,12 +666,6 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
     raw_pipelines: list[Any] = listed if isinstance(listed, list) else []
     if repo is None or options is None:
         return None
-    found = [f"{path}.pipelines[{j}].name: pipeline {pipeline.name!r} is listed twice"
-             for j, pipeline in enumerate(repo.pipelines)
-             if any(p.name == pipeline.name for p in repo.pipelines[:j])]
-    if found:  # the module map would only repeat them
-        problems.extend(found)
-        return None
     module_set, found = modules_mod.build(raw_pipelines, item.get("modules"), path=path)
     if found:
         problems.extend(found)
@@ -673,16 +688,9 @@ def parse_pipelines(raw: list[Any], path: str = "") -> tuple[tuple[PipelineConfi
     key path prefixed with ``path``; the entries' templates and dependencies are
     receiver.modules.build's."""
     problems: list[str] = []
-    pipelines: list[PipelineConfig] = []
-    for j, item in enumerate(raw):
-        where = f"{path}.pipelines[{j}]" if path else f"pipelines[{j}]"
-        pipeline = _validate(PipelineConfig, item, where, problems)
-        if pipeline is None:
-            continue
-        if any(p.name == pipeline.name for p in pipelines):
-            problems.append(f"{where}.name: pipeline {pipeline.name!r} is listed twice")
-        pipelines.append(pipeline)
-    return tuple(pipelines), problems
+    where = f"{path}.pipelines" if path else "pipelines"
+    pipelines = _validate(cast(Any, Pipelines), raw, where, problems)
+    return pipelines or (), problems
 
 
 @functools.cache
@@ -724,7 +732,9 @@ def _problem(shape: type[Any], path: str, error: Any) -> str | None:
 
 
 def _keys(shape: Any, loc: list[Any]) -> list[str]:
-    """The keys of the schema class found at ``loc`` below ``shape``."""
+    """The keys of the schema class found at ``loc`` below ``shape`` (a class, or a type
+    that holds one: ``Pipelines``)."""
+    shape = _dataclass_in(shape)
     for part in loc:
         if isinstance(part, str):
             shape = _dataclass_in(get_type_hints(shape)[part])

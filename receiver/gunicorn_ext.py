@@ -232,6 +232,17 @@ class _Chunked:
                 return "bad" if len(buf) - self.pos > self._trailer_limit else "more"
 
 
+def _recv(sock: socket.socket) -> bytes | None:
+    """One non-blocking read: None when nothing is there yet, b"" when the client is gone
+    (a reset counts as gone)."""
+    try:
+        return sock.recv(READ_CHUNK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _framing(head: bytes) -> int | str | None:
     """How the body of the request whose head (request line and header lines, without the
     empty line) is ``head`` ends: its Content-Length, ``"chunked"``, or None when the
@@ -530,12 +541,9 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
             self._unwatch(conn)  # unread bytes wait in the kernel, the client is slowed
             self._stalled.append(conn)
             return
-        try:
-            data = conn.sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client is gone, or sent all it will (a half-close)
             if conn.inbox:
                 self._dispatch(conn, complete=True)  # the parser sees where it ends
@@ -665,12 +673,9 @@ class ThreadWorker(_GThreadWorker):  # type: ignore[misc]
         conn.close()
 
     def _on_lingering(self, conn: _Conn, _sock: Any = None) -> None:
-        try:
-            data = conn.sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained >= LINGER_BYTES:
             self._close(conn)

@@ -154,6 +154,11 @@ FILE_ERRORS: list[tuple[str, str, str]] = [
     ("a bad glob", FILE.replace('"web/**"', '"web/**x"'),
      "pipelines[1].paths[0]: 'web/**x': '**' must be a whole path segment (like 'a/**/b')"),
     ("an unknown key", FILE + "extra: 1\n", "extra: unknown key; allowed: pipelines, modules"),
+    ("a name listed twice", FILE.replace("name: acme-web", "name: acme-{module}-deploy"),
+     "pipelines[1].name: pipeline 'acme-{module}-deploy' is listed twice"),
+    ("an unknown key in a pipeline", FILE.replace("    paths: [\"web/**\"]",
+                                                   "    paths: [\"web/**\"]\n    colour: red"),
+     "pipelines[1].colour: unknown key; allowed: name, paths"),
     ("not YAML", "pipelines: [", "module map: not valid YAML"),
 ]
 

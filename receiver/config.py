@@ -4,10 +4,15 @@
 whose ``problems`` list every error, each starting with the key path
 (``repositories[0].pipelines[1].paths[2]``) and saying what is allowed.
 
-The dataclasses below are the schema pydantic validates against. A repository's keys are
-those of :class:`RepositoryConfig` plus the fields of its provider's ``Options`` class
-(``providers.REGISTRY`` is the only list of providers). Secret references are checked for
-their form only; :func:`read_secrets` reads them, for the commands that need them.
+The dataclasses below are the schema pydantic validates against, and the schema holds every
+check: field validators for one value, model validators for what spans several (a
+template's ``paths`` against its ``name``, a notification's one target, the graph of a
+repository's pipelines and modules: :func:`with_graph`). A check that knows more than a
+key path raises :func:`located` problems, so every error names its key. A repository's keys
+are those of :class:`RepositoryConfig` plus the fields of its provider's ``Options`` class
+(``providers.REGISTRY`` is the only list of providers; :func:`_repository` picks the class).
+Secret references are checked for their form only; :func:`read_secrets` reads them, for the
+commands that need them.
 """
 
 from __future__ import annotations
@@ -17,10 +22,22 @@ import functools
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, cast, get_args, get_type_hints
+from types import UnionType
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    Protocol,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 from urllib.parse import urlsplit
 
 import yaml
@@ -33,13 +50,15 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
+from pydantic.functional_validators import ModelWrapValidatorHandler
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
 
 from receiver import modules as modules_mod
 from receiver.errors import ConfigError, SecretError
-from receiver.matcher import GlobError, NameRules, PathRules, check_glob
-from receiver.modules import ModuleMap
+from receiver.matcher import Glob, GlobError, NameRules, PathRules, check_glob
+from receiver.modules import ModuleMap, Template
 from receiver.secrets import Secret, SecretRef
 
 VARIABLE_FIELDS = ("commit", "short_commit", "branch", "repository", "changed_paths", "module")
@@ -112,10 +131,61 @@ def _pipeline_name(name: str) -> str:
     return name
 
 
-def _any_module(globs: Any) -> Any:
+def _pipeline_glob(raw: str) -> str:
+    try:
+        Glob.compile(raw.removeprefix("!"), placeholder=True)
+    except GlobError as exc:
+        raise ValueError(f"{raw!r}: {exc}") from None
+    return raw
+
+
+def _module_name(name: str) -> str:
+    if not modules_mod.is_name(name):
+        raise ValueError("a module name is letters, digits, . @ - _ (at most 100)")
+    return name
+
+
+def _no_placeholder(globs: Any) -> Any:
     globs = _listed(globs)
-    return [modules_mod.any_module(g) if isinstance(g, str) else g for g in globs] \
-        if isinstance(globs, list) else globs
+    if isinstance(globs, list) and any(isinstance(g, str) and modules_mod.PLACEHOLDER in g
+                                       for g in globs):
+        raise ValueError(f"{modules_mod.PLACEHOLDER} is only for pipeline templates")
+    return globs
+
+
+MORE_PROBLEMS = "more_problems"  # the error type of "... and N more problems"
+# a field the schema sets itself (after validation), which no document may give
+COMPUTED: Mapping[str, bool] = {"computed": True}
+
+
+def not_a_key(value: Any) -> Any:
+    if value is not None:
+        raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
+    return value
+
+
+def schema_keys(shape: Any) -> tuple[str, ...]:
+    """The keys a document may give for schema class ``shape``: its fields but the
+    computed ones."""
+    return tuple(f.name for f in dataclasses.fields(shape) if not f.metadata.get("computed"))
+
+
+def located(title: str, problems: modules_mod.Problems,
+            errors: Sequence[ErrorDetails] = ()) -> ValidationError:
+    """``errors`` (pydantic's, kept as they are) and ``problems`` (each at a key path) as
+    one ValidationError, for a model validator to raise: pydantic puts the locations of
+    the model's own place in front of each."""
+    details = [InitErrorDetails(type=PydanticCustomError(
+        e["type"], "{message}", {**e.get("ctx", {}), "message": e["msg"]}),
+        loc=e["loc"], input=e["input"]) for e in errors]
+    details += [InitErrorDetails(type=PydanticCustomError("invalid", "{message}",
+                                                          {"message": message}),
+                                 loc=loc or (), input=None) for loc, message in problems.kept]
+    if problems.more:  # kept as a count, which validated() adds to its own problems
+        details.append(InitErrorDetails(type=PydanticCustomError(
+            MORE_PROBLEMS, "{message}", {"message": problems.more_line, "more": problems.more}),
+            loc=(), input=None))
+    return ValidationError.from_exception_data(title, details)
 
 
 def _repository_path(path: str) -> str:
@@ -238,6 +308,29 @@ class NotificationConfig:
         return self.repositories is None or self.repositories.matching_include(repository) \
             is not None
 
+    @model_validator(mode="after")
+    def _one_target(self) -> NotificationConfig:
+        given = [k for k in NOTIFY_TARGETS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one target of {', '.join(NOTIFY_TARGETS)}"
+                             + (f" (has {', '.join(given)})" if given else ""))
+        return self
+
+
+def _targets_once(entries: tuple[NotificationConfig, ...]) -> tuple[NotificationConfig, ...]:
+    """Each target once: its events are listed in one entry (a second would send twice)."""
+    seen: dict[str, int] = {}
+    problems = modules_mod.Problems()
+    for i, entry in enumerate(entries):
+        if entry.target in seen:
+            problems.add((i,), f"the same target as notifications[{seen[entry.target]}]; "
+                         "list its events once")
+        else:
+            seen[entry.target] = i
+    if problems:
+        raise located("notifications", problems)
+    return entries
+
 
 def _no_on_key(item: Any) -> Any:
     if isinstance(item, dict) and True in item:
@@ -304,6 +397,20 @@ class UiConfig:
     basic: UiBasicConfig | None = None
     public_key_url: Annotated[str, AfterValidator(_public_key_url)] = ALB_PUBLIC_KEY_URL
 
+    @model_validator(mode="after")
+    def _auth_keys(self) -> UiConfig:
+        """Each ``auth`` needs its own key, and only its own."""
+        problems = modules_mod.Problems()
+        for key, auth in (("alb_arn", "alb-oidc"), ("basic", "basic")):
+            given = getattr(self, key) is not None
+            if self.auth == auth and not given:
+                problems.add((key,), f"is required with auth: {auth}")
+            elif self.auth != auth and given:
+                problems.add((key,), f"is only for auth: {auth}")
+        if problems:
+            raise located("ui", problems)
+        return self
+
 
 def _of_a_template(info: ValidationInfo) -> bool:
     """Whether the pipeline being validated is a ``{module}`` template (its ``name``, which
@@ -326,21 +433,17 @@ def _no_template_tags(tags: Any, info: ValidationInfo) -> Any:
     return tags
 
 
-def _not_a_key(module: Any) -> Any:
-    if module is not None:  # set by receiver/module_map.py on a concrete pipeline only
-        raise ValueError(f"unknown key; allowed: {', '.join(_PIPELINE_KEYS)}")
-    return module
-
-
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """One CodePipeline pipeline and the rules that select it. Every check is the schema's
-    own (field validators): a template's rules are checked against its ``name``."""
+    own: field validators, then :meth:`_compiled`, which checks ``paths`` against ``name``
+    (``{module}`` in both makes a template) and sets ``rules``."""
 
     __pydantic_config__ = FORBID
     name: Annotated[str, AfterValidator(_pipeline_name)]
-    # a template's paths as rules of every module: what its concrete pipelines may select
-    paths: Annotated[Rules, BeforeValidator(_any_module)]
+    # the globs as written ('!' excludes; a template's includes hold {module}): see `rules`
+    paths: Annotated[tuple[Annotated[str, AfterValidator(_pipeline_glob)], ...],
+                     BeforeValidator(_listed), Field(min_length=1)]
     tags: Annotated[Rules | None, AfterValidator(_no_template_tags)] = None
     # a mapping in YAML: pipeline variable name -> template
     variables: Annotated[tuple[tuple[str, str], ...], converted(dict[
@@ -355,9 +458,32 @@ class PipelineConfig:
     # may use {module}); receiver/validation.py
     validate: Annotated[str, AfterValidator(_pipeline_name),
                         AfterValidator(_template_only)] | None = None
-    # a template's concrete pipeline: its module value, set by receiver/module_map.py (not
-    # a configuration key)
-    module: Annotated[str | None, AfterValidator(_not_a_key)] = None
+    # a template's concrete pipeline: its module value, set by receiver/module_map.py
+    module: Annotated[str | None, AfterValidator(not_a_key)] = field(
+        default=None, metadata=COMPUTED)
+    # `paths` compiled: a Template when the name has {module}, set by _compiled
+    rules: Annotated[Any, AfterValidator(not_a_key)] = field(
+        default=None, repr=False, compare=False, metadata=COMPUTED)
+
+    @model_validator(mode="after")
+    def _compiled(self) -> PipelineConfig:
+        in_name = modules_mod.PLACEHOLDER in self.name
+        in_paths = any(modules_mod.PLACEHOLDER in g for g in self.paths)
+        found = modules_mod.Problems()
+        rules: modules_mod.Rules | None = None
+        if in_name != in_paths:
+            where = "name but not in its paths" if in_name else "paths but not in its name"
+            found.add(("name" if in_name else "paths",), f"{modules_mod.PLACEHOLDER} is in "
+                      f"the {where}; a template needs it in both")
+        else:
+            try:
+                rules = Template.compile(self.name, self.paths) if in_name else \
+                    PathRules.compile(self.paths)
+            except GlobError as exc:
+                found.add(("paths",), str(exc))
+        if rules is None:
+            raise located("pipeline", found)
+        return dataclasses.replace(self, rules=rules)
 
     def validate_name(self) -> str | None:
         """The validate pipeline of this (concrete) pipeline: ``validate`` with a
@@ -382,25 +508,117 @@ def _some_allowed(allow: tuple[str, ...]) -> tuple[str, ...]:
     return allow
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleConfig:
+    """A module (``modules: {NAME: {paths, depends_on}}``): a named group of paths that
+    starts nothing; a pipeline depending on it is selected by its paths too."""
+
+    __pydantic_config__ = FORBID
+    paths: Annotated[Rules, BeforeValidator(_no_placeholder)]
+    # modules or pipelines whose paths also select what depends on this one
+    depends_on: Annotated[tuple[Text, ...], BeforeValidator(_listed)] = ()
+
+
+# the `modules` section, in the service configuration or a module map file
+Modules = Annotated[dict[Annotated[str, AfterValidator(_module_name)], ModuleConfig],
+                    BeforeValidator(lambda value: {} if value is None else value)]
+
+
 def _named_once(pipelines: tuple[PipelineConfig, ...]) -> tuple[PipelineConfig, ...]:
     """Each pipeline name once: a second entry would start, and move the baseline of, the
     first's pipeline. Every repeat is an error at its own ``[j].name``."""
     seen: set[str] = set()
-    repeats: list[InitErrorDetails] = []
+    problems = modules_mod.Problems()
     for j, pipeline in enumerate(pipelines):
         if pipeline.name in seen:
-            repeats.append(InitErrorDetails(
-                type=PydanticCustomError("listed_twice", "pipeline {name} is listed twice",
-                                         {"name": repr(pipeline.name)}),
-                loc=(j, "name"), input=pipeline.name))
+            problems.add((j, "name"), f"pipeline {pipeline.name!r} is listed twice")
         seen.add(pipeline.name)
-    if repeats:
-        raise ValidationError.from_exception_data("pipelines", repeats)
+    if problems:
+        raise located("pipelines", problems)
     return pipelines
 
 
 # a pipelines list, in the service configuration or a module map file
 Pipelines = Annotated[tuple[PipelineConfig, ...], AfterValidator(_named_once)]
+
+
+class GraphCheck(Protocol):
+    """What a document's pipelines and modules make together (receiver.modules.build,
+    and a map file's policy): the graph, or None with ``problems`` added."""
+
+    def __call__(self, pipelines: Sequence[PipelineConfig], modules: Mapping[str, ModuleConfig],
+                 unchecked: frozenset[str], problems: modules_mod.Problems
+                 ) -> ModuleMap | None: ...
+
+
+def with_graph(data: Any, handler: Callable[[Any], Any], title: str,
+               check: GraphCheck) -> Any:
+    """A wrap model validator's body for a document with ``pipelines``, ``modules`` and
+    ``graph`` (a repository, a map file): validate its fields (``handler``), then set
+    ``graph`` to what ``check`` makes of them. When some entries are invalid, ``check``
+    still looks at the others (``unchecked``: the invalid ones' names, which
+    ``depends_on`` may name), so every error is reported at once."""
+    try:
+        value = handler(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise located(title, _graph_of_valid(data, errors, check), errors) from None
+    problems = modules_mod.Problems()
+    graph = check(value.pipelines, value.modules, frozenset(), problems)
+    if graph is None or problems:
+        raise located(title, problems)
+    return dataclasses.replace(value, graph=graph)
+
+
+def _graph_of_valid(data: Any, errors: Sequence[ErrorDetails],
+                    check: GraphCheck) -> modules_mod.Problems:
+    """The problems ``check`` finds among the entries of ``data`` that ``errors`` say
+    nothing about, at the entries' own key paths (none when a whole section is wrong:
+    then no entry in it can be trusted)."""
+    found = modules_mod.Problems()
+    bad = _invalid_entries(errors)
+    if not isinstance(data, dict) or bad is None:
+        return found
+    unchecked: set[str] = set()
+    pipelines: dict[int, PipelineConfig] = {}  # by the document's index
+    for i, raw in enumerate(data.get("pipelines") or ()):
+        pipeline = None if ("pipelines", i) in bad else validated(PipelineConfig, raw, "", [])
+        if pipeline is not None:
+            pipelines[i] = pipeline
+        elif isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            unchecked.add(raw["name"])
+    modules: dict[str, ModuleConfig] = {}
+    for name, raw in (data.get("modules") or {}).items():
+        module = None if ("modules", name) in bad else validated(ModuleConfig, raw, "", [])
+        if module is not None:
+            modules[name] = module
+        else:
+            unchecked.add(str(name))
+    at = list(pipelines)  # check numbers the valid pipelines from 0
+    check(list(pipelines.values()), modules, frozenset(unchecked), found)
+    found.kept = [(("pipelines", at[loc[1]], *loc[2:]) if loc and loc[0] == "pipelines"
+                   and len(loc) > 1 and isinstance(loc[1], int) else loc, message)
+                  for loc, message in found.kept]
+    return found
+
+
+def _invalid_entries(errors: Sequence[ErrorDetails]) -> set[tuple[Any, ...]] | None:
+    """The (section, index or name) of each pipeline and module ``errors`` are about, or
+    None when one is about a whole section."""
+    bad: set[tuple[Any, ...]] = set()
+    for error in errors:
+        loc = error["loc"]
+        if not loc or loc[0] in ("pipelines", "modules"):
+            if len(loc) < 2:
+                return None
+            bad.add(tuple(loc[:2]))
+    return bad
+
+
+def _configured_graph(pipelines: Sequence[PipelineConfig], modules: Mapping[str, ModuleConfig],
+                      unchecked: frozenset[str], problems: modules_mod.Problems
+                      ) -> ModuleMap | None:
+    return modules_mod.build(pipelines, modules, unchecked=unchecked, problems=problems)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,10 +693,21 @@ class RepositoryConfig:
     module_map: ModuleMapConfig | None = None
     # validate pull/merge requests into these targets (absent: their events are ignored)
     pull_requests: PullRequestsConfig | None = None
-    # the templates, modules and dependencies of ``pipelines``, built from the ``modules``
-    # key and each pipeline's ``depends_on`` by receiver.modules.build (None: plain paths)
-    modules: Any = None
-    options: Any = None
+    # named path groups the pipelines' depends_on may name (receiver/modules.py)
+    modules: Modules = field(default_factory=dict)
+    # the provider's own keys, validated as its Options class by _repository
+    options: Annotated[Any, AfterValidator(not_a_key)] = field(default=None,
+                                                                metadata=COMPUTED)
+    # the pipelines' selectors (templates, modules, dependencies), set by _graph
+    graph: Annotated[Any, AfterValidator(not_a_key)] = field(
+        default=None, repr=False, compare=False, metadata=COMPUTED)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _graph(cls, data: Any, handler: ModelWrapValidatorHandler[RepositoryConfig]
+               ) -> RepositoryConfig:
+        return cast(RepositoryConfig, with_graph(data, handler, "repository",
+                                                 _configured_graph))
 
     @property
     def key(self) -> str:
@@ -490,8 +719,9 @@ class RepositoryConfig:
         return self.branches.matching_include(branch) is not None
 
     def module_selectors(self) -> ModuleMap:
-        """The selectors of the configured pipelines (see receiver.modules)."""
-        return self.modules or ModuleMap.plain({p.name: p.paths for p in self.pipelines})
+        """The selectors of the configured pipelines (see receiver.modules); none for a
+        repository made without validation."""
+        return self.graph if self.graph is not None else ModuleMap({})
 
     def tag_pipelines(self, tag: str) -> tuple[PipelineConfig, ...]:
         """Pipelines whose ``tags`` rule selects ``tag``."""
@@ -564,13 +794,12 @@ class _Document:
     outcomes: Annotated[OutcomesConfig, _Section] = field(default_factory=OutcomesConfig)
     git: Annotated[GitConfig, _Section] = field(default_factory=GitConfig)
     notifications: Annotated[tuple[Annotated[NotificationConfig, BeforeValidator(_no_on_key)],
-                                   ...], BeforeValidator(lambda v: () if v is None else v)] = ()
+                                   ...], BeforeValidator(lambda v: () if v is None else v),
+                             AfterValidator(_targets_once)] = ()
     ui: UiConfig | None = None
 
 
-_REPOSITORY_KEYS = tuple(f.name for f in dataclasses.fields(RepositoryConfig)
-                         if f.name != "options")
-_PIPELINE_KEYS = tuple(f.name for f in dataclasses.fields(PipelineConfig) if f.name != "module")
+_REPOSITORY_KEYS = schema_keys(RepositoryConfig)
 
 
 def parse(raw: Any, source: str = "<config>") -> Config:
@@ -581,7 +810,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: must be a YAML mapping with keys {keys}"])
     problems: list[str] = []
-    doc = _validate(_Document, raw, "", problems)
+    doc = validated(_Document, raw, "", problems)
     items = raw.get("repositories")
     repos: list[RepositoryConfig] = []
     for i, item in enumerate(items if isinstance(items, list) else ()):
@@ -593,47 +822,11 @@ def parse(raw: Any, source: str = "<config>") -> Config:
             problems.append(f"repositories[{i}].name: {repo.provider} repository "
                             f"{repo.name!r} is configured twice")
         repos.append(repo)
-    problems.extend(_notification_problems(doc))
-    if doc is not None and doc.ui is not None:
-        problems.extend(_ui_problems(doc.ui))
     if problems or doc is None:
         raise ConfigError(problems)
     return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
                   processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
                   git=doc.git, notifications=doc.notifications, ui=doc.ui, source=source)
-
-
-def _notification_problems(doc: _Document | None) -> list[str]:
-    """What the notification schema cannot say on its own: each entry names exactly one
-    target, and no target twice."""
-    problems: list[str] = []
-    if doc is None:
-        return problems
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(doc.notifications):
-        given = [k for k in NOTIFY_TARGETS if getattr(entry, k) is not None]
-        if len(given) != 1:
-            problems.append(f"notifications[{i}]: needs exactly one target of "
-                            f"{', '.join(NOTIFY_TARGETS)}" + (f" (has {', '.join(given)})"
-                                                              if given else ""))
-        elif entry.target in seen:
-            problems.append(f"notifications[{i}]: the same target as "
-                            f"notifications[{seen[entry.target]}]; list its events once")
-        else:
-            seen[entry.target] = i
-    return problems
-
-
-def _ui_problems(ui: UiConfig) -> list[str]:
-    """Each ``ui.auth`` needs its own key, and only its own."""
-    problems = []
-    for key, auth in (("alb_arn", "alb-oidc"), ("basic", "basic")):
-        given = getattr(ui, key) is not None
-        if ui.auth == auth and not given:
-            problems.append(f"ui.{key}: is required with auth: {auth}")
-        elif ui.auth != auth and given:
-            problems.append(f"ui.{key}: is only for auth: {auth}")
-    return problems
 
 
 def _repository(item: Any, path: str, registry: Mapping[str, Any],
@@ -655,22 +848,15 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
             problems.append(f"{path}.{key}: unknown key; allowed: {', '.join(_REPOSITORY_KEYS)}"
                             f"; options of provider {provider}: "
                             f"{', '.join(option_keys) or 'none'}")
-    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS and k != "modules"}
+    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS}
     if cls.default_api_url is not None:
         common.setdefault("api_url", cls.default_api_url)
-    repo = _validate(RepositoryConfig, common, path, problems)
+    repo = validated(RepositoryConfig, common, path, problems)
     # options validators may look at the whole repository (e.g. api_token or github_app)
-    options = _validate(cls.Options, {k: v for k, v in item.items() if k in option_keys}, path,
+    options = validated(cls.Options, {k: v for k, v in item.items() if k in option_keys}, path,
                         problems, context={"repository": item})
-    listed = item.get("pipelines")
-    raw_pipelines: list[Any] = listed if isinstance(listed, list) else []
     if repo is None or options is None:
         return None
-    module_set, found = modules_mod.build(raw_pipelines, item.get("modules"), path=path)
-    if found:
-        problems.extend(found)
-        return None
-    repo = dataclasses.replace(repo, modules=module_set)
     if repo.diff == "git" and repo.git_url is None:
         # the provider knows the clone URLs that follow from api_url and name
         url = cls.git_url_for(repo.api_url, repo.name)
@@ -682,29 +868,26 @@ def _repository(item: Any, path: str, registry: Mapping[str, Any],
     return dataclasses.replace(repo, options=options)
 
 
-def parse_pipelines(raw: list[Any], path: str = "") -> tuple[tuple[PipelineConfig, ...],
-                                                               list[str]]:
-    """The pipeline entries of a ``pipelines`` list (as in a repository), each problem's
-    key path prefixed with ``path``; the entries' templates and dependencies are
-    receiver.modules.build's."""
-    problems: list[str] = []
-    where = f"{path}.pipelines" if path else "pipelines"
-    pipelines = _validate(cast(Any, Pipelines), raw, where, problems)
-    return pipelines or (), problems
-
-
 @functools.cache
 def _adapter(shape: Any) -> TypeAdapter[Any]:
     return TypeAdapter(shape)
 
 
-def _validate(shape: type[T], raw: Any, path: str, problems: list[str],
+def validated(shape: type[T], raw: Any, path: str, problems: list[str] | modules_mod.Problems,
               context: dict[str, Any] | None = None) -> T | None:
-    """``raw`` as ``shape``, or None with every error appended to ``problems``."""
+    """``raw`` as ``shape``, or None with every error appended to ``problems`` (a
+    :class:`~receiver.modules.Problems` also takes over the count of problems a model
+    validator only counted)."""
     try:
         return cast(T, _adapter(cast(Any, shape)).validate_python(raw, context=context))
     except ValidationError as exc:
-        problems.extend(filter(None, (_problem(shape, path, e) for e in exc.errors())))
+        for error in exc.errors():
+            if error["type"] == MORE_PROBLEMS and isinstance(problems, modules_mod.Problems):
+                problems.more += error["ctx"]["more"]
+                continue
+            line = _problem(shape, path, error)
+            if line is not None:
+                problems.append(line)
         return None
 
 
@@ -712,7 +895,7 @@ def _problem(shape: type[Any], path: str, error: Any) -> str | None:
     """One pydantic error as ``key.path: what is wrong; what is allowed`` (None: it only
     follows from errors reported inside the list it is about)."""
     loc = [part for part in error["loc"] if part != "[key]"]
-    where = path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    where = modules_mod.key_path(tuple(loc), path)
     kind, message = error["type"], str(error["msg"])
     if kind == "missing":
         message = "is required"
@@ -728,23 +911,45 @@ def _problem(shape: type[Any], path: str, error: Any) -> str | None:
             return None
         message = "must not be empty"
     message = message.removeprefix("Value error, ").replace("Input should be", "must be")
-    return f"{where.lstrip('.')}: {message}"
+    return f"{where}: {message}" if where else message
 
 
 def _keys(shape: Any, loc: list[Any]) -> list[str]:
     """The keys of the schema class found at ``loc`` below ``shape`` (a class, or a type
     that holds one: ``Pipelines``)."""
-    shape = _dataclass_in(shape)
+    hint = shape
     for part in loc:
-        if isinstance(part, str):
-            shape = _dataclass_in(get_type_hints(shape)[part])
-    return [f.name for f in dataclasses.fields(shape)]
+        hint = _below(hint, part)
+    return list(schema_keys(_dataclass_in(hint)))
+
+
+def _below(hint: Any, part: str | int) -> Any:
+    """The type at ``part`` of ``hint``: a class's field, a mapping's value (``part`` is
+    its key), a list's item."""
+    for inner in _alternatives(hint):
+        if dataclasses.is_dataclass(inner):
+            fields = get_type_hints(inner)
+            if part in fields:
+                return fields[part]
+        elif get_origin(inner) is dict:
+            return get_args(inner)[1]
+        elif get_origin(inner) in (tuple, list):
+            return get_args(inner)[0]
+    return None
+
+
+def _alternatives(hint: Any) -> list[Any]:
+    """``hint`` without ``Annotated``, each member of a union on its own."""
+    origin = get_origin(hint)
+    if origin is Annotated:
+        return _alternatives(get_args(hint)[0])
+    if origin in (Union, UnionType):
+        return [alt for arg in get_args(hint) for alt in _alternatives(arg)]
+    return [hint]
 
 
 def _dataclass_in(hint: Any) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return hint
-    return next((d for d in map(_dataclass_in, get_args(hint)) if d is not None), None)
+    return next((h for h in _alternatives(hint) if dataclasses.is_dataclass(h)), None)
 
 
 def read_secrets(config: Config) -> None:

@@ -25,20 +25,39 @@ import hashlib
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Protocol, cast
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from providers.base import MAX_FILE_BYTES, printable
-from receiver.config import ModuleMapConfig, PipelineConfig, RepositoryConfig, parse_pipelines
+from receiver.config import (
+    COMPUTED,
+    FORBID,
+    ModuleConfig,
+    ModuleMapConfig,
+    Modules,
+    PipelineConfig,
+    Pipelines,
+    RepositoryConfig,
+    not_a_key,
+    schema_keys,
+    validated,
+    with_graph,
+)
 from receiver.errors import FileTooLarge
 from receiver.matcher import path_keys
 from receiver.modules import PLACEHOLDER, ModuleMap, Problems, Template, build, clashes
 from receiver.state.base import StateStore
 
 CONFIG_STATUS = "webhook-receiver/config"  # the commit status an invalid file gets
-_FILE_KEYS = ("pipelines", "modules")
 _CACHED = 16  # parsed files kept per process (one per distinct file content)
 _Parsed = tuple["PipelineSet | None", list[str]]
 
@@ -87,14 +106,6 @@ def provider_source(providers: Mapping[str, Any]) -> FileSource:
         content: bytes | None = providers[repo.provider].file_content(repo, path, commit)
         return content
     return read
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryMap:
-    """A valid module map file: its pipelines and their selectors."""
-
-    pipelines: tuple[PipelineConfig, ...]
-    modules: ModuleMap
 
 
 class _Refused(Exception):
@@ -211,26 +222,77 @@ def _applicable(modules: ModuleMap) -> str | None:
             "own folders)")
 
 
-def _policy(entries: Sequence[Any], rules: ModuleMapConfig, problems: Problems) -> None:
-    """What the file's pipelines set that the operator did not allow them to."""
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
+def _policy(pipelines: Sequence[PipelineConfig], rules: ModuleMapConfig | None,
+            problems: Problems) -> None:
+    """What the file's pipelines set that the operator did not allow them to (``rules``:
+    the repository's ``module_map`` settings; None: a file checked on its own)."""
+    allow = rules.names if rules is not None else None
+    allowed = "" if allow is None else ", ".join(allow.patterns)
+    for i, pipeline in enumerate(pipelines):
+        if allow is not None and not allow.admits(pipeline.name):
+            problems.add(("pipelines", i, "name"), f"{pipeline.name!r} is not allowed here; "
+                         f"allowed: {allowed}")
+        if allow is not None and pipeline.validate is not None and \
+                not allow.admits(pipeline.validate):
+            problems.add(("pipelines", i, "validate"), f"{pipeline.validate!r} is not allowed "
+                         f"here; allowed: {allowed}")
+        if pipeline.tags is not None:
+            problems.add(("pipelines", i, "tags"), "is not read from a module map file (a tag "
+                         "push starts configured pipelines only)")
+        if rules is None:
             continue
-        variables = entry.get("variables")
-        for key in variables if isinstance(variables, dict) else ():
+        for key, _ in pipeline.variables:
             if key not in rules.allow_variables:
-                allowed = ", ".join(map(str, rules.allow_variables)) or "none"
-                problems.append(f"pipelines[{i}].variables.{key}: not allowed in a module map "
-                                f"(module_map.allow_variables: {allowed})")
-        if "source_action" in entry and not rules.allow_source_action:
-            problems.append(f"pipelines[{i}].source_action: not allowed in a module map "
-                            "(module_map.allow_source_action is false)")
+                names = ", ".join(map(str, rules.allow_variables)) or "none"
+                problems.add(("pipelines", i, "variables", key), "not allowed in a module map "
+                             f"(module_map.allow_variables: {names})")
+        if pipeline.source_action is not None and not rules.allow_source_action:
+            problems.add(("pipelines", i, "source_action"), "not allowed in a module map "
+                         "(module_map.allow_source_action is false)")
+
+
+@dataclass(frozen=True, slots=True)
+class MapFile:
+    """A module map file's schema: ``pipelines`` and ``modules`` as in the configuration.
+
+    Validated as :data:`MapFileSchema`, which holds them to the validation context's
+    ``rules`` (the repository's ``module_map`` settings, or None) and sets ``graph``, built
+    with the configured map (``configured``: what ``depends_on`` may name besides the
+    file's own)."""
+
+    __pydantic_config__ = FORBID
+    pipelines: Annotated[Pipelines, BeforeValidator(lambda v: () if v is None else v)] = ()
+    modules: Modules = field(default_factory=dict)
+    graph: Annotated[Any, AfterValidator(not_a_key)] = field(
+        default=None, repr=False, compare=False, metadata=COMPUTED)
+
+
+def _checked(data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> MapFile:
+    """MapFile's fields (``handler``), then the graph they make with the configured map
+    (context ``configured``) and what the repository's settings allow (context ``rules``)."""
+    context = info.context or {}
+    rules: ModuleMapConfig | None = context.get("rules")
+
+    def check(pipelines: Sequence[PipelineConfig], modules: Mapping[str, ModuleConfig],
+              unchecked: frozenset[str], problems: Problems) -> ModuleMap | None:
+        graph, _ = build(pipelines, modules, base=context.get("configured"),
+                         allow=rules.names if rules is not None else None,
+                         max_links=MAX_LINKS, unchecked=unchecked, problems=problems)
+        _policy(pipelines, rules, problems)
+        return graph
+    return cast(MapFile, with_graph(data, handler, "module map", check))
+
+
+# what a map file is validated as (context: ``rules`` and ``configured``, see _checked)
+MapFileSchema = Annotated[MapFile, WrapValidator(_checked)]
+
+_FILE_KEYS = schema_keys(MapFile)
 
 
 def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
                source: str = "module map", configured: ModuleMap | None = None,
                reserved: Sequence[tuple[str, ModuleMap]] = ()
-               ) -> tuple[RepositoryMap | None, list[str]]:
+               ) -> tuple[MapFile | None, list[str]]:
     """Validate a module map file against its repository's ``module_map`` settings
     (``rules``; None: a file checked on its own, with any name, variable and source
     action). ``configured``: the service configuration's map of the repository, whose
@@ -250,7 +312,7 @@ def parse_file(text: str | bytes, rules: ModuleMapConfig | None = None, *,
 
 def _validated(text: str | bytes, rules: ModuleMapConfig | None, *, source: str,
                configured: ModuleMap | None, reserved: Sequence[tuple[str, ModuleMap]]
-               ) -> tuple[RepositoryMap | None, list[str]]:
+               ) -> tuple[MapFile | None, list[str]]:
     if len(text) > MAX_FILE_BYTES:
         return None, [f"{source}: {len(text)} bytes; at most {MAX_FILE_BYTES}"]
     if isinstance(text, bytes):
@@ -268,51 +330,22 @@ def _validated(text: str | bytes, rules: ModuleMapConfig | None, *, source: str,
         raw = {}
     if not isinstance(raw, dict):
         return None, [f"{source}: must be a YAML mapping with keys {', '.join(_FILE_KEYS)}"]
-    unknown = [f"{key}: unknown key; allowed: {', '.join(_FILE_KEYS)}"
-               for key in raw if key not in _FILE_KEYS]
-    if unknown:
-        found_unknown = Problems()
-        found_unknown.extend(unknown)
-        return None, found_unknown.lines()
     over = _limits(raw)
     if over:
         return None, over
     problems = Problems()
-    entries = raw.get("pipelines") or []
-    if not isinstance(entries, list):
-        problems.append("pipelines: must be a list of {name, paths}")
-        entries = []
-    pipelines, found = parse_pipelines(entries)
-    problems.extend(found)
-    allow = rules.names if rules is not None else None
-    modules, _ = build(entries, raw.get("modules"), base=configured, allow=allow,
-                       max_links=MAX_LINKS, problems=problems)
-    if rules is not None:
-        _policy(entries, rules, problems)
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            continue
-        name = entry.get("name")
-        if allow is not None and isinstance(name, str) and not allow.admits(name):
-            problems.append(f"pipelines[{i}].name: {name!r} is not allowed here; allowed: "
-                            + ", ".join(allow.patterns))
-        validate = entry.get("validate")
-        if allow is not None and isinstance(validate, str) and not allow.admits(validate):
-            problems.append(f"pipelines[{i}].validate: {validate!r} is not allowed here; "
-                            "allowed: " + ", ".join(allow.patterns))
-        if "tags" in entry:
-            problems.append(f"pipelines[{i}].tags: is not read from a module map file "
-                            "(a tag push starts configured pipelines only)")
-    if not problems:
-        over_applicable = _applicable(modules)
+    file = validated(cast(Any, MapFileSchema), raw, "", problems, context={"rules": rules,
+                                                           "configured": configured})
+    if file is not None:
+        over_applicable = _applicable(file.graph)
         if over_applicable is not None:
             problems.append(over_applicable)
-    if not problems:
+    if file is not None and not problems:
         for whose, other in reserved:
-            clashes(other, modules, whose, problems)
-    if problems:
+            clashes(other, file.graph, whose, problems)
+    if file is None or problems:
         return None, problems.lines()
-    return RepositoryMap(pipelines, modules), []
+    return file, []
 
 
 def _shown(problem: str) -> str:
@@ -334,13 +367,13 @@ class PipelineSet:
         """The repository's configured pipelines."""
         return cls({p.name: p for p in repo.pipelines}, repo.module_selectors())
 
-    def joined(self, file: RepositoryMap) -> tuple[PipelineSet | None, list[str]]:
+    def joined(self, file: MapFile) -> tuple[PipelineSet | None, list[str]]:
         """These pipelines and the file's; None and the problems when names clash."""
-        problems = clashes(self.modules, file.modules)
+        problems = clashes(self.modules, file.graph)
         if problems:
             return None, problems
         return PipelineSet({**self.configs, **{p.name: p for p in file.pipelines}},
-                           self.modules.merged(file.modules)), []
+                           self.modules.merged(file.graph)), []
 
     def pipeline(self, name: str) -> PipelineConfig:
         """The configuration of pipeline ``name``, a concrete one of a template included

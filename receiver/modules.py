@@ -1,8 +1,9 @@
 """The module map: pipeline templates, named modules and dependencies (DESIGN.md "Module map").
 
-Pure functions over plain parsed YAML (dicts and lists) that return frozen objects and a
-list of ``"key.path: message"`` problems, so the service configuration's section and a
-repository-side map file (``check-config --module-map``) are validated by the same code.
+The schema (receiver.config: ``PipelineConfig``, ``ModuleConfig``) checks each entry on its
+own; :func:`build` is the graph those entries make, called by the schema's model validators
+(the service configuration's repository, a repository-side map file), so both are checked
+by the same code and every problem carries its key path (a :data:`Loc`).
 
 - A **template** is a pipeline whose ``name`` and include ``paths`` share ``{module}``: it
   stands for one concrete pipeline per value the changed paths give the placeholder
@@ -22,10 +23,11 @@ CodePipeline pipeline name may hold); a folder named otherwise is no module.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from receiver.matcher import (
     MODULE_CHARS,
@@ -37,39 +39,57 @@ from receiver.matcher import (
     RuleMatch,
 )
 
-__all__ = ["MAX_PROBLEMS", "PLACEHOLDER", "ModuleMap", "Problems", "Selector", "Template",
-           "any_module", "build", "clashes"]
+__all__ = ["MAX_PROBLEMS", "PLACEHOLDER", "Loc", "ModuleEntry", "ModuleMap", "PipelineEntry",
+           "Problems", "Selector", "Template", "build", "clashes", "is_name",
+           "key_path"]
 
 NAME_LIMIT = 100  # CodePipeline's longest pipeline name
 MAX_PROBLEMS = 20  # problems listed one by one; the rest are counted
 _WILDCARDS = "*?[{"
 
 
-def _is_name(name: str) -> bool:
+def is_name(name: str) -> bool:
     """CodePipeline's pipeline-name rule: 1-100 of letters, digits, . @ _ -."""
     return 0 < len(name) <= NAME_LIMIT and not name.strip(MODULE_CHARS)
 
 
+Loc = tuple[str | int, ...]  # a key path as pydantic's error locations give it
+
+
+def key_path(loc: Loc, prefix: str = "") -> str:
+    """``loc`` as the key path problems start with: ``repositories[0].modules.web``."""
+    return (prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+            ).lstrip(".")
+
+
 class Problems:
     """Problem messages: the first ``limit`` kept, the rest only counted, so a file with
-    a million mistakes costs no more memory than one with ``limit``."""
+    a million mistakes costs no more memory than one with ``limit``. Each is a whole line
+    (:meth:`append`) or a message at a key path (:meth:`add`)."""
 
     def __init__(self, limit: int = MAX_PROBLEMS) -> None:
         self.limit = limit
-        self.kept: list[str] = []
+        self.kept: list[tuple[Loc | None, str]] = []
         self.more = 0
 
     def append(self, problem: str) -> None:
-        """Add one problem."""
-        if len(self.kept) < self.limit:
-            self.kept.append(problem)
-        else:
-            self.more += 1
+        """Add one problem line."""
+        self._keep(None, problem)
+
+    def add(self, loc: Loc, message: str) -> None:
+        """Add one problem: ``message`` about the key at ``loc``."""
+        self._keep(loc, message)
 
     def extend(self, problems: Iterable[str]) -> None:
         """Add each of ``problems``."""
         for problem in problems:
             self.append(problem)
+
+    def _keep(self, loc: Loc | None, message: str) -> None:
+        if len(self.kept) < self.limit:
+            self.kept.append((loc, message))
+        else:
+            self.more += 1
 
     def __bool__(self) -> bool:
         return bool(self.kept)
@@ -79,16 +99,16 @@ class Problems:
         """Whether a further problem would only be counted."""
         return len(self.kept) >= self.limit
 
+    @property
+    def more_line(self) -> str | None:
+        """How many more problems there were than are kept, or None."""
+        return f"... and {self.more} more problem{'s' if self.more > 1 else ''}" \
+            if self.more else None
+
     def lines(self) -> list[str]:
         """The kept problems, then how many more there were."""
-        more = [f"... and {self.more} more problem{'s' if self.more > 1 else ''}"] \
-            if self.more else []
-        return self.kept + more
-
-
-def any_module(glob: str) -> str:
-    """``glob`` with ``{module}`` as ``*``: what every concrete pipeline of it may select."""
-    return glob.replace(PLACEHOLDER, "*")
+        kept = [m if loc is None else f"{key_path(loc)}: {m}" for loc, m in self.kept]
+        return kept + ([self.more_line] if self.more_line else [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +245,6 @@ class ModuleMap:
     groups: Mapping[str, Selector] = field(default_factory=dict)
     links: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    @classmethod
-    def plain(cls, rules: Mapping[str, PathRules]) -> ModuleMap:
-        """A map of pipelines with their own paths only (no templates, no dependencies)."""
-        return cls({name: Selector(r) for name, r in rules.items()})
-
     @property
     def templates(self) -> tuple[Template, ...]:
         """Every template, in configuration order."""
@@ -301,39 +316,54 @@ def clashes(a: ModuleMap, b: ModuleMap, where: str | None = None,
     return out.lines()
 
 
+class PipelineEntry(Protocol):
+    """A validated pipeline entry (receiver.config.PipelineConfig): its name, its paths
+    compiled (a :class:`Template` when the name has ``{module}``) and its dependencies."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rules(self) -> Rules: ...
+    @property
+    def depends_on(self) -> tuple[str, ...]: ...
+
+
+class ModuleEntry(Protocol):
+    """A validated module (receiver.config.ModuleConfig): its paths and dependencies."""
+
+    @property
+    def paths(self) -> PathRules: ...
+    @property
+    def depends_on(self) -> tuple[str, ...]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Node:
     kind: str  # "module" or "pipeline"
     rules: Rules
     depends_on: tuple[str, ...]
-    path: str  # key path of its depends_on, for messages
+    loc: Loc  # of its depends_on, for problems
 
 
-def _key(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
+def build(pipelines: Sequence[PipelineEntry], modules: Mapping[str, ModuleEntry], *,
           base: ModuleMap | None = None, allow: NameRules | None = None,
-          max_links: int | None = None,
-          problems: Problems | None = None) -> tuple[ModuleMap, list[str]]:
-    """Validate ``pipelines`` (the parsed list, each a mapping with ``name``, ``paths`` and
-    optional ``depends_on``) and ``modules`` (the parsed ``modules`` mapping, or None) into
-    a :class:`ModuleMap`; ``path`` prefixes every problem's key path (``repositories[0]``).
-
-    Reported here: the modules section's shape, names and globs; ``{module}`` in a name but
-    not in its paths or the reverse; overlapping templates; ``depends_on`` naming nothing,
-    a template or itself; cycles (``... depends_on: cycle a -> b -> a``). A pipeline entry
-    whose ``name`` or ``paths`` is malformed otherwise (a bad glob, not a string) is left
-    to the caller's pipeline schema and skipped here. The map is only meaningful when no
-    problem is returned; at most :data:`MAX_PROBLEMS` are listed, then a count.
+          max_links: int | None = None, unchecked: frozenset[str] = frozenset(),
+          problems: Problems | None = None) -> tuple[ModuleMap | None, Problems]:
+    """The :class:`ModuleMap` of validated ``pipelines`` and ``modules`` (each entry's own
+    keys are the schema's, receiver.config), or None and the problems of the graph they
+    make, each at its key path below the document holding them (``("pipelines", 2,
+    "depends_on")``): a name used twice (a module and a pipeline); templates that can
+    make the same names, or a pipeline's; ``depends_on`` naming nothing or a template;
+    cycles (``cycle a -> b -> a``). At most :data:`MAX_PROBLEMS` are listed, then a count.
 
     ``base`` (a map file's: the service configuration's map) holds pipelines and modules
     that ``depends_on`` may name too and that no new name may repeat; the result holds
     only the new ones. ``allow``: the concrete names the templates may make (a map file's
     ``module_map.allow``). ``max_links``: the most (pipeline, transitive dependency) pairs
     the result may hold in all (a map file's limit; None: no limit). ``problems``: where
-    to add the problems (with others of the caller's, counted together).
+    to add the problems (with others of the caller's, counted together). ``unchecked``:
+    names of entries left out because they are invalid on their own, which ``depends_on``
+    may name without a problem (the result is then None: only the problems count).
 
     Nothing here recurses: a chain of 10,000 modules costs a pass over its links per
     pipeline that depends on it.
@@ -342,94 +372,55 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
     nodes: dict[str, _Node] = {}
     external: dict[str, Selector] = {**base.groups, **base.selectors} if base else {}
     external_groups = base.groups if base else {}
-    mods_path = _key(path, "modules")
-    if modules is not None and not isinstance(modules, dict):
-        problems.append(f"{mods_path}: must map a module name to {{paths, depends_on}}")
-        modules = {}
-    for name, raw in (modules or {}).items():
-        mpath = f"{mods_path}.{name}"
-        if not isinstance(name, str) or not _is_name(name):
-            problems.append(f"{mpath}: a module name is letters, digits, . @ - _ (at most 100)")
-            continue
+    for name, module in modules.items():
         if name in external:
-            problems.append(f"{mpath}: {name!r} is also in the service configuration")
+            problems.add(("modules", name), f"{name!r} is also in the service configuration")
             continue
-        if not isinstance(raw, dict) or set(raw) - {"paths", "depends_on"}:
-            problems.append(f"{mpath}: must be a mapping with keys paths, depends_on")
-            continue
-        globs = _str_list(raw.get("paths"))
-        if not globs:
-            problems.append(f"{mpath}.paths: is required: a list of globs ('**' crosses "
-                            "folders, '!' excludes)")
-            continue
-        if any(PLACEHOLDER in g for g in globs):
-            problems.append(f"{mpath}.paths: {PLACEHOLDER} is only for pipeline templates")
-            continue
-        try:
-            group = PathRules.compile(globs)
-        except GlobError as exc:
-            problems.append(f"{mpath}.paths: {exc}")
-            continue
-        deps = _depends(raw.get("depends_on"), f"{mpath}.depends_on", problems)
-        nodes[name] = _Node("module", group, deps, f"{mpath}.depends_on")
+        nodes[name] = _Node("module", module.paths, module.depends_on,
+                            ("modules", name, "depends_on"))
     order: list[str] = []
-    for i, raw in enumerate(pipelines):
-        ppath = _key(path, f"pipelines[{i}]")
-        if not isinstance(raw, dict):
-            continue
-        name, globs = raw.get("name"), _str_list(raw.get("paths"))
-        if not isinstance(name, str) or not globs:
-            continue
-        in_name = PLACEHOLDER in name
-        in_paths = any(PLACEHOLDER in g for g in globs)
-        if in_name != in_paths:
-            where = "name but not in its paths" if in_name else "paths but not in its name"
-            problems.append(f"{ppath}.{'name' if in_name else 'paths'}: {PLACEHOLDER} is in "
-                            f"the {where}; a template needs it in both")
-            continue
-        rules: Rules
-        try:
-            rules = Template.compile(name, globs, allow) if in_name else PathRules.compile(globs)
-        except GlobError as exc:
-            if in_name:  # a plain glob error is the pipeline schema's to report
-                problems.append(f"{ppath}.paths: {exc}")
-            continue
-        deps = _depends(raw.get("depends_on"), f"{ppath}.depends_on", problems)
+    for i, pipeline in enumerate(pipelines):
+        name, rules = pipeline.name, pipeline.rules
         if name in nodes:
             kind = "module" if nodes[name].kind == "module" else "pipeline"
-            problems.append(f"{ppath}.name: {name!r} is also a {kind} name")
+            problems.add(("pipelines", i, "name"), f"{name!r} is also a {kind} name")
             continue
         if name in external and name in external_groups:
-            problems.append(f"{ppath}.name: {name!r} is also a module of the service "
-                            "configuration")
+            problems.add(("pipelines", i, "name"), f"{name!r} is also a module of the "
+                         "service configuration")
             continue
-        nodes[name] = _Node("pipeline", rules, deps, f"{ppath}.depends_on")
+        if isinstance(rules, Template) and allow is not None:
+            rules = dataclasses.replace(rules, allow=allow)
+        nodes[name] = _Node("pipeline", rules, pipeline.depends_on, ("pipelines", i,
+                                                                     "depends_on"))
         order.append(name)
     templates = [(n, nodes[n].rules) for n in order if isinstance(nodes[n].rules, Template)]
     statics = [n for n in order if isinstance(nodes[n].rules, PathRules)]
     for j, (name, template) in enumerate(templates):
         assert isinstance(template, Template)
-        where = nodes[name].path.rsplit(".", 1)[0]
+        where = (*nodes[name].loc[:-1], "name")
         for other_name, other in templates[:j]:
             assert isinstance(other, Template)
             if template.overlaps(other):
-                problems.append(f"{where}.name: template {name!r} can make the same names "
-                                f"as {other_name!r}")
+                problems.add(where, f"template {name!r} can make the same names as "
+                             f"{other_name!r}")
         for other_name in statics:
             if template.module_of(other_name) is not None:
-                problems.append(f"{where}.name: template {name!r} can make the name "
-                                f"{other_name!r}, also a pipeline")
+                problems.add(where, f"template {name!r} can make the name {other_name!r}, "
+                             "also a pipeline")
     for node in nodes.values():
         for dep in node.depends_on:
+            if dep in unchecked and dep not in nodes:
+                continue
             if dep not in nodes and dep not in external:
-                problems.append(f"{node.path}: unknown name {dep!r}; depends_on names a "
-                                "module or a pipeline")
+                problems.add(node.loc, f"unknown name {dep!r}; depends_on names a module or "
+                             "a pipeline")
             elif isinstance((nodes[dep] if dep in nodes else external[dep]).rules, Template):
-                problems.append(f"{node.path}: {dep!r} is a template; depend on a module "
-                                "or a pipeline without {module}")
+                problems.add(node.loc, f"{dep!r} is a template; depend on a module or a "
+                             "pipeline without {module}")
     _cycles(nodes, problems)
-    if problems:
-        return ModuleMap({}), problems.lines()
+    if problems or unchecked:
+        return None, problems
     links = {**(base.links if base else {}),
              **{name: node.depends_on for name, node in nodes.items()}}
 
@@ -443,33 +434,14 @@ def build(pipelines: Sequence[Any], modules: Any = None, *, path: str = "",
     for name in order:
         depends = _flatten(name, links, rules_of, budget)
         if depends is None:
-            problems.append(f"{_key(path, 'pipelines')}: more than {max_links} (pipeline, "
-                            "dependency) pairs through depends_on; depend on fewer modules "
-                            "or share them")
-            return ModuleMap({}), problems.lines()
+            problems.add(("pipelines",), f"more than {max_links} (pipeline, dependency) "
+                         "pairs through depends_on; depend on fewer modules or share them")
+            return None, problems
         selectors[name] = Selector(nodes[name].rules, depends)
     return ModuleMap(selectors,
                      {name: Selector(node.rules) for name, node in nodes.items()
                       if node.kind == "module"},
-                     {name: node.depends_on for name, node in nodes.items()}), []
-
-
-def _str_list(value: Any) -> list[str] | None:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
-
-
-def _depends(value: Any, path: str, problems: Problems) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    names = _str_list(value)
-    if names is None:
-        problems.append(f"{path}: must be a list of module or pipeline names")
-        return ()
-    return tuple(dict.fromkeys(names))
+                     {name: node.depends_on for name, node in nodes.items()}), problems
 
 
 _SHOWN = 12  # names of a cycle a message lists before it says how many more
@@ -504,7 +476,7 @@ def _cycles(nodes: Mapping[str, _Node], problems: Problems) -> None:
                         shown = " -> ".join(cycle) if len(cycle) <= _SHOWN else (
                             " -> ".join(cycle[:_SHOWN - 1])
                             + f" -> ... ({len(cycle) - _SHOWN} more) -> {dep}")
-                        problems.append(f"{nodes[cycle[0]].path}: cycle {shown}")
+                        problems.add(nodes[cycle[0]].loc, f"cycle {shown}")
                 elif seen is None:
                     state[dep] = 1
                     at[dep] = len(trail)

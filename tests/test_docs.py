@@ -155,7 +155,8 @@ def test_every_configuration_key_is_documented() -> None:
                if f"{name}.{f.name}" not in spans]
     from providers import REGISTRY
 
-    keys = [*config._REPOSITORY_KEYS, *config._PIPELINE_KEYS,
+    keys = [*config.schema_keys(config.RepositoryConfig),
+            *config.schema_keys(config.PipelineConfig),
             *(f.name for cls in REGISTRY.values() for f in fields(cls.Options))]
     missing += [key for key in keys if key not in spans]
     missing += [f"{{{f}}}" for f in config.VARIABLE_FIELDS if f"{{{f}}}" not in spans]

@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from providers.base import MAX_FILE_BYTES
-from receiver.config import parse
+from receiver.config import ModuleConfig, Modules, PipelineConfig, Pipelines, parse
 from receiver.errors import ConfigError
 from receiver.matcher import Glob, GlobError, PathRules, RuleMatch, match
 from receiver.module_map import MAX_APPLICABLE, MAX_ENTRIES, MAX_PATTERNS, MAX_WILDCARDS
@@ -406,10 +407,19 @@ def test_a_newline_in_a_path_is_just_a_character(glob: str, path: str,
         {"p": (RuleMatch(path, glob),)} if expected else {})
 
 
+def entries(doc: dict[str, Any], pipelines: list[Any] | None = None
+            ) -> tuple[tuple[PipelineConfig, ...], dict[str, ModuleConfig]]:
+    """A map's ``pipelines`` (or the ``pipelines`` given) and ``modules`` as the schema gives them
+    to ``build``."""
+    return (TypeAdapter(Pipelines).validate_python(pipelines or doc["pipelines"]),
+            TypeAdapter(Modules).validate_python(doc["modules"]))
+
+
 def test_build_flattens_a_10000_module_chain_without_recursion() -> None:
     chain: dict[str, Any] = yaml.safe_load(module_chain(10000))
-    built, problems = build(chain["pipelines"], chain["modules"])
-    assert problems == []
+    built, problems = build(*entries(chain))
+    assert problems.lines() == []
+    assert built is not None
     depends = built.selectors["acme-top"].depends
     assert [name for name, _ in depends[:3]] == ["m0", "m1", "m2"]
     assert len(depends) == 10000
@@ -418,8 +428,8 @@ def test_build_flattens_a_10000_module_chain_without_recursion() -> None:
 def test_build_reports_a_10000_module_cycle_without_recursion() -> None:
     chain: dict[str, Any] = yaml.safe_load(module_chain(10000))
     chain["modules"]["m9999"]["depends_on"] = ["m0"]
-    _, problems = build(chain["pipelines"], chain["modules"])
-    assert problems == ["modules.m0.depends_on: cycle m0 -> m1 -> m2 -> m3 -> m4 -> m5 -> m6 "
+    _, problems = build(*entries(chain))
+    assert problems.lines() == ["modules.m0.depends_on: cycle m0 -> m1 -> m2 -> m3 -> m4 -> m5 -> m6 "
                         "-> m7 -> m8 -> m9 -> m10 -> ... (9989 more) -> m0"]
 
 
@@ -427,9 +437,9 @@ def test_build_refuses_more_dependency_links_than_allowed() -> None:
     chain: dict[str, Any] = yaml.safe_load(module_chain(100))
     pipelines = [{"name": f"acme-{i}", "paths": [f"p/{i}/**"], "depends_on": ["m0"]}
                  for i in range(10)]
-    assert build(pipelines, chain["modules"], max_links=1000)[1] == []
-    _, problems = build(pipelines, chain["modules"], max_links=999)
-    assert problems == ["pipelines: more than 999 (pipeline, dependency) pairs through "
+    assert build(*entries(chain, pipelines), max_links=1000)[1].lines() == []
+    _, problems = build(*entries(chain, pipelines), max_links=999)
+    assert problems.lines() == ["pipelines: more than 999 (pipeline, dependency) pairs through "
                         "depends_on; depend on fewer modules or share them"]
 
 

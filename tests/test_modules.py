@@ -20,7 +20,7 @@ from receiver.errors import ConfigError
 from receiver.events import Delivery, PushEvent
 from receiver.matcher import PathRules, RuleMatch
 from receiver.module_map import PipelineSet, parse_file
-from receiver.modules import ModuleMap, Selector, Template, build
+from receiver.modules import ModuleMap, Selector, Template
 from receiver.processor import Processor
 from receiver.state.base import StateStore
 from receiver.state.sqlite import SQLiteStore
@@ -68,10 +68,9 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
 # --- configuration errors: each case changes exactly one thing of a valid configuration ---
 
 def test_the_example_configuration_is_valid() -> None:
-    repo = parse(raw_config()).repositories[0]
-    assert repo.modules is not None
-    assert sorted(repo.modules.selectors) == ["acme-{module}-deploy", "docs", "web"]
-    assert [name for name, _ in repo.modules.selectors["web"].depends] == \
+    selectors = parse(raw_config()).repositories[0].module_selectors().selectors
+    assert sorted(selectors) == ["acme-{module}-deploy", "docs", "web"]
+    assert [name for name, _ in selectors["web"].depends] == \
         ["ui-kit", "libs-common"]
 
 
@@ -130,6 +129,23 @@ def test_configuration_error_names_the_key_path(raw: dict[str, Any], expected: s
     assert expected in problems_of(raw)
 
 
+def test_an_entry_error_and_a_graph_error_are_reported_together() -> None:
+    raw = _with_pipeline(1, paths=["web/**x"])
+    raw["repositories"][0]["pipelines"][2]["depends_on"] = ["nope"]
+    assert problems_of(raw) == [
+        "repositories[0].pipelines[1].paths[0]: 'web/**x': '**' must be a whole path segment "
+        "(like 'a/**/b')",
+        "repositories[0].pipelines[2].depends_on: unknown name 'nope'; depends_on names a "
+        "module or a pipeline"]
+
+
+def test_a_dependency_on_an_invalid_entry_is_not_also_called_unknown() -> None:
+    raw = raw_config(modules={**MODULES, "libs-common": {"paths": ["libs/common/**x"]}})
+    assert problems_of(raw) == [
+        "repositories[0].modules.libs-common.paths[0]: 'libs/common/**x': '**' must be a "
+        "whole path segment (like 'a/**/b')"]
+
+
 FILE = """
 pipelines:
   - name: acme-{module}-deploy
@@ -154,8 +170,10 @@ FILE_ERRORS: list[tuple[str, str, str]] = [
     ("a bad glob", FILE.replace('"web/**"', '"web/**x"'),
      "pipelines[1].paths[0]: 'web/**x': '**' must be a whole path segment (like 'a/**/b')"),
     ("an unknown key", FILE + "extra: 1\n", "extra: unknown key; allowed: pipelines, modules"),
-    ("a name listed twice", FILE.replace("name: acme-web", "name: acme-{module}-deploy"),
-     "pipelines[1].name: pipeline 'acme-{module}-deploy' is listed twice"),
+    ("a name listed twice", FILE.replace('name: acme-{module}-deploy\n    paths: ["services/'
+                                         '{module}/**"]', 'name: acme-web\n    paths: '
+                                         '["services/**"]'),
+     "pipelines[1].name: pipeline 'acme-web' is listed twice"),
     ("an unknown key in a pipeline", FILE.replace("    paths: [\"web/**\"]",
                                                    "    paths: [\"web/**\"]\n    colour: red"),
      "pipelines[1].colour: unknown key; allowed: name, paths"),
@@ -269,9 +287,7 @@ def test_a_placeholder_used_twice_captures_one_value() -> None:
 # --- decide with templates and dependencies ------------------------------------------------
 
 def selectors() -> dict[str, Selector]:
-    repo = parse(raw_config()).repositories[0]
-    assert repo.modules is not None
-    return dict(repo.modules.selectors)
+    return dict(parse(raw_config()).repositories[0].module_selectors().selectors)
 
 
 def test_a_template_starts_one_concrete_pipeline_per_changed_module() -> None:
@@ -328,10 +344,11 @@ def test_plain_path_rules_still_decide_as_before() -> None:
 
 
 def test_build_refuses_overlapping_templates() -> None:
-    _, problems = build([{"name": "{module}-deploy", "paths": ["a/{module}/**"]},
-                         {"name": "acme-{module}-deploy", "paths": ["b/{module}/**"]}])
-    assert problems == ["pipelines[1].name: template 'acme-{module}-deploy' can make the same "
-                        "names as '{module}-deploy'"]
+    problems = problems_of(raw_config([{"name": "{module}-deploy", "paths": ["a/{module}/**"]},
+                                       {"name": "acme-{module}-deploy",
+                                        "paths": ["b/{module}/**"]}], {}))
+    assert problems == ["repositories[0].pipelines[1].name: template 'acme-{module}-deploy' "
+                        "can make the same names as '{module}-deploy'"]
 
 
 # --- through the processor: baselines per concrete name ------------------------------------

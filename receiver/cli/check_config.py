@@ -150,6 +150,6 @@ def _check_module_map(args: argparse.Namespace) -> int:
         problems.extend(f"{e}{where}" for e in errors if f"{e}{where}" not in problems)
     if problems or found is None:
         raise ConfigError(problems)
-    templates = len(found.modules.templates)
+    templates = len(found.graph.templates)
     say(f"ok: {args.module_map}: {len(found.pipelines)} pipelines ({templates} templates)")
     return ExitCode.SUCCESS

@@ -47,6 +47,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetPydanticSchema,
+    PlainValidator,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -783,10 +784,94 @@ class Config:
         return self._by_provider.get(provider, ())
 
 
+_REPOSITORY_KEYS = schema_keys(RepositoryConfig)
+
+
+def _repository(item: Any) -> RepositoryConfig:
+    """One ``repositories`` entry (the schema's validator of each): its ``provider`` picks
+    the ``Options`` class that provider's own keys are validated as; the other keys are a
+    :class:`RepositoryConfig`, whose ``git_url`` the provider may derive."""
+    cls = _provider_class(item)
+    problems = modules_mod.Problems()
+    options = _options(cls, item, problems)
+    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS}
+    if cls.default_api_url is not None:
+        common.setdefault("api_url", cls.default_api_url)
+    try:
+        repo = cast(RepositoryConfig, _adapter(RepositoryConfig).validate_python(common))
+    except ValidationError as exc:
+        raise located("repository", problems, exc.errors()) from None
+    if repo.diff == "git" and repo.git_url is None:
+        # the provider knows the clone URLs that follow from api_url and name
+        repo = dataclasses.replace(repo, git_url=cls.git_url_for(repo.api_url, repo.name))
+        if repo.git_url is None:
+            problems.add(("git_url",), f"is required with diff: git for this {repo.provider} "
+                         "api_url (its clone URL does not follow from it)")
+    if problems:
+        raise located("repository", problems)
+    return dataclasses.replace(repo, options=options)
+
+
+def _provider_class(item: Any) -> Any:
+    """The provider class (``providers.REGISTRY``) a ``repositories`` entry names. Raises
+    the one error there is when it names none: what else is allowed depends on it."""
+    from providers import REGISTRY  # here, not at the top: providers import this module
+
+    provider = item.get("provider") if isinstance(item, dict) else None
+    cls = REGISTRY.get(provider) if isinstance(provider, str) else None
+    if cls is not None:
+        return cls
+    problems = modules_mod.Problems()
+    if not isinstance(item, dict):
+        problems.add((), f"must be a mapping with keys {', '.join(_REPOSITORY_KEYS)}")
+    else:
+        problems.add(("provider",), ("is required" if provider is None else
+                                     f"{provider!r} is not allowed")
+                     + f"; allowed: {', '.join(sorted(REGISTRY))}")
+    raise located("repository", problems)
+
+
+def _options(cls: Any, item: dict[str, Any], problems: modules_mod.Problems) -> Any:
+    """The entry's keys of provider ``cls`` as its ``Options``, or None with the problems
+    added (a key neither the repository's nor the provider's among them)."""
+    option_keys = schema_keys(cls.Options)
+    for key in item:
+        if key not in _REPOSITORY_KEYS and key not in option_keys:
+            problems.add((key,), f"unknown key; allowed: {', '.join(_REPOSITORY_KEYS)}; "
+                         f"options of provider {item['provider']}: "
+                         f"{', '.join(option_keys) or 'none'}")
+    try:  # options validators may look at the whole repository (api_token, github_app)
+        return _adapter(cls.Options).validate_python(
+            {k: v for k, v in item.items() if k in option_keys}, context={"repository": item})
+    except ValidationError as exc:
+        for error in exc.errors():
+            message = _message(cls.Options, error)
+            if message is not None:
+                problems.add(_loc(error), message)
+        return None
+
+
+def _configured_once(repos: tuple[RepositoryConfig, ...]) -> tuple[RepositoryConfig, ...]:
+    """Each repository once (GitHub's and Bitbucket's names compare case-insensitively):
+    a second entry's pushes would never reach it."""
+    seen: set[tuple[str, str]] = set()
+    problems = modules_mod.Problems()
+    for i, repo in enumerate(repos):
+        key = (repo.provider, repo.name.casefold())
+        if key in seen:
+            problems.add((i, "name"), f"{repo.provider} repository {repo.name!r} is "
+                         "configured twice")
+        seen.add(key)
+    if problems:
+        raise located("repositories", problems)
+    return repos
+
+
 @dataclass(frozen=True, slots=True)
 class _Document:
     __pydantic_config__ = FORBID
-    repositories: Annotated[list[Any], Field(min_length=1)]  # each checked by _repository
+    repositories: Annotated[tuple[Annotated[RepositoryConfig, PlainValidator(_repository)],
+                                  ...], Field(min_length=1), AfterValidator(_configured_once)]
     state: Annotated[StateConfig, _Section] = field(default_factory=StateConfig)
     launcher: Annotated[LauncherConfig, _Section] = field(default_factory=LauncherConfig)
     processing: Annotated[ProcessingConfig, _Section] = field(default_factory=ProcessingConfig)
@@ -799,73 +884,20 @@ class _Document:
     ui: UiConfig | None = None
 
 
-_REPOSITORY_KEYS = schema_keys(RepositoryConfig)
 
 
 def parse(raw: Any, source: str = "<config>") -> Config:
     """Validate a parsed YAML document. Raises ConfigError listing every problem."""
-    from providers import REGISTRY  # here, not at the top: providers import this module
-
     keys = ", ".join(f.name for f in dataclasses.fields(_Document))
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: must be a YAML mapping with keys {keys}"])
     problems: list[str] = []
     doc = validated(_Document, raw, "", problems)
-    items = raw.get("repositories")
-    repos: list[RepositoryConfig] = []
-    for i, item in enumerate(items if isinstance(items, list) else ()):
-        repo = _repository(item, f"repositories[{i}]", REGISTRY, problems)
-        if repo is None:
-            continue
-        if any((r.provider, r.name.casefold()) == (repo.provider, repo.name.casefold())
-               for r in repos):
-            problems.append(f"repositories[{i}].name: {repo.provider} repository "
-                            f"{repo.name!r} is configured twice")
-        repos.append(repo)
-    if problems or doc is None:
+    if doc is None:
         raise ConfigError(problems)
-    return Config(repositories=tuple(repos), state=doc.state, launcher=doc.launcher,
+    return Config(repositories=doc.repositories, state=doc.state, launcher=doc.launcher,
                   processing=doc.processing, server=doc.server, outcomes=doc.outcomes,
                   git=doc.git, notifications=doc.notifications, ui=doc.ui, source=source)
-
-
-def _repository(item: Any, path: str, registry: Mapping[str, Any],
-                problems: list[str]) -> RepositoryConfig | None:
-    """One repository: its provider first, then the common keys and that provider's options."""
-    if not isinstance(item, dict):
-        problems.append(f"{path}: must be a mapping with keys {', '.join(_REPOSITORY_KEYS)}")
-        return None
-    allowed = ", ".join(sorted(registry))
-    provider = item.get("provider")
-    cls = registry.get(provider) if isinstance(provider, str) else None
-    if cls is None:  # one error: what else is allowed here depends on the provider
-        problems.append(f"{path}.provider: " + ("is required" if provider is None else
-                        f"{provider!r} is not allowed") + f"; allowed: {allowed}")
-        return None
-    option_keys = tuple(f.name for f in dataclasses.fields(cls.Options))
-    for key in item:
-        if key not in _REPOSITORY_KEYS and key not in option_keys:
-            problems.append(f"{path}.{key}: unknown key; allowed: {', '.join(_REPOSITORY_KEYS)}"
-                            f"; options of provider {provider}: "
-                            f"{', '.join(option_keys) or 'none'}")
-    common = {k: v for k, v in item.items() if k in _REPOSITORY_KEYS}
-    if cls.default_api_url is not None:
-        common.setdefault("api_url", cls.default_api_url)
-    repo = validated(RepositoryConfig, common, path, problems)
-    # options validators may look at the whole repository (e.g. api_token or github_app)
-    options = validated(cls.Options, {k: v for k, v in item.items() if k in option_keys}, path,
-                        problems, context={"repository": item})
-    if repo is None or options is None:
-        return None
-    if repo.diff == "git" and repo.git_url is None:
-        # the provider knows the clone URLs that follow from api_url and name
-        url = cls.git_url_for(repo.api_url, repo.name)
-        if url is None:
-            problems.append(f"{path}.git_url: is required with diff: git for this "
-                            f"{provider} api_url (its clone URL does not follow from it)")
-            return None
-        repo = dataclasses.replace(repo, git_url=url)
-    return dataclasses.replace(repo, options=options)
 
 
 @functools.cache
@@ -894,8 +926,22 @@ def validated(shape: type[T], raw: Any, path: str, problems: list[str] | modules
 def _problem(shape: type[Any], path: str, error: Any) -> str | None:
     """One pydantic error as ``key.path: what is wrong; what is allowed`` (None: it only
     follows from errors reported inside the list it is about)."""
-    loc = [part for part in error["loc"] if part != "[key]"]
-    where = modules_mod.key_path(tuple(loc), path)
+    message = _message(shape, error)
+    if message is None:
+        return None
+    where = modules_mod.key_path(_loc(error), path)
+    return f"{where}: {message}" if where else message
+
+
+def _loc(error: ErrorDetails) -> modules_mod.Loc:
+    """The key path of a pydantic error (a mapping's key is named once, not twice)."""
+    return tuple(part for part in error["loc"] if part != "[key]")
+
+
+def _message(shape: type[Any], error: ErrorDetails) -> str | None:
+    """What a pydantic error about a document of ``shape`` says is wrong, and what is
+    allowed (None: see :func:`_problem`)."""
+    loc = list(_loc(error))
     kind, message = error["type"], str(error["msg"])
     if kind == "missing":
         message = "is required"
@@ -910,8 +956,7 @@ def _problem(shape: type[Any], path: str, error: Any) -> str | None:
         if error["input"]:  # every item is invalid, and each one says why
             return None
         message = "must not be empty"
-    message = message.removeprefix("Value error, ").replace("Input should be", "must be")
-    return f"{where}: {message}" if where else message
+    return message.removeprefix("Value error, ").replace("Input should be", "must be")
 
 
 def _keys(shape: Any, loc: list[Any]) -> list[str]:
@@ -920,7 +965,8 @@ def _keys(shape: Any, loc: list[Any]) -> list[str]:
     hint = shape
     for part in loc:
         hint = _below(hint, part)
-    return list(schema_keys(_dataclass_in(hint)))
+    found = _dataclass_in(hint)
+    return list(schema_keys(found)) if found is not None else []
 
 
 def _below(hint: Any, part: str | int) -> Any:

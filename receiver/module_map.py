@@ -47,6 +47,7 @@ from receiver.config import (
     PipelineConfig,
     Pipelines,
     RepositoryConfig,
+    located,
     not_a_key,
     schema_keys,
     validated,
@@ -54,7 +55,7 @@ from receiver.config import (
 )
 from receiver.errors import FileTooLarge
 from receiver.matcher import path_keys
-from receiver.modules import PLACEHOLDER, ModuleMap, Problems, Template, build, clashes
+from receiver.modules import PLACEHOLDER, Loc, ModuleMap, Problems, Template, build, clashes
 from receiver.state.base import StateStore
 
 CONFIG_STATUS = "webhook-receiver/config"  # the commit status an invalid file gets
@@ -150,20 +151,21 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a safe loader, and the events checked above
 
 
-def _limits(raw: Mapping[str, Any]) -> list[str]:
+def _limits(raw: Mapping[str, Any]) -> Problems:
     """Where the parsed file is over a limit (then nothing else is checked: the limits
     are what keeps the other checks cheap)."""
     problems = Problems()
     pipelines = raw.get("pipelines")
     modules = raw.get("modules")
-    entries: list[tuple[str, Any]] = []
+    entries: list[tuple[Loc, Any]] = []
     if isinstance(pipelines, list):
-        entries += [(f"pipelines[{i}]", e) for i, e in enumerate(pipelines)]
+        entries += [(("pipelines", i), e) for i, e in enumerate(pipelines)]
     if isinstance(modules, dict):
-        entries += [(f"modules.{name}", e) for name, e in modules.items()]
+        entries += [(("modules", str(name)), e) for name, e in modules.items()]
     if len(entries) > MAX_ENTRIES:
-        return [f"pipelines, modules: {len(entries)} entries; at most {MAX_ENTRIES} in a "
-                "module map (use a template: one entry for many modules)"]
+        problems.append(f"pipelines, modules: {len(entries)} entries; at most {MAX_ENTRIES} "
+                        "in a module map (use a template: one entry for many modules)")
+        return problems
     total = 0
     for where, entry in entries:
         if not isinstance(entry, dict):
@@ -172,26 +174,26 @@ def _limits(raw: Mapping[str, Any]) -> list[str]:
         globs = [paths] if isinstance(paths, str) else paths if isinstance(paths, list) else []
         total += len(globs)
         if len(globs) > MAX_PATTERNS_PER_ENTRY:
-            problems.append(f"{where}.paths: {len(globs)} patterns; at most "
-                            f"{MAX_PATTERNS_PER_ENTRY}")
+            problems.add((*where, "paths"), f"{len(globs)} patterns; at most "
+                         f"{MAX_PATTERNS_PER_ENTRY}")
             continue
         depends = entry.get("depends_on")
         if isinstance(depends, list) and len(depends) > MAX_DEPENDS_PER_ENTRY:
-            problems.append(f"{where}.depends_on: {len(depends)} names; at most "
-                            f"{MAX_DEPENDS_PER_ENTRY}")
+            problems.add((*where, "depends_on"), f"{len(depends)} names; at most "
+                         f"{MAX_DEPENDS_PER_ENTRY}")
         for j, glob in enumerate(globs):
             if not isinstance(glob, str):
                 continue
             if len(glob) > MAX_PATTERN_CHARS:
-                problems.append(f"{where}.paths[{j}]: {len(glob)} characters; at most "
-                                f"{MAX_PATTERN_CHARS}")
+                problems.add((*where, "paths", j), f"{len(glob)} characters; at most "
+                             f"{MAX_PATTERN_CHARS}")
             elif (wild := sum(glob.count(c) for c in "*?[") + glob.count(PLACEHOLDER)) \
                     > MAX_WILDCARDS:
-                problems.append(f"{where}.paths[{j}]: {wild} wildcards; at most "
-                                f"{MAX_WILDCARDS} ('*', '?', '[', {PLACEHOLDER}; '**' is two)")
+                problems.add((*where, "paths", j), f"{wild} wildcards; at most "
+                             f"{MAX_WILDCARDS} ('*', '?', '[', {PLACEHOLDER}; '**' is two)")
     if total > MAX_PATTERNS:
         problems.append(f"paths: {total} patterns in the file; at most {MAX_PATTERNS}")
-    return problems.lines()
+    return problems
 
 
 def _applicable(modules: ModuleMap) -> str | None:
@@ -268,10 +270,15 @@ class MapFile:
 
 
 def _checked(data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> MapFile:
-    """MapFile's fields (``handler``), then the graph they make with the configured map
-    (context ``configured``) and what the repository's settings allow (context ``rules``)."""
+    """The limits first (nothing else is looked at past one), MapFile's fields
+    (``handler``), then the graph they make with the configured map (context
+    ``configured``), what the repository's settings allow (context ``rules``) and the names
+    other repositories hold (context ``reserved``: (whose, map) pairs)."""
     context = info.context or {}
     rules: ModuleMapConfig | None = context.get("rules")
+    over = _limits(data) if isinstance(data, dict) else None
+    if over:
+        raise located("module map", over)
 
     def check(pipelines: Sequence[PipelineConfig], modules: Mapping[str, ModuleConfig],
               unchecked: frozenset[str], problems: Problems) -> ModuleMap | None:
@@ -279,11 +286,18 @@ def _checked(data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationI
                          allow=rules.names if rules is not None else None,
                          max_links=MAX_LINKS, unchecked=unchecked, problems=problems)
         _policy(pipelines, rules, problems)
+        if graph is not None and not problems:
+            over_applicable = _applicable(graph)
+            if over_applicable is not None:
+                problems.append(over_applicable)
+        if graph is not None and not problems:
+            for whose, other in context.get("reserved", ()):
+                clashes(other, graph, whose, problems)
         return graph
     return cast(MapFile, with_graph(data, handler, "module map", check))
 
 
-# what a map file is validated as (context: ``rules`` and ``configured``, see _checked)
+# what a map file is validated as (context: see _checked)
 MapFileSchema = Annotated[MapFile, WrapValidator(_checked)]
 
 _FILE_KEYS = schema_keys(MapFile)
@@ -330,20 +344,10 @@ def _validated(text: str | bytes, rules: ModuleMapConfig | None, *, source: str,
         raw = {}
     if not isinstance(raw, dict):
         return None, [f"{source}: must be a YAML mapping with keys {', '.join(_FILE_KEYS)}"]
-    over = _limits(raw)
-    if over:
-        return None, over
     problems = Problems()
-    file = validated(cast(Any, MapFileSchema), raw, "", problems, context={"rules": rules,
-                                                           "configured": configured})
-    if file is not None:
-        over_applicable = _applicable(file.graph)
-        if over_applicable is not None:
-            problems.append(over_applicable)
-    if file is not None and not problems:
-        for whose, other in reserved:
-            clashes(other, file.graph, whose, problems)
-    if file is None or problems:
+    file = validated(cast(Any, MapFileSchema), raw, "", problems, context={
+        "rules": rules, "configured": configured, "reserved": reserved})
+    if file is None:
         return None, problems.lines()
     return file, []
 

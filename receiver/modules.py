@@ -369,55 +369,10 @@ def build(pipelines: Sequence[PipelineEntry], modules: Mapping[str, ModuleEntry]
     pipeline that depends on it.
     """
     problems = problems if problems is not None else Problems()
-    nodes: dict[str, _Node] = {}
     external: dict[str, Selector] = {**base.groups, **base.selectors} if base else {}
-    external_groups = base.groups if base else {}
-    for name, module in modules.items():
-        if name in external:
-            problems.add(("modules", name), f"{name!r} is also in the service configuration")
-            continue
-        nodes[name] = _Node("module", module.paths, module.depends_on,
-                            ("modules", name, "depends_on"))
-    order: list[str] = []
-    for i, pipeline in enumerate(pipelines):
-        name, rules = pipeline.name, pipeline.rules
-        if name in nodes:
-            kind = "module" if nodes[name].kind == "module" else "pipeline"
-            problems.add(("pipelines", i, "name"), f"{name!r} is also a {kind} name")
-            continue
-        if name in external and name in external_groups:
-            problems.add(("pipelines", i, "name"), f"{name!r} is also a module of the "
-                         "service configuration")
-            continue
-        if isinstance(rules, Template) and allow is not None:
-            rules = dataclasses.replace(rules, allow=allow)
-        nodes[name] = _Node("pipeline", rules, pipeline.depends_on, ("pipelines", i,
-                                                                     "depends_on"))
-        order.append(name)
-    templates = [(n, nodes[n].rules) for n in order if isinstance(nodes[n].rules, Template)]
-    statics = [n for n in order if isinstance(nodes[n].rules, PathRules)]
-    for j, (name, template) in enumerate(templates):
-        assert isinstance(template, Template)
-        where = (*nodes[name].loc[:-1], "name")
-        for other_name, other in templates[:j]:
-            assert isinstance(other, Template)
-            if template.overlaps(other):
-                problems.add(where, f"template {name!r} can make the same names as "
-                             f"{other_name!r}")
-        for other_name in statics:
-            if template.module_of(other_name) is not None:
-                problems.add(where, f"template {name!r} can make the name {other_name!r}, "
-                             "also a pipeline")
-    for node in nodes.values():
-        for dep in node.depends_on:
-            if dep in unchecked and dep not in nodes:
-                continue
-            if dep not in nodes and dep not in external:
-                problems.add(node.loc, f"unknown name {dep!r}; depends_on names a module or "
-                             "a pipeline")
-            elif isinstance((nodes[dep] if dep in nodes else external[dep]).rules, Template):
-                problems.add(node.loc, f"{dep!r} is a template; depend on a module or a "
-                             "pipeline without {module}")
+    nodes = _nodes(pipelines, modules, base, allow, problems)
+    _template_problems(nodes, problems)
+    _dependency_problems(nodes, external, unchecked, problems)
     _cycles(nodes, problems)
     if problems or unchecked:
         return None, problems
@@ -431,17 +386,82 @@ def build(pipelines: Sequence[PipelineEntry], modules: Mapping[str, ModuleEntry]
 
     budget = [max_links]
     selectors = {}
-    for name in order:
+    for name, node in nodes.items():
+        if node.kind != "pipeline":
+            continue
         depends = _flatten(name, links, rules_of, budget)
         if depends is None:
             problems.add(("pipelines",), f"more than {max_links} (pipeline, dependency) "
                          "pairs through depends_on; depend on fewer modules or share them")
             return None, problems
-        selectors[name] = Selector(nodes[name].rules, depends)
+        selectors[name] = Selector(node.rules, depends)
     return ModuleMap(selectors,
                      {name: Selector(node.rules) for name, node in nodes.items()
                       if node.kind == "module"},
                      {name: node.depends_on for name, node in nodes.items()}), problems
+
+
+def _nodes(pipelines: Sequence[PipelineEntry], modules: Mapping[str, ModuleEntry],
+           base: ModuleMap | None, allow: NameRules | None,
+           problems: Problems) -> dict[str, _Node]:
+    """Every module, then every pipeline, by name; a name already taken is a problem (at
+    the later entry) and left out."""
+    nodes: dict[str, _Node] = {}
+    taken = {**base.groups, **base.selectors} if base else {}
+    for name, module in modules.items():
+        if name in taken:
+            problems.add(("modules", name), f"{name!r} is also in the service configuration")
+            continue
+        nodes[name] = _Node("module", module.paths, module.depends_on,
+                            ("modules", name, "depends_on"))
+    for i, pipeline in enumerate(pipelines):
+        name, rules = pipeline.name, pipeline.rules
+        if name in nodes:
+            problems.add(("pipelines", i, "name"), f"{name!r} is also a {nodes[name].kind} "
+                         "name")
+            continue
+        if base is not None and name in base.groups:
+            problems.add(("pipelines", i, "name"), f"{name!r} is also a module of the "
+                         "service configuration")
+            continue
+        if isinstance(rules, Template) and allow is not None:
+            rules = dataclasses.replace(rules, allow=allow)
+        nodes[name] = _Node("pipeline", rules, pipeline.depends_on,
+                            ("pipelines", i, "depends_on"))
+    return nodes
+
+
+def _template_problems(nodes: Mapping[str, _Node], problems: Problems) -> None:
+    """A template that can make another template's names, or a pipeline's name."""
+    pipelines = [(name, node) for name, node in nodes.items() if node.kind == "pipeline"]
+    templates = [(name, node.rules, (*node.loc[:-1], "name")) for name, node in pipelines
+                 if isinstance(node.rules, Template)]
+    statics = [name for name, node in pipelines if isinstance(node.rules, PathRules)]
+    for j, (name, template, where) in enumerate(templates):
+        assert isinstance(template, Template)
+        for other_name, other, _ in templates[:j]:
+            assert isinstance(other, Template)
+            if template.overlaps(other):
+                problems.add(where, f"template {name!r} can make the same names as "
+                             f"{other_name!r}")
+        for other_name in statics:
+            if template.module_of(other_name) is not None:
+                problems.add(where, f"template {name!r} can make the name {other_name!r}, "
+                             "also a pipeline")
+
+
+def _dependency_problems(nodes: Mapping[str, _Node], external: Mapping[str, Selector],
+                         unchecked: frozenset[str], problems: Problems) -> None:
+    """A ``depends_on`` naming nothing, or a template (whose paths select no one module)."""
+    for node in nodes.values():
+        for dep in node.depends_on:
+            target = nodes.get(dep) or external.get(dep)
+            if target is None and dep not in unchecked:
+                problems.add(node.loc, f"unknown name {dep!r}; depends_on names a module or "
+                             "a pipeline")
+            elif target is not None and isinstance(target.rules, Template):
+                problems.add(node.loc, f"{dep!r} is a template; depend on a module or a "
+                             "pipeline without {module}")
 
 
 _SHOWN = 12  # names of a cycle a message lists before it says how many more

@@ -58,7 +58,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, c
 
 from receiver import modules as modules_mod
 from receiver.errors import ConfigError, SecretError
-from receiver.matcher import Glob, GlobError, NameRules, PathRules, check_glob
+from receiver.matcher import GlobError, NameRules, PathRules, check_glob
 from receiver.modules import ModuleMap, Template
 from receiver.secrets import Secret, SecretRef
 
@@ -85,9 +85,9 @@ def matching(regex: str, what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _glob(raw: str) -> str:
+def _glob(raw: str, placeholder: bool = False) -> str:
     try:
-        check_glob(raw)
+        check_glob(raw, placeholder=placeholder)
     except GlobError as exc:
         raise ValueError(f"{raw!r}: {exc}") from None
     return raw
@@ -133,11 +133,7 @@ def _pipeline_name(name: str) -> str:
 
 
 def _pipeline_glob(raw: str) -> str:
-    try:
-        Glob.compile(raw.removeprefix("!"), placeholder=True)
-    except GlobError as exc:
-        raise ValueError(f"{raw!r}: {exc}") from None
-    return raw
+    return _glob(raw, placeholder=True)
 
 
 def _module_name(name: str) -> str:
@@ -160,6 +156,7 @@ COMPUTED: Mapping[str, bool] = {"computed": True}
 
 
 def not_a_key(value: Any) -> Any:
+    """A computed field's validator: given in a document, it is an unknown key."""
     if value is not None:
         raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
     return value

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from receiver.errors import ReceiverError
 from receiver.logging import get_logger
+from receiver.runtime import renewing
 from receiver.state.base import StateStore
 
 LEASE_SECONDS = 15.0  # a lease outlives a holder that died by at most this long
@@ -71,7 +71,8 @@ class LeasedLoop:
         if not held or (self._next_run is not None and time.monotonic() < self._next_run):
             return False
         self._next_run = time.monotonic() + self.interval
-        with self._renewing():
+        # a pass may outlast the lease
+        with renewing(f"{self.name}-lease", self.renew_seconds, self._renewed):
             try:
                 self.task(self.clock())
             except ReceiverError as exc:  # the store or AWS is down: the next run tries again
@@ -92,23 +93,6 @@ class LeasedLoop:
         except ReceiverError as exc:  # it expires on its own within LEASE_SECONDS
             self.log.warning(f"{self.name}.failed", error=str(exc))
 
-    @contextmanager
-    def _renewing(self) -> Iterator[None]:
-        """Keep the lease renewed while the task runs (a pass may outlast the lease)."""
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(self.renew_seconds):
-                try:
-                    self._acquire()
-                except ReceiverError:
-                    continue  # the store is down: the next renewal tries again
-
-        thread = threading.Thread(target=renew, name=f"receiver-{self.name}-lease",
-                                  daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+    def _renewed(self) -> bool:
+        self._acquire()
+        return True  # a renewal that finds the lease taken is no reason to stop trying

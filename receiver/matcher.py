@@ -486,9 +486,10 @@ class PathRules:
         return None
 
 
-def check_glob(pattern: str) -> None:
-    """Raise GlobError when ``pattern`` (``!`` prefix allowed) is no valid glob."""
-    Glob.compile(pattern.removeprefix("!"))
+def check_glob(pattern: str, *, placeholder: bool = False) -> None:
+    """Raise GlobError when ``pattern`` (``!`` prefix allowed) is no valid glob
+    (``placeholder``: ``{module}`` segments allowed, as :meth:`Glob.compile` takes them)."""
+    Glob.compile(pattern.removeprefix("!"), placeholder=placeholder)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from receiver.errors import ReceiverError
 from receiver.logging import get_logger
 
 RESTART_PAUSE_SECONDS = 1.0
@@ -100,3 +101,28 @@ class Runtime:
             yield self
         finally:
             self.stop(timeout=10.0)
+
+
+@contextmanager
+def renewing(name: str, period: float, renew: Callable[[], bool]) -> Iterator[None]:
+    """Call ``renew`` every ``period`` seconds, in a thread of its own, while the block runs:
+    a lease kept through work that may outlast it. ``renew`` returns False when there is
+    nothing left to keep (the lease went to another owner); a ReceiverError (the store is
+    down) is tried again at the next period."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(period):
+            try:
+                if not renew():
+                    return
+            except ReceiverError:
+                continue
+
+    thread = threading.Thread(target=loop, name=f"receiver-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

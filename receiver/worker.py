@@ -13,20 +13,21 @@ processing it again, so a delivery that kills its worker cannot hold its ref for
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from receiver.config import ProcessingConfig
 from receiver.errors import RetryLater, StateError
 from receiver.events import Delivery
 from receiver.logging import delivery_context, get_logger
 from receiver.processor import Processor
+from receiver.runtime import renewing
 from receiver.state.base import DecisionRecord, StateStore
 
 IDLE_RECHECK = 0.1  # seconds between claim attempts after one found nothing
@@ -103,33 +104,18 @@ class Worker:
             self._process(delivery)
         return True
 
-    @contextlib.contextmanager
-    def _heartbeat(self, delivery: Delivery) -> Iterator[None]:
+    def _heartbeat(self, delivery: Delivery) -> AbstractContextManager[None]:
         """Extend the lease every third of its length while the delivery is processed, so a
         slow provider cannot make the lease lapse and hand the work to a second owner."""
-        done = threading.Event()
-        period = self.config.lease_seconds / 3
-
-        def beat() -> None:
-            while not done.wait(period):
-                try:
-                    held = self.store.extend_lease(delivery, self.owner,
-                                                   self.clock() + self.config.lease_seconds)
-                except StateError:
-                    continue  # the store is down: the next beat tries again
-                if not held:
-                    with delivery_context(delivery.delivery_id, delivery.provider,
-                                          delivery.repository):
-                        self.log.warning("delivery.lease_lost")
-                    return
-
-        thread = threading.Thread(target=beat, name="receiver-lease", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+        def beat() -> bool:
+            held = self.store.extend_lease(delivery, self.owner,
+                                           self.clock() + self.config.lease_seconds)
+            if not held:
+                with delivery_context(delivery.delivery_id, delivery.provider,
+                                      delivery.repository):
+                    self.log.warning("delivery.lease_lost")
+            return held
+        return renewing("lease", self.config.lease_seconds / 3, beat)
 
     def _process(self, delivery: Delivery) -> None:
         try:

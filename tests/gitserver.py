@@ -19,7 +19,8 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -331,3 +332,15 @@ def fast_import_history(clone: WorkClone, *, commits: int, paths: Iterable[str],
     clone.git("fast-import", "--quiet", input=b"".join(lines))
     clone.git("reset", "--quiet", "--hard", f"refs/heads/{branch}")
     return clone.head()
+
+
+@contextmanager
+def serving(root: Path, repo: str, token: str) -> Iterator[GitServer]:
+    """A GitServer under ``root`` holding the empty repository ``repo`` and letting in
+    ``token`` as GitHub sends it (``x-access-token``); closed afterwards."""
+    srv = GitServer(root, {basic("x-access-token", token)})
+    srv.create(repo)
+    try:
+        yield srv
+    finally:
+        srv.close()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from receiver.cli import terminal_safe
-from tests.gitserver import GitServer, WorkClone, basic
+from tests.gitserver import GitServer, WorkClone, basic, serving
 from tests.harness import Service
 from tests.test_github_e2e import REPO, deliver, push_body
 
@@ -63,10 +63,8 @@ def unprintable(text: str) -> list[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[GitServer]:
-    srv = GitServer(tmp_path / "server", {basic("x-access-token", TOKEN)})
-    srv.create(REPO)
-    yield srv
-    srv.close()
+    with serving(tmp_path / "server", REPO, TOKEN) as srv:
+        yield srv
 
 
 def config(tmp_path: Path, server: GitServer) -> dict[str, Any]:

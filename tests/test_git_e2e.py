@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git
+from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git, serving
 from tests.harness import FakeAPI, Recorded, Service
 from tests.test_github_e2e import REPO, deliver, push_body
 
@@ -31,10 +31,8 @@ MODULES = [f"mod{i:02d}" for i in range(60)]  # the push touches mod00-mod49 onl
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[GitServer]:
-    srv = GitServer(tmp_path / "server", {basic("x-access-token", TOKEN)})
-    srv.create(REPO)
-    yield srv
-    srv.close()
+    with serving(tmp_path / "server", REPO, TOKEN) as srv:
+        yield srv
 
 
 @pytest.fixture

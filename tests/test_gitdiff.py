@@ -32,7 +32,7 @@ from receiver.gitdiff import (
     ref_problem,
 )
 from receiver.logging import configure
-from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git
+from tests.gitserver import GitServer, WorkClone, basic, fast_import_history, git, serving
 from tests.harness import free_port
 
 REPO = "acme/mono"
@@ -43,10 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[GitServer]:
-    srv = GitServer(tmp_path / "server", {basic("x-access-token", TOKEN)})
-    srv.create(REPO)
-    yield srv
-    srv.close()
+    with serving(tmp_path / "server", REPO, TOKEN) as srv:
+        yield srv
 
 
 @pytest.fixture

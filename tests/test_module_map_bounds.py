@@ -35,7 +35,7 @@ from receiver.matcher import Glob, GlobError, PathRules, RuleMatch, match
 from receiver.module_map import MAX_APPLICABLE, MAX_ENTRIES, MAX_PATTERNS, MAX_WILDCARDS
 from receiver.modules import MAX_PROBLEMS, Template, build
 from receiver.state.base import StateStore
-from tests.gitserver import GitServer, WorkClone, basic
+from tests.gitserver import GitServer, WorkClone, basic, serving
 from tests.harness import FIXTURES, FakeAPI, Recorded
 from tests.test_state_contract import store  # noqa: F401  (both backends, moto for DynamoDB)
 
@@ -311,10 +311,8 @@ def test_a_10000_module_chain_in_the_configuration_resolves_without_recursion(
 
 @pytest.fixture
 def git_server(tmp_path: Path) -> Iterator[GitServer]:
-    srv = GitServer(tmp_path / "server", {basic("x-access-token", TOKEN)})
-    srv.create(MONO)
-    yield srv
-    srv.close()
+    with serving(tmp_path / "server", MONO, TOKEN) as srv:
+        yield srv
 
 
 def test_a_20_mb_map_in_a_git_mirror_is_never_read_and_the_kept_map_is_used(

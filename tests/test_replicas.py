@@ -12,10 +12,12 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +36,9 @@ from tests.harness import FakeAPI, MotoServer, Recorded, Service, create_pipelin
 SECRET = "replica-webhook-secret"
 REPO = "binkkatal/sample_app"
 MODULES = [f"m{i}" for i in range(6)]
+# Branches beside master, one push each: while one replica's two processes hold two refs,
+# the other always has a ref it can claim (see World.hold_until_all_asked).
+SIDE_BRANCHES = [f"side-{i}" for i in range(3)]
 
 
 def pipeline_of(module: str) -> str:
@@ -48,6 +53,9 @@ class World:
         self.git = GitModel()
         self.root = self.git.commit(None, {f"{m}/src.py": "0" for m in MODULES})
         self.touched: dict[str, str] = {}
+        self.asked: dict[str, int] = {}  # API token -> compares asked with it
+        self._askers: frozenset[str] = frozenset()
+        self._gate = threading.Condition()
         world = self
 
         class Routes(dict[str, Any]):
@@ -56,7 +64,20 @@ class World:
 
         api.routes = Routes()
 
+    def hold_until_all_asked(self, tokens: set[str]) -> None:
+        """Hold each compare until every one of ``tokens`` (one a replica) has asked one.
+
+        So every replica takes part by construction, not by luck: a replica whose
+        processes wait here hold at most one ref each, and the refs left are claimable by
+        the others. Without it one replica can take every claim of a busy single ref."""
+        self._askers = frozenset(tokens)
+
     def compare(self, rec: Recorded) -> tuple[int, Any, dict[str, str]]:
+        token = rec.headers.get("authorization", "").removeprefix("Bearer ")
+        with self._gate:
+            self.asked[token] = self.asked.get(token, 0) + 1
+            self._gate.notify_all()
+            self._gate.wait_for(lambda: self._askers <= self.asked.keys(), timeout=60)
         base, _, head = rec.path.rsplit("/", 1)[1].partition("...")
         if base not in self.git.commits or head not in self.git.commits:
             return 404, {"message": "Not Found"}, {}
@@ -75,9 +96,9 @@ class World:
         return pairs
 
 
-def body(before: str, after: str) -> bytes:
+def body(before: str, after: str, branch: str = "master") -> bytes:
     doc = json.loads(fixture_bytes("github/go-playground-push.json"))
-    doc.update(before=before, after=after)
+    doc.update(before=before, after=after, ref=f"refs/heads/{branch}")
     return json.dumps(doc).encode()
 
 
@@ -98,22 +119,37 @@ def config(tmp_path: Path, api_url: str, moto_url: str, table: str,
         "processing": {"lease_seconds": lease, "poll_seconds": 0.3, "retry_backoff_seconds": 0.5},
         "repositories": [{
             "provider": "github", "name": REPO, "api_url": api_url,
-            "webhook_secrets": ["env:REPLICA_SECRET"], "branches": ["master"],
+            "webhook_secrets": ["env:REPLICA_SECRET"], "api_token": "env:REPLICA_API_TOKEN",
+            "branches": ["master", "side-*"],
             "pipelines": [{"name": pipeline_of(m), "paths": [f"{m}/**"],
                            "variables": {"COMMIT_ID": "{commit}"}} for m in MODULES],
         }],
     }
 
 
-def start_services(tmp_path: Path, cfg: dict[str, Any], names: list[str]) -> list[Service]:
+def api_token(replica: str) -> str:
+    """Each replica reads the provider API with its own token, so the stand-in tells them
+    apart (in production they would share one)."""
+    return f"token-of-replica-{replica}"
+
+
+def start_services(tmp_path: Path, cfg: dict[str, Any], names: list[str],
+                   seed: str | None = None) -> list[Service]:
+    """Run ``state init`` (with ``seed``: ``state seed`` of every pipeline on master at that
+    commit), then start one service per name."""
     cfg_path = tmp_path / "init.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = {"REPLICA_SECRET": SECRET, "RECEIVER_LOG_LEVEL": "DEBUG"}
-    init = subprocess.run([sys.executable, "-m", "receiver.cli", "state", "init", "--config",
-                           str(cfg_path)], capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, **env})
-    assert init.returncode == 0, init.stderr
-    return [Service(cfg, tmp_path, env=env, workers=2, name=n).start() for n in names]
+    seeds = [["seed", "--pipeline", pipeline_of(m), "--commit", seed]
+             for m in MODULES] if seed else []
+    for action in [["init"], *seeds]:
+        done = subprocess.run([sys.executable, "-m", "receiver.cli", "state", *action,
+                               "--config", str(cfg_path)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **env,
+                                                "REPLICA_API_TOKEN": api_token("init")})
+        assert done.returncode == 0, done.stderr
+    return [Service(cfg, tmp_path, env={**env, "REPLICA_API_TOKEN": api_token(n)}, workers=2,
+                    name=n).start() for n in names]
 
 
 def executions_by_commit(moto_url: str) -> dict[str, list[str]]:
@@ -146,7 +182,9 @@ def wait_processed(services: list[Service], delivery_ids: set[str], timeout: flo
 
 
 def check_history(world: World, services: list[Service], moto_url: str,
-                  pushed: list[tuple[str, str]]) -> None:
+                  pushed: list[tuple[str, str]], seeded: str | None = None) -> None:
+    """Against the Git history: no double start, no missed change, no lost baseline update.
+    ``seeded``: the commit every master baseline was seeded at (else none was)."""
     by_pipeline = executions_by_commit(moto_url)
     # (1) each (pipeline, head) has at most one execution
     for name, commits in by_pipeline.items():
@@ -163,12 +201,14 @@ def check_history(world: World, services: list[Service], moto_url: str,
     # versions written form one unbroken chain (no lost update), each a strict descendant
     moves = [e for s in services for e in s.events("baseline.advanced")]
     assert moves
-    chains: dict[str, list[dict[str, Any]]] = {}
+    chains: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for move in moves:
-        chains.setdefault(move["pipeline"], []).append(move)
-    for name, chain in chains.items():
+        chains.setdefault((move["branch"], move["pipeline"]), []).append(move)
+    for (branch, name), chain in chains.items():
         chain.sort(key=lambda m: m["version"])
-        assert [m["version"] for m in chain] == list(range(1, len(chain) + 1)), name
+        first = chain[0]["version"]
+        assert [m["version"] for m in chain] == list(range(first, first + len(chain))), name
+        assert chain[0]["previous"] == (seeded if branch == "master" else None), chain[0]
         for older, newer in itertools.pairwise(chain):
             assert newer["previous"] == older["commit"], (name, older, newer)
             assert older["commit"] in world.git.ancestors(newer["commit"]), (name, newer)
@@ -185,7 +225,11 @@ def cluster(tmp_path: Path, world: World, moto: MotoServer) -> Iterator[list[Ser
     create_pipelines(moto.url, [pipeline_of(m) for m in MODULES])
     world.api.delay = 0.02  # a little latency widens every race window
     cfg = config(tmp_path, world.api.url, moto.url, f"replicas-{uuid.uuid4().hex[:8]}", 10)
-    services = start_services(tmp_path, cfg, ["a", "b"])
+    names = ["a", "b"]
+    world.hold_until_all_asked({api_token(n) for n in names})
+    # adopted at the root: a first push processed out of order is compared from there, not
+    # from its own parent (which would take the commits before it as deployed)
+    services = start_services(tmp_path, cfg, names, seed=world.root)
     yield services
     for svc in services:
         svc.stop()
@@ -197,6 +241,7 @@ def test_two_replicas_start_each_pipeline_once_per_commit_and_miss_no_change(
     first = world.chain(1, rng, world.root)  # (a): one push, delivered 20 times under one id
     second = world.chain(1, rng, first[-1][1])  # (b): one push under 10 delivery ids
     rest = world.chain(30, rng, second[-1][1])  # (c): 30 pushes, partly out of order
+    side = {b: world.chain(1, rng, world.root) for b in SIDE_BRANCHES}  # (d): one push each
     jobs: list[tuple[bytes, str]] = []
     jobs += [(body(*first[0]), "dup-a")] * 20
     jobs += [(body(*second[0]), f"same-push-{i}") for i in range(10)]
@@ -204,6 +249,7 @@ def test_two_replicas_start_each_pipeline_once_per_commit_and_miss_no_change(
     for i in range(0, len(shuffled), 5):  # reverse every block of five pushes
         shuffled[i:i + 5] = shuffled[i:i + 5][::-1]
     jobs += [(body(*pair), f"push-{i}") for i, pair in shuffled]
+    jobs += [(body(*pushes[0], branch), f"side-{branch}") for branch, pushes in side.items()]
     rng.shuffle(jobs)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -217,11 +263,12 @@ def test_two_replicas_start_each_pipeline_once_per_commit_and_miss_no_change(
     wait_processed(cluster, accepted)
     # the processors of both replicas took part
     assert all(svc.events("delivery.processed") for svc in cluster)
-    check_history(world, cluster, moto.url, first + second + rest)
-    # the final baseline of every pipeline is the last pushed commit
+    check_history(world, cluster, moto.url,
+                  first + second + rest + [pushes[0] for pushes in side.values()], world.root)
+    # the final baseline of every pipeline on master is the last pushed commit
     rows = [json.loads(line) for line in cluster[0].cli("state").stdout.splitlines()]
-    assert {r["pipeline"]: r["baseline_commit"] for r in rows} == \
-        {pipeline_of(m): rest[-1][1] for m in MODULES}
+    assert {r["pipeline"]: r["baseline_commit"] for r in rows if r["branch"] == "master"} \
+        == {pipeline_of(m): rest[-1][1] for m in MODULES}
 
 
 def test_deliveries_of_a_killed_replica_are_finished_by_the_other_without_double_starts(

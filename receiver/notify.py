@@ -461,10 +461,14 @@ class NotifyListener:
         per attempt (a console retry that fails again is told again)."""
         x = event.execution
         told = OUTCOMES.get(x.status)
-        if told is not None:
-            self._enqueue(event.repo, told, (x.pipeline, x.execution_id, str(x.attempt),
-                                             x.status),
-                          lambda: self.build.outcome(event.repo, x))
+        if told is None:
+            return
+        # sent after the push message that told of its start, where one waits: the
+        # execution keeps its ref's name only, so the branch's and the tag's are named
+        announced = [] if x.pull_request is not None else [
+            (x.repository, f"{ref_type}:{x.branch}", x.commit) for ref_type in ("branch", "tag")]
+        self._enqueue(event.repo, told, (x.pipeline, x.execution_id, str(x.attempt), x.status),
+                      lambda: self.build.outcome(event.repo, x), after_push=announced)
 
     def map_invalid(self, event: MapInvalid) -> None:
         """``invalid_map`` once per (repository, commit, file)."""
@@ -472,7 +476,10 @@ class NotifyListener:
                       lambda: self.build.map_invalid(event))
 
     def _enqueue(self, repo: RepositoryConfig, event: NotifyEvent, identity: Sequence[str],
-                 message: Callable[[], Message]) -> None:
+                 message: Callable[[], Message],
+                 after_push: Sequence[Sequence[str]] = ()) -> None:
+        """One task per target that wants ``event``; ``after_push``: the identities of the
+        push messages it is sent after (``NotifyHandler.after``)."""
         targets = [t for t in self.config.notifications
                    if event in t.events and t.covers(repo.name)]
         if not targets:
@@ -482,9 +489,12 @@ class NotifyListener:
         added = False
         for target in targets:
             key = task_key(target.target, event, *identity)
+            after = [task_key(target.target, "push", *push) for push in after_push
+                     if "push" in target.events]
             added |= self.store.enqueue_task(Task(
                 key=key, kind=KIND, target=target.target, due_at=now, created_at=now,
-                payload=json.dumps({"target": target.target, "message": payload})))
+                payload=json.dumps({"target": target.target, "message": payload,
+                                    "after": after})))
         if added:
             self.wake()
 
@@ -516,6 +526,10 @@ class NotifyHandler:
     def pace(self, target: str) -> float:
         """PACE of the target's kind."""
         return PACE.get(target.partition(":")[0], 0.0)
+
+    def after(self, task: Task) -> Sequence[str]:
+        """An outcome's message comes after the push message that told of its start."""
+        return [str(key) for key in json.loads(task.payload).get("after", [])]
 
     def send(self, task: Task) -> None:
         """Render the message for its target and send it. Raises NotifyError when a later

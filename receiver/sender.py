@@ -5,7 +5,10 @@ processes and replicas one sender holds each), hands each to the :class:`Handler
 ``kind`` and records the result. It never sleeps on one task while others wait: a failed
 try is rescheduled (``due_at`` moves on by the back-off, ``RETRY_DELAYS``) and the next due
 task goes ahead; a target that must be paced (Slack: one message a second) has its task
-rescheduled to the time it may be sent, without counting a try. Pacing holds across
+rescheduled to the time it may be sent, without counting a try. A task that comes after
+others (``Handler.after``: an execution's outcome after the push message that announced its
+start) waits while any of those is pending, without counting a try either, so one target
+gets them in that order even when two processes hold them. Pacing holds across
 processes and replicas too: a paced send holds the lease ``pace:<kind>:<target>`` in the
 store while it sends and for its pace after, and a target another sender holds waits
 (without counting a try either). On stop, the task in hand
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from receiver.errors import ReceiverError, TerminalError
@@ -29,6 +32,7 @@ RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0)
 BATCH = 20  # tasks claimed at once
 LEASE_SECONDS = 120.0  # a claimed task's lease: longer than any one send takes
 IDLE_SECONDS = 1.0  # how often an idle sender looks for due tasks (retries come due)
+AFTER_WAIT = 0.5  # seconds before a task that comes after a pending one is looked at again
 
 
 class Handler(Protocol):
@@ -56,6 +60,11 @@ class Handler(Protocol):
 
     def pace(self, target: str) -> float:
         """The least time between two sends to ``target``, in seconds."""
+        ...
+
+    def after(self, task: Task) -> Sequence[str]:
+        """The keys of the tasks that must be finished (sent or given up) before ``task``
+        is performed; a key no task has is no obstacle."""
         ...
 
 
@@ -107,6 +116,10 @@ class Sender:
                                    f"no sender for tasks of kind {task.kind!r}")
             return
         now = self.clock()
+        if any(self.store.task_pending(key) for key in handler.after(task)):
+            # what it comes after is not sent yet (maybe held by another process)
+            self.store.retry_task(task, self.owner, now + AFTER_WAIT, None, failed=False)
+            return
         allowed = self._next.get((task.kind, task.target), 0.0)
         if now < allowed:  # paced: the same task, later, without counting a try
             self.store.retry_task(task, self.owner, allowed, None, failed=False)

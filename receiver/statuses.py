@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -178,6 +178,10 @@ class StatusHandler:
     def pace(self, target: str) -> float:
         """Statuses are not paced (the providers' rate limits are answered by back-off)."""
         return 0.0
+
+    def after(self, task: Task) -> Sequence[str]:
+        """A status comes after nothing: the newest wins by its own checks."""
+        return ()
 
     def send(self, task: Task) -> None:
         """Write the status, unless it is a pending one whose execution ended since."""

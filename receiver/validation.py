@@ -39,7 +39,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -269,6 +269,10 @@ class SummaryHandler:
     def pace(self, target: str) -> float:
         """Statuses are not paced (the providers' rate limits are answered by back-off)."""
         return 0.0
+
+    def after(self, task: Task) -> Sequence[str]:
+        """A summary comes after nothing: it is written only if still current."""
+        return ()
 
     def send(self, task: Task) -> None:
         """Write the summary if it is still what the stored validation derives."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from receiver.errors import ProviderError, TerminalError
 from receiver.logging import configure
-from receiver.sender import RETRY_DELAYS, Sender
+from receiver.sender import AFTER_WAIT, RETRY_DELAYS, Sender
 from receiver.state.base import Task
 from receiver.state.sqlite import SQLiteStore
 
@@ -35,6 +36,7 @@ class Recording:
     def __init__(self, pace: float = 0.0) -> None:
         self.sent: list[str] = []
         self.failing: dict[str, Exception] = {}
+        self.order: dict[str, tuple[str, ...]] = {}  # task key -> the keys it comes after
         self._pace = pace
 
     def send(self, task: Task) -> None:
@@ -47,6 +49,9 @@ class Recording:
 
     def pace(self, target: str) -> float:
         return self._pace
+
+    def after(self, task: Task) -> Sequence[str]:
+        return self.order.get(task.key, ())
 
 
 @pytest.fixture
@@ -172,6 +177,41 @@ def test_a_send_in_progress_holds_its_target_for_the_other_processes(
     clock.now += 1.0
     two.run_once()
     assert handler.sent == ["b"]
+
+
+def test_an_outcome_waits_for_the_push_message_another_process_is_sending(
+        store: SQLiteStore, capsys: pytest.CaptureFixture[str]) -> None:
+    configure()
+    clock, handler = Clock(), Recording()
+    handler.order["failed"] = ("push",)
+    two = Sender(store, {"test": handler}, "w2", clock)
+    during: list[list[str]] = []
+
+    class Slow(Recording):
+        def send(self, task: Task) -> None:  # the outcome arrives while the push is sent
+            enqueue(store, "failed", "slack", clock.now)
+            two.run_once()
+            during.append(list(handler.sent))
+            super().send(task)
+
+    slow = Slow()
+    enqueue(store, "push", "slack", clock.now)
+    Sender(store, {"test": slow}, "w1", clock).run_once()
+    assert during == [[]] and slow.sent == ["push"]  # "failed" waited for "push"
+    clock.now += AFTER_WAIT
+    assert two.run_once() == 1
+    assert handler.sent == ["failed"]
+    logged = lines(capsys)
+    assert [(d["key"], d["attempt"]) for d in logged if d["event"] == "test.sent"] == \
+        [("push", 1), ("failed", 1)]  # the wait counted no try
+
+
+def test_a_task_that_comes_after_one_never_enqueued_goes_at_once(store: SQLiteStore) -> None:
+    clock, handler = Clock(), Recording()
+    handler.order["failed"] = ("push",)  # the target does not want push messages
+    enqueue(store, "failed", "slack", clock.now)
+    Sender(store, {"test": handler}, "w1", clock).run_once()
+    assert handler.sent == ["failed"]
 
 
 def test_on_stop_the_tasks_still_claimed_are_given_back_due_at_once(store: SQLiteStore) -> None:

@@ -704,6 +704,20 @@ def test_a_retried_task_comes_due_again_counting_the_failed_try(store: StateStor
     assert (paced.attempts, paced.error) == (1, "HTTP 502")
 
 
+def test_a_task_is_pending_from_its_enqueue_until_it_is_finished(store: StateStore) -> None:
+    assert store.task_pending("k1") is False  # never enqueued
+    store.enqueue_task(task())
+    assert store.task_pending("k1") is True
+    (claimed,) = store.claim_tasks("w1", 10.0, 60, 10)
+    assert store.task_pending("k1") is True  # claimed, not sent yet
+    store.finish_task(claimed, "w1", "failed", 11.0, "HTTP 404")
+    assert store.task_pending("k1") is False
+    store.enqueue_task(task("k2"))
+    (done,) = store.claim_tasks("w1", 12.0, 60, 10)
+    store.finish_task(done, "w1", "done", 13.0)
+    assert store.task_pending("k2") is False
+
+
 def test_a_finished_task_is_never_claimed_nor_enqueued_again(store: StateStore) -> None:
     store.enqueue_task(task())
     store.enqueue_task(task("k2"))

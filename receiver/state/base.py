@@ -474,6 +474,9 @@ class StateStore(Protocol):
         """Keep ``task`` pending unless a task with its key exists (pending, done or
         failed: the effect is had once); True when it was added."""
 
+    def task_pending(self, key: str) -> bool:
+        """Whether the task ``key`` exists and is not finished (claimed or not)."""
+
     def claim_tasks(self, owner: str, now: float, lease_seconds: float,
                     limit: int) -> list[Task]:
         """Lease up to ``limit`` pending tasks due by ``now`` (``due_at`` <= now) that no

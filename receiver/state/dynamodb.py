@@ -775,6 +775,12 @@ class DynamoDBStore:
     def _due_key(due_at: float, key: str) -> str:
         return _fit(f"{_sortable(due_at)}#{key}", SK_MAX_BYTES)
 
+    def task_pending(self, key: str) -> bool:
+        item = self._call("get_item", TableName=self.table, Key=self._task_key(key),
+                          ConsistentRead=True, ProjectionExpression="#st",
+                          ExpressionAttributeNames={"#st": "status"}).get("Item")
+        return item is not None and _get_s(item, "status") == "pending"
+
     def claim_tasks(self, owner: str, now: float, lease_seconds: float,
                     limit: int) -> list[Task]:
         # the index orders by due time: every key below "now~" is due (digits sort before ~)

@@ -613,6 +613,10 @@ class SQLiteStore:
                              t.attempts, t.error))
         return cur.rowcount == 1
 
+    def task_pending(self, key: str) -> bool:
+        return bool(self._query("SELECT 1 FROM tasks WHERE key = ? AND status = 'pending'",
+                                (key,)))
+
     def claim_tasks(self, owner: str, now: float, lease_seconds: float,
                     limit: int) -> list[Task]:
         with self._tx() as conn:

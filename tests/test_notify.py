@@ -9,6 +9,7 @@ sample and to refuse a broken one, so it cannot pass everything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -451,6 +452,31 @@ def test_a_target_is_told_only_the_events_and_repositories_it_names(
     bus, _ = listener(store, cfg)
     bus.publish(processed(cfg))
     assert bool(tasks(store)) is sent
+
+
+def event_of(task: Task) -> str:
+    return str(json.loads(task.payload)["message"]["event"])
+
+
+def test_an_outcome_names_the_push_message_of_its_start_at_its_target(
+        store: SQLiteStore) -> None:
+    cfg = configured([{"slack": "env:S", "events": ["push", "failed"]},
+                      {"teams": "env:T", "events": ["failed"]}])
+    bus, _ = listener(store, cfg)
+    bus.publish(processed(cfg))
+    bus.publish(ExecutionChanged(cfg.repositories[0], execution("Failed"), "event"))
+    found = {(t.target, event_of(t)): t for t in tasks(store)}
+    handler = NotifyHandler(cfg)
+    assert found[("slack:env:S", "push")].key in handler.after(found[("slack:env:S", "failed")])
+    assert handler.after(found[("teams:env:T", "failed")]) == []  # told no push
+
+
+def test_a_validations_outcome_comes_after_no_push(store: SQLiteStore) -> None:
+    bus, _ = listener(store)
+    validation = dataclasses.replace(execution("Failed"), pull_request=7)
+    bus.publish(ExecutionChanged(CFG.repositories[0], validation, "event"))
+    handler = NotifyHandler(CFG)
+    assert [handler.after(t) for t in tasks(store)] == [[], [], []]
 
 
 def test_no_targets_no_listener() -> None:

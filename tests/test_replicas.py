@@ -53,7 +53,7 @@ class World:
         self.git = GitModel()
         self.root = self.git.commit(None, {f"{m}/src.py": "0" for m in MODULES})
         self.touched: dict[str, str] = {}
-        self.asked: dict[str, int] = {}  # API token -> compares asked with it
+        self.asked: set[str] = set()  # the API tokens compares were asked with
         self._askers: frozenset[str] = frozenset()
         self._gate = threading.Condition()
         world = self
@@ -75,9 +75,9 @@ class World:
     def compare(self, rec: Recorded) -> tuple[int, Any, dict[str, str]]:
         token = rec.headers.get("authorization", "").removeprefix("Bearer ")
         with self._gate:
-            self.asked[token] = self.asked.get(token, 0) + 1
+            self.asked.add(token)
             self._gate.notify_all()
-            self._gate.wait_for(lambda: self._askers <= self.asked.keys(), timeout=60)
+            self._gate.wait_for(lambda: self._askers <= self.asked, timeout=60)
         base, _, head = rec.path.rsplit("/", 1)[1].partition("...")
         if base not in self.git.commits or head not in self.git.commits:
             return 404, {"message": "Not Found"}, {}
